@@ -1,0 +1,161 @@
+//! The guest-physical memory layout of a Strata x86_64 machine.
+//!
+//! ```text
+//! 0x0000_0000 .. 0x0000_0500   real-mode IVT and BIOS data area (left zero)
+//! 0x0000_0500 .. 0x0000_0600   boot GDT
+//! 0x0000_6000 .. 0x0000_7000   PVH hvm_start_info, module list and memory map
+//! 0x0000_7000 .. 0x0000_8000   Linux zero page (struct boot_params)
+//! 0x0000_8000 .. 0x0000_9000   boot stack (grows down from 0x8ff0)
+//! 0x0000_9000 .. 0x0000_c000   identity page tables (PML4, PDPT, PD: first 1 GiB)
+//! 0x0000_d000 .. 0x0000_f000   multiboot information structures
+//! 0x0002_0000 .. 0x0002_0000 + CMDLINE_MAX   kernel command line
+//! 0x0009_fc00 .. 0x000a_0000   EBDA: MP table
+//! 0x000a_0000 .. 0x0010_0000   legacy hole (VGA text buffer at 0xb8000, BIOS area); reserved in e820
+//! 0x0010_0000 .. MMIO_HOLE_START   RAM (first memslot)
+//! 0xc000_0000 .. 0x1_0000_0000     32-bit MMIO hole (devices, IOAPIC, LAPIC)
+//! 0x1_0000_0000 ..                  RAM above 4 GiB (second memslot)
+//! ```
+//!
+//! RAM is registered in at most two KVM memslots: everything below the MMIO hole (legacy hole
+//! included, so the VGA text buffer is plain memory the VMM can read) and everything above 4 GiB.
+
+use vm_memory::GuestAddress;
+
+/// Boot GDT.
+pub const BOOT_GDT_START: GuestAddress = GuestAddress(0x500);
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: GuestAddress = GuestAddress(0x6000);
+/// Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: GuestAddress = GuestAddress(0x7000);
+/// Initial stack pointer for 64-bit Linux entry.
+pub const BOOT_STACK_POINTER: GuestAddress = GuestAddress(0x8ff0);
+/// PML4 of the boot identity map.
+pub const PML4_START: GuestAddress = GuestAddress(0x9000);
+/// PDPT of the boot identity map.
+pub const PDPTE_START: GuestAddress = GuestAddress(0xa000);
+/// PD of the boot identity map.
+pub const PDE_START: GuestAddress = GuestAddress(0xb000);
+/// Multiboot information area.
+pub const MULTIBOOT_INFO_START: GuestAddress = GuestAddress(0xd000);
+/// End (exclusive) of the multiboot information area.
+pub const MULTIBOOT_INFO_END: GuestAddress = GuestAddress(0xf000);
+/// Kernel command line.
+pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
+/// Largest command line accepted, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Start of the EBDA, where the MP table goes.
+pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
+/// Start of the legacy hole (reserved in the memory map).
+pub const LEGACY_HOLE_START: GuestAddress = GuestAddress(0xa0000);
+/// The VGA text buffer.
+pub const VGA_TEXT_START: GuestAddress = GuestAddress(0xb8000);
+/// Start of high memory, where kernels are loaded.
+pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
+/// Start of the 32-bit MMIO hole.
+pub const MMIO_HOLE_START: GuestAddress = GuestAddress(0xc000_0000);
+/// End (exclusive) of the 32-bit MMIO hole; RAM resumes here.
+pub const MMIO_HOLE_END: GuestAddress = GuestAddress(0x1_0000_0000);
+/// IOAPIC base address.
+pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
+/// Local APIC base address.
+pub const APIC_START: GuestAddress = GuestAddress(0xfee0_0000);
+
+/// What a range of guest-physical memory is, as reported to the guest (e820 types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Usable RAM (e820 type 1).
+    Ram,
+    /// Reserved (e820 type 2).
+    Reserved,
+}
+
+impl RegionKind {
+    /// The e820 / multiboot / PVH type number.
+    pub fn e820_type(self) -> u32 {
+        match self {
+            RegionKind::Ram => 1,
+            RegionKind::Reserved => 2,
+        }
+    }
+}
+
+/// One entry of the guest memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// First byte.
+    pub base: GuestAddress,
+    /// Length in bytes.
+    pub size: u64,
+    /// What the guest may do with it.
+    pub kind: RegionKind,
+}
+
+/// The ranges of guest RAM backing a machine of `ram_size` bytes: one below the MMIO hole
+/// and, if needed, one above 4 GiB. These are also the KVM memslots.
+pub fn ram_ranges(ram_size: u64) -> Vec<(GuestAddress, u64)> {
+    let low_max = MMIO_HOLE_START.0;
+    if ram_size <= low_max {
+        vec![(GuestAddress(0), ram_size)]
+    } else {
+        vec![
+            (GuestAddress(0), low_max),
+            (MMIO_HOLE_END, ram_size - low_max),
+        ]
+    }
+}
+
+/// The memory map reported to the guest (e820, multiboot mmap, PVH memmap) for `ram_size`
+/// bytes of RAM: the low 640 KiB minus the EBDA, high memory up to the hole, RAM above 4 GiB.
+pub fn memory_map(ram_size: u64) -> Vec<MemoryRegion> {
+    let mut map = vec![
+        MemoryRegion {
+            base: GuestAddress(0),
+            size: EBDA_START.0,
+            kind: RegionKind::Ram,
+        },
+        MemoryRegion {
+            base: EBDA_START,
+            size: LEGACY_HOLE_START.0 - EBDA_START.0,
+            kind: RegionKind::Reserved,
+        },
+    ];
+    for (base, size) in ram_ranges(ram_size) {
+        let (start, end) = (base.0.max(HIMEM_START.0), base.0 + size);
+        if end > start {
+            map.push(MemoryRegion {
+                base: GuestAddress(start),
+                size: end - start,
+                kind: RegionKind::Ram,
+            });
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ram_ranges_small_one_slot() {
+        assert_eq!(ram_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+    }
+
+    #[test]
+    fn test_ram_ranges_large_splits_around_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(
+            r,
+            vec![(GuestAddress(0), 3 << 30), (GuestAddress(4 << 30), 1 << 30)]
+        );
+    }
+
+    #[test]
+    fn test_memory_map_small_has_low_and_high_ram() {
+        let m = memory_map(128 << 20);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[2].base, HIMEM_START);
+        assert_eq!(m[2].size, (128 << 20) - 0x10_0000);
+        assert_eq!(m[1].kind, RegionKind::Reserved);
+    }
+}

@@ -1,0 +1,362 @@
+//! The one configuration schema: the target of the CLI's options, the config file and the API body.
+//!
+//! Field names follow Cloud Hypervisor's `VmConfig` where it has the field; the short names used
+//! on the command line (`--cpus boot=2`, `--memory size=128M`) are serde aliases of the same
+//! fields, and numbers may be given as strings so that `key=value` options deserialize directly.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Errors in a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unable to read the config file.
+    #[error("unable to read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON or TOML for the schema.
+    #[error("invalid config file {path}: {reason}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An option's value does not fit the schema.
+    #[error("invalid value for --{option}: {reason}")]
+    Option {
+        /// The option, without dashes.
+        option: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A value is outside what the machine supports.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A whole VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// What to boot.
+    pub payload: PayloadConfig,
+    /// vCPUs.
+    #[serde(default)]
+    pub cpus: CpusConfig,
+    /// Guest RAM.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// The 16550 UART on COM1.
+    #[serde(default)]
+    pub serial: ConsoleConfig,
+    /// The VGA text console.
+    #[serde(default)]
+    pub vga: VgaConfig,
+    /// Stop the guest after this many seconds and print every vCPU's state.
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub timeout: Option<u64>,
+    /// Emulate in userspace the instructions the host's KVM instruction emulator lacks.
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub emulation_fallback: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What to boot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    /// Kernel image: ELF vmlinux, bzImage, PVH ELF or multiboot image.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk, or first module for PVH and multiboot.
+    #[serde(default, alias = "initrd")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+/// vCPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpusConfig {
+    /// Number of vCPUs at boot.
+    #[serde(alias = "boot", deserialize_with = "de_u8")]
+    pub boot_vcpus: u8,
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig { boot_vcpus: 1 }
+    }
+}
+
+/// Guest RAM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Size in bytes; strings take K, M, G suffixes (powers of 1024).
+    #[serde(deserialize_with = "de_size")]
+    pub size: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { size: 128 << 20 }
+    }
+}
+
+/// Where a console's output goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleMode {
+    /// The device is absent.
+    Off,
+    /// The device exists; its output is discarded.
+    Null,
+    /// Standard output (Cloud Hypervisor calls this `Tty`).
+    #[default]
+    #[serde(alias = "Tty", alias = "stdio", alias = "tty")]
+    Stdio,
+    /// A file, given in `file`.
+    #[serde(alias = "file")]
+    File,
+}
+
+/// A console (serial port).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where output goes.
+    #[serde(default, deserialize_with = "de_console_mode")]
+    pub mode: ConsoleMode,
+    /// Output file, with mode `File`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// How the VGA text buffer is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VgaMode {
+    /// Not shown.
+    #[default]
+    #[serde(alias = "off")]
+    Off,
+    /// The 80x25 text buffer at 0xb8000, rendered as text on exit and on SIGUSR1.
+    #[serde(alias = "text")]
+    Text,
+}
+
+/// The VGA text console.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VgaConfig {
+    /// Whether the text buffer is rendered.
+    #[serde(default)]
+    pub mode: VgaMode,
+    /// Render into this file instead of standard error.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(n),
+        NumOrStr::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a number"))),
+    }
+}
+
+fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_u64(d).map(Some)
+}
+
+fn de_u8<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = de_u64(d)?;
+    u8::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is more than 255")))
+}
+
+fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    match BoolOrStr::deserialize(d)? {
+        BoolOrStr::Bool(b) => Ok(b),
+        BoolOrStr::Str(s) => match s.as_str() {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!("'{s}' is not on/off"))),
+        },
+    }
+}
+
+fn de_console_mode<'de, D: Deserializer<'de>>(d: D) -> Result<ConsoleMode, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Ok(ConsoleMode::Off),
+        "null" => Ok(ConsoleMode::Null),
+        "stdio" | "tty" => Ok(ConsoleMode::Stdio),
+        "file" => Ok(ConsoleMode::File),
+        _ => Err(serde::de::Error::custom(format!(
+            "unknown mode '{s}' (expected off, null, stdio or file)"
+        ))),
+    }
+}
+
+/// Parses a size such as `128M`, `1G`, `4096` or `64K` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(n),
+        NumOrStr::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+impl VmConfig {
+    /// Reads a config file: TOML if its name ends in `.toml`, JSON otherwise.
+    pub fn from_file(path: &std::path::Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parsed = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| e.message().to_string())
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|reason| ConfigError::ParseFile {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Checks what serde cannot: values the machine cannot have.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.payload.kernel.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "kernel",
+                reason: "no kernel given (use --kernel PATH)".into(),
+            });
+        }
+        if self.cpus.boot_vcpus == 0 {
+            return Err(ConfigError::Invalid {
+                field: "cpus",
+                reason: "boot must be at least 1".into(),
+            });
+        }
+        if self.memory.size < (2 << 20) {
+            return Err(ConfigError::Invalid {
+                field: "memory",
+                reason: format!("size {} is below the minimum of 2 MiB", self.memory.size),
+            });
+        }
+        if self.memory.size % 4096 != 0 {
+            return Err(ConfigError::Invalid {
+                field: "memory",
+                reason: format!("size {} is not a multiple of 4 KiB", self.memory.size),
+            });
+        }
+        if self.serial.mode == ConsoleMode::File && self.serial.file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "serial",
+                reason: "mode file needs file=PATH".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_size_units() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn test_vmconfig_json_with_aliases_and_strings() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"k"},"cpus":{"boot":"2"},"memory":{"size":"64M"},
+                "serial":{"mode":"Tty"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cpus.boot_vcpus, 2);
+        assert_eq!(c.memory.size, 64 << 20);
+        assert_eq!(c.serial.mode, ConsoleMode::Stdio);
+        assert!(c.emulation_fallback);
+    }
+
+    #[test]
+    fn test_vmconfig_unknown_key_rejected() {
+        let e = serde_json::from_str::<VmConfig>(r#"{"payload":{},"bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn test_vmconfig_toml() {
+        let c: VmConfig = toml::from_str(
+            "[payload]\nkernel = \"k\"\ncmdline = \"a b\"\n[memory]\nsize = \"1G\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.memory.size, 1 << 30);
+        assert_eq!(c.payload.cmdline.as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn test_validate_zero_cpus_rejected() {
+        let mut c = VmConfig::default();
+        c.payload.kernel = Some("k".into());
+        c.cpus.boot_vcpus = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("cpus"));
+    }
+}

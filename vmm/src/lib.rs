@@ -1,0 +1,11 @@
+//! Strata's VMM library.
+//!
+//! The library takes a [`config::VmConfig`] and runs a VM from it; it never sees argv or HTTP.
+//! ARCHITECTURE.md at the top of the repository describes the boot sequence and the threads;
+//! the modules below follow it.
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod devices;
