@@ -9,3 +9,8 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod kvm;
+pub mod memory;
+pub mod vm;
+
+pub use vm::{run, Vm, VmOutcome, VmmError};
