@@ -59,7 +59,8 @@ enum PendingWrite {
     KbdOutputBuffer,
     AuxOutputBuffer,
     AuxDevice,
-    KbdParameter,
+    /// The parameter byte of keyboard command `.0`.
+    KbdParameter(u8),
 }
 
 /// The i8042 controller.
@@ -173,7 +174,9 @@ impl I8042 {
             // No AUX port: the loopback answer lacks the AUX flag (see the module comment).
             Some(PendingWrite::AuxOutputBuffer) => self.push(&[value]),
             Some(PendingWrite::AuxDevice) => {}
-            Some(PendingWrite::KbdParameter) => self.push(&[KBD_ACK]),
+            // 0xf0 0x00 asks for the current scan code set: answer set 2.
+            Some(PendingWrite::KbdParameter(0xf0)) if value == 0 => self.push(&[KBD_ACK, 0x02]),
+            Some(PendingWrite::KbdParameter(_)) => self.push(&[KBD_ACK]),
             None => self.keyboard_command(value),
         }
         PioAction::None
@@ -187,7 +190,7 @@ impl I8042 {
             0xee => self.push(&[0xee]),
             0xed | 0xf0 | 0xf3 => {
                 self.push(&[KBD_ACK]);
-                self.pending = Some(PendingWrite::KbdParameter);
+                self.pending = Some(PendingWrite::KbdParameter(value));
             }
             _ => self.push(&[KBD_ACK]),
         }
@@ -324,6 +327,31 @@ mod tests {
 
         assert!(irq.read().is_err());
         assert_eq!(read(&mut dev, OFS_DATA), KBD_ACK);
+    }
+
+    #[test]
+    fn test_i8042_get_scan_set_answers_set_2() {
+        let mut dev = I8042::new(None);
+
+        dev.write(OFS_DATA, &[0xf0]);
+        let ack = read(&mut dev, OFS_DATA);
+        dev.write(OFS_DATA, &[0x00]);
+
+        assert_eq!(ack, KBD_ACK);
+        assert_eq!(read(&mut dev, OFS_DATA), KBD_ACK);
+        assert_eq!(read(&mut dev, OFS_DATA), 0x02);
+    }
+
+    #[test]
+    fn test_i8042_set_leds_parameter_acknowledged() {
+        let mut dev = I8042::new(None);
+
+        dev.write(OFS_DATA, &[0xed]);
+        read(&mut dev, OFS_DATA);
+        dev.write(OFS_DATA, &[0x07]);
+
+        assert_eq!(read(&mut dev, OFS_DATA), KBD_ACK);
+        assert_eq!(read(&mut dev, OFS_STATUS) & SB_OUT_DATA_AVAIL, 0);
     }
 
     #[test]

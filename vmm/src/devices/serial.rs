@@ -207,6 +207,11 @@ impl SerialHandle {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A non-blocking input with nothing to read: wait a little and retry.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let mut rest = &buf[..n];
@@ -366,6 +371,52 @@ mod tests {
 
         assert_eq!(n, 3);
         assert_eq!(handle.lock().input_backlog(), 3);
+    }
+
+    /// Reads that fail once with `kind`, then yield `data`, then end of file.
+    struct FlakyReader {
+        kind: Option<io::ErrorKind>,
+        data: &'static [u8],
+    }
+
+    impl Read for FlakyReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(kind) = self.kind.take() {
+                return Err(kind.into());
+            }
+            let n = self.data.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn test_serial_handle_pump_input_retries_would_block() {
+        let (dev, _sink, _irq) = serial();
+        let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
+        let input = FlakyReader {
+            kind: Some(io::ErrorKind::WouldBlock),
+            data: b"xy",
+        };
+
+        let n = handle.pump_input(input).expect("pump");
+
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn test_serial_handle_pump_input_reports_read_error() {
+        let (dev, _sink, _irq) = serial();
+        let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
+        let input = FlakyReader {
+            kind: Some(io::ErrorKind::BrokenPipe),
+            data: b"",
+        };
+
+        let result = handle.pump_input(input);
+
+        assert!(result.is_err());
     }
 
     #[test]

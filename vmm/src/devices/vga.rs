@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{DeviceError, PioAction, PioDevice};
 
@@ -231,8 +231,13 @@ impl VgaText {
         self.lock().cursor()
     }
 
-    /// Copies the 4000-byte text buffer out of guest memory.
-    pub fn snapshot(&self, mem: &GuestMemoryMmap) -> Result<Box<[u8; TEXT_BYTES]>, DeviceError> {
+    /// Copies the 4000-byte text buffer out of guest memory (any `GuestMemory`, e.g. a
+    /// `GuestMemoryMmap`).
+    pub fn snapshot<M>(&self, mem: &M) -> Result<Box<[u8; TEXT_BYTES]>, DeviceError>
+    where
+        M: Bytes<GuestAddress> + ?Sized,
+        M::E: std::fmt::Display,
+    {
         let mut buf = Box::new([0u8; TEXT_BYTES]);
         mem.read_slice(&mut buf[..], GuestAddress(VGA_TEXT_ADDR))
             .map_err(|e| DeviceError::ReadVgaMemory(e.to_string()))?;
@@ -240,11 +245,12 @@ impl VgaText {
     }
 
     /// Writes the framed rendering of the screen to `out`.
-    pub fn dump<W: Write + ?Sized>(
-        &self,
-        mem: &GuestMemoryMmap,
-        out: &mut W,
-    ) -> Result<(), DeviceError> {
+    pub fn dump<M, W>(&self, mem: &M, out: &mut W) -> Result<(), DeviceError>
+    where
+        M: Bytes<GuestAddress> + ?Sized,
+        M::E: std::fmt::Display,
+        W: Write + ?Sized,
+    {
         let buf = self.snapshot(mem)?;
         let text = render_framed(&buf, self.cursor());
         out.write_all(text.as_bytes())
@@ -256,6 +262,7 @@ impl VgaText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestMemoryMmap;
 
     fn screen(lines: &[(usize, &[u8])]) -> Box<[u8; TEXT_BYTES]> {
         let mut buf = Box::new([0u8; TEXT_BYTES]);
@@ -340,7 +347,8 @@ mod tests {
 
     #[test]
     fn test_vga_text_dump_reads_guest_memory() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
         mem.write_slice(&[b'O', 0x07, b'K', 0x07], GuestAddress(VGA_TEXT_ADDR + 160))
             .expect("write");
         let vga = VgaText::new(Arc::new(Mutex::new(VgaPorts::default())));
@@ -354,7 +362,7 @@ mod tests {
 
     #[test]
     fn test_vga_text_dump_without_memory_is_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).expect("memory");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).expect("memory");
         let vga = VgaText::new(Arc::new(Mutex::new(VgaPorts::default())));
 
         let result = vga.dump(&mem, &mut Vec::new());
