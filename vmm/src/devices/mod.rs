@@ -165,6 +165,8 @@ pub struct LegacyDevices {
     pub vga: VgaText,
     /// The POST-code port (last code written).
     pub post: Arc<Mutex<post::PostCode>>,
+    /// The CMOS RTC, for extra NVRAM bytes ([`rtc::Rtc::set_nvram`]).
+    pub rtc: Arc<Mutex<rtc::Rtc>>,
     debugcon_output: SharedOutput,
 }
 
@@ -223,11 +225,14 @@ pub fn register_legacy_devices(
     let i8042_dev = Arc::new(Mutex::new(i8042::I8042::new(Some(i8042_irq_dev))));
     insert(bus, "i8042", i8042_dev, i8042::I8042_BASE, i8042::I8042_LEN)?;
 
-    let rtc_dev = rtc::Rtc::new(cfg.ram_below_4g, cfg.ram_above_4g);
+    let rtc_dev = Arc::new(Mutex::new(rtc::Rtc::new(
+        cfg.ram_below_4g,
+        cfg.ram_above_4g,
+    )));
     insert(
         bus,
         "CMOS RTC",
-        Arc::new(Mutex::new(rtc_dev)),
+        rtc_dev.clone(),
         rtc::RTC_BASE,
         rtc::RTC_LEN,
     )?;
@@ -264,6 +269,7 @@ pub fn register_legacy_devices(
         i8042_irq,
         vga: VgaText::new(vga_ports),
         post,
+        rtc: rtc_dev,
         debugcon_output,
     })
 }

@@ -130,6 +130,12 @@ impl Rtc {
         }
     }
 
+    /// Sets an NVRAM byte (e.g. 0x5f, SeaBIOS's "CPUs - 1" fallback when there is no fw_cfg).
+    /// Indexes above 0x7f wrap; the clock and status registers are computed and ignore this.
+    pub fn set_nvram(&mut self, index: u8, value: u8) {
+        self.nvram[usize::from(index & 0x7f)] = value;
+    }
+
     /// Whether the guest set the NMI-disable bit with its last index write.
     pub fn nmi_disabled(&self) -> bool {
         self.nmi_disabled
@@ -346,6 +352,15 @@ mod tests {
 
         assert_eq!(ext, 31 * 1024);
         assert_eq!(above16, 256);
+    }
+
+    #[test]
+    fn test_rtc_set_nvram_visible_to_guest() {
+        let mut rtc = rtc(0, 0);
+
+        rtc.set_nvram(0x5f, 3);
+
+        assert_eq!(cmos_read(&mut rtc, 0x5f), 3);
     }
 
     #[test]
