@@ -39,6 +39,7 @@ const UART_FIFO_SIZE: usize = 64;
 
 const DATA: u16 = 0;
 const IER: u16 = 1;
+const MCR: u16 = 4;
 const LSR: u16 = 5;
 
 /// An interrupt line backed by an eventfd (registered by the VMM as an irqfd).
@@ -89,10 +90,16 @@ impl SerialDevice {
         if room == 0 {
             return;
         }
-        let chunk: Vec<u8> = self.pending.drain(..room).collect();
-        // A trigger error (eventfd counter overflow) loses an interrupt, not data; the
-        // guest still sees the bytes through LSR.
-        let _ = self.uart.enqueue_raw_bytes(&chunk);
+        let chunk: Vec<u8> = self.pending.iter().take(room).copied().collect();
+        let taken = match self.uart.enqueue_raw_bytes(&chunk) {
+            // In loopback mode the UART takes nothing: keep the input for later.
+            Ok(n) => n,
+            // The bytes went in before the trigger failed (eventfd counter overflow): an
+            // interrupt is lost, not data; the guest still sees the bytes through LSR.
+            Err(vm_superio::serial::Error::Trigger(_)) => room,
+            Err(_) => 0,
+        };
+        self.pending.drain(..taken);
     }
 
     /// Hands buffered output to the host writer.
@@ -129,6 +136,8 @@ impl SerialDevice {
         match reg {
             DATA => self.lsr_polls = 0,
             IER => self.flush_output(),
+            // Leaving loopback mode lets held input in.
+            MCR => self.refill_fifo(),
             _ => {}
         }
     }
@@ -339,6 +348,17 @@ mod tests {
         assert_eq!(accepted, 200);
         assert_eq!(got, input);
         assert_eq!(dev.input_backlog(), 0);
+    }
+
+    #[test]
+    fn test_serial_input_kept_while_in_loopback_mode() {
+        let (mut dev, _sink, _irq) = serial();
+        dev.write(4, &[0x10]); // MCR: loopback
+
+        dev.enqueue_raw_bytes(b"q");
+        dev.write(4, &[0x08]); // MCR: back to normal (OUT2)
+
+        assert_eq!(read1(&mut dev, DATA), b'q');
     }
 
     #[test]
