@@ -1,17 +1,19 @@
 //! Building and running a VM: one linear sequence whose steps are the numbered boot sequence in
 //! ARCHITECTURE.md, then the VM's lifecycle until the first vCPU stops it.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::{layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
-use crate::config::{ConfigError, VmConfig};
-use crate::devices::{self, PioBus};
+use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
+use crate::devices::{self, DebugconTarget, LegacyConfig, LegacyDevices, PioBus};
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VcpuReport, VcpuStop, VmError};
 use crate::memory::{self, MemoryError};
 
@@ -52,6 +54,16 @@ pub enum VmmError {
     SpawnThread {
         /// Thread name.
         name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output file could not be created.
+    #[error("unable to create {what} file {path}: {source}")]
+    OutputFile {
+        /// Which output.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
@@ -106,8 +118,53 @@ pub struct Vm {
     _kvm: KvmVm,
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
-    devices: devices::LegacyDevices,
+    devices: LegacyDevices,
+    vga: VgaConfig,
     timeout: Option<Duration>,
+}
+
+/// How often the main thread wakes to flush console output and serve VGA dump requests.
+const MAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Set by SIGUSR1: render the VGA text console now.
+static VGA_DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn vga_dump_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    VGA_DUMP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+fn create_output(what: &'static str, path: &std::path::Path) -> Result<std::fs::File, VmmError> {
+    std::fs::File::create(path).map_err(|source| VmmError::OutputFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates the legacy devices on `pio` as the config asks (boot sequence step 7).
+fn create_devices(config: &VmConfig, pio: &mut PioBus) -> Result<LegacyDevices, VmmError> {
+    let serial_out: Option<Box<dyn Write + Send>> = match config.serial.mode {
+        ConsoleMode::Stdio => Some(Box::new(std::io::stdout())),
+        ConsoleMode::File => {
+            let path = config.serial.file.clone().unwrap_or_default();
+            Some(Box::new(create_output("serial", &path)?))
+        }
+        ConsoleMode::Off | ConsoleMode::Null => None,
+    };
+    let ram = layout::ram_ranges(config.memory.size);
+    let below = ram.first().map_or(0, |r| r.1);
+    let above = ram.get(1).map_or(0, |r| r.1);
+    Ok(devices::register_legacy_devices(
+        pio,
+        LegacyConfig {
+            serial_out,
+            debugcon: DebugconTarget::Serial,
+            ram_below_4g: below,
+            ram_above_4g: above,
+            vga_ports: true,
+            reset_port: true,
+        },
+    )?)
 }
 
 impl Vm {
@@ -144,8 +201,12 @@ impl Vm {
         mptable::setup_mptable(&mem, cpu_count)?;
         // 7. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let mut pio = PioBus::new();
-        let devices = devices::LegacyDevices::new(&mut pio, &mem, &config.serial, config.memory.size)?;
-        kvm.register_irqfd(devices.serial_irq(), devices::SERIAL_GSI)?;
+        let devices = create_devices(config, &mut pio)?;
+        kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
+        kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+        if config.serial.mode == ConsoleMode::Stdio {
+            spawn_stdin_pump(&devices)?;
+        }
         // 8. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
         let ctx = VcpuContext {
             mem,
@@ -164,17 +225,22 @@ impl Vm {
             vcpus,
             ctx,
             devices,
+            vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
         })
     }
 
     /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 9), then
     /// stops every vCPU and collects their state (step 10).
-    pub fn run(self) -> Result<VmOutcome, VmmError> {
+    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
         register_signal_handler(kick_signal(), kick_handler).map_err(VmmError::SignalHandler)?;
+        if self.vga.mode == VgaMode::Text {
+            register_signal_handler(libc::SIGUSR1, vga_dump_handler)
+                .map_err(VmmError::SignalHandler)?;
+        }
         let (tx, rx) = mpsc::channel::<VcpuEnd>();
         let mut handles: Vec<JoinHandle<Option<VcpuReport>>> = Vec::new();
-        for vcpu in self.vcpus {
+        for vcpu in std::mem::take(&mut self.vcpus) {
             let tx = tx.clone();
             let id = vcpu.id();
             let name = format!("vcpu{id}");
@@ -189,9 +255,20 @@ impl Vm {
             handles.push(handle);
         }
         drop(tx);
-        let first = match self.timeout {
-            Some(t) => rx.recv_timeout(t).ok(),
-            None => rx.recv().ok(),
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let first = loop {
+            match rx.recv_timeout(MAIN_TICK) {
+                Ok(end) => break Some(end),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.devices.flush_output();
+            if VGA_DUMP_REQUESTED.swap(false, Ordering::Relaxed) {
+                self.render_vga()?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break None;
+            }
         };
         let timed_out = first.is_none();
         self.ctx.stop.store(true, Ordering::Release);
@@ -200,7 +277,10 @@ impl Vm {
             .into_iter()
             .filter_map(|h| h.join().ok().flatten())
             .collect();
-        self.devices.finish(&self.ctx.mem);
+        self.devices.flush_output();
+        if self.vga.mode == VgaMode::Text {
+            self.render_vga()?;
+        }
         let (stop, culprit) = match first {
             Some(end) => (end.stop, Some(end.id)),
             None => (VcpuStop::Stopped, None),
@@ -212,6 +292,35 @@ impl Vm {
             culprit,
         })
     }
+}
+
+impl Vm {
+    /// Renders the VGA text buffer to the configured file (rewritten) or standard error.
+    fn render_vga(&self) -> Result<(), VmmError> {
+        match &self.vga.file {
+            Some(path) => {
+                let mut f = create_output("VGA text", path)?;
+                self.devices.vga.dump(&self.ctx.mem, &mut f)?;
+            }
+            None => self.devices.vga.dump(&self.ctx.mem, &mut std::io::stderr())?,
+        }
+        Ok(())
+    }
+}
+
+/// Feeds standard input to the serial port from a detached thread; it ends at end of input.
+fn spawn_stdin_pump(devices: &LegacyDevices) -> Result<(), VmmError> {
+    let serial = devices.serial.clone();
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let _ = serial.pump_input(std::io::stdin());
+        })
+        .map(|_| ())
+        .map_err(|source| VmmError::SpawnThread {
+            name: "stdin".into(),
+            source,
+        })
 }
 
 /// Signals every vCPU thread until all have left KVM_RUN and finished. A signal that lands
