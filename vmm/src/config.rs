@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// What was wrong.
         reason: String,
     },
+    /// A command-line option that does not exist.
+    #[error("unknown option --{0} (see strata run --help)")]
+    UnknownOption(String),
     /// A value is outside what the machine supports.
     #[error("invalid {field}: {reason}")]
     Invalid {
