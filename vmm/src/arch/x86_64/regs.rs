@@ -129,11 +129,12 @@ pub fn setup_sregs(
             write_identity_page_tables(mem)?;
             sregs.cr3 = PML4_START.0;
             sregs.cr4 |= X86_CR4_PAE;
-            sregs.cr0 |= X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
+            // Caches on (CD and NW clear, unlike the reset value), protection and paging on.
+            sregs.cr0 = X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
             sregs.efer |= EFER_LME | EFER_LMA;
         }
         EntryMode::Protected32 => {
-            sregs.cr0 = (sregs.cr0 & !X86_CR0_PG) | X86_CR0_PE | X86_CR0_ET;
+            sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr4 = 0;
             sregs.cr3 = 0;
             sregs.efer = 0;
