@@ -32,14 +32,40 @@ struct Guest {
     output: Output,
 }
 
-const GUESTS: &[Guest] = &[Guest {
-    file: "pvh.elf",
-    source: "pvh.S",
-    defines: &[],
-    elf32: false,
-    script: "elf.ld",
-    output: Output::Elf,
-}];
+const GUESTS: &[Guest] = &[
+    Guest {
+        file: "pvh.elf",
+        source: "pvh.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "multiboot1-elf.elf",
+        source: "multiboot.S",
+        defines: &[],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "multiboot1-aout.bin",
+        source: "multiboot.S",
+        defines: &["AOUT"],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Flat,
+    },
+    Guest {
+        file: "multiboot2.elf",
+        source: "multiboot.S",
+        defines: &["MB2"],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+];
 
 fn tool(var: &str, default: &str) -> String {
     println!("cargo:rerun-if-env-changed={var}");
