@@ -36,6 +36,18 @@ pub fn multiboot2() -> &'static Path {
     guest_path!("multiboot2.elf")
 }
 
+/// The Linux boot protocol guest as an ELF64 "vmlinux" (no PVH note):
+/// enter at the ELF entry in long mode with RSI -> boot_params.
+pub fn linux_vmlinux() -> &'static Path {
+    guest_path!("linux-vmlinux.elf")
+}
+
+/// The Linux boot protocol guest as a bzImage (protocol 2.12, 64-bit entry
+/// at protected-mode offset 0x200, real-mode setup stub for BIOS loaders).
+pub fn linux_bzimage() -> &'static Path {
+    guest_path!("linux-bzImage")
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
@@ -45,6 +57,8 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("multiboot1-elf", multiboot1_elf()),
             ("multiboot1-aout", multiboot1_aout()),
             ("multiboot2", multiboot2()),
+            ("linux-vmlinux", linux_vmlinux()),
+            ("linux-bzimage", linux_bzimage()),
         ]
     })
 }

@@ -315,3 +315,37 @@ fn test_multiboot2_via_multiboot1_modules_reported() {
         check_multiboot("multiboot2", test_guests::multiboot2());
     }
 }
+
+#[test]
+fn test_linux_bzimage_initrd_reported() {
+    if !kvm_available() {
+        return;
+    }
+    // Arrange
+    let dir = scratch("linux");
+    let (initrd, crc) = make_module(&dir, "initrd.img", 4096 + 123, 4);
+    let kernel = test_guests::linux_bzimage().to_str().expect("utf-8 path");
+    let cmdline = "root=/dev/null exit=5 quiet";
+
+    // Act
+    let run = qemu(&[
+        "-M",
+        "pc",
+        "-kernel",
+        kernel,
+        "-append",
+        cmdline,
+        "-initrd",
+        initrd.to_str().expect("path"),
+    ]);
+
+    // Assert
+    let mut expected = header("linux", "linux", cmdline);
+    expected.push(format!(
+        "initrd: 0x???????? 0x{:08x} crc32={crc:08x}",
+        4096 + 123
+    ));
+    expected.push("done".to_string());
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(5 << 1 | 1));
+}
