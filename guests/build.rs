@@ -15,6 +15,10 @@ enum Output {
     Elf,
     /// `objcopy -O binary` of the ELF.
     Flat,
+    /// A bzImage: the real-mode setup assembled from this source, then the
+    /// flat protected-mode kernel; setup_sects, syssize and init_size are
+    /// patched into the setup header.
+    BzImage(&'static str),
 }
 
 /// One guest image built from one assembler source.
@@ -32,14 +36,56 @@ struct Guest {
     output: Output,
 }
 
-const GUESTS: &[Guest] = &[Guest {
-    file: "pvh.elf",
-    source: "pvh.S",
-    defines: &[],
-    elf32: false,
-    script: "elf.ld",
-    output: Output::Elf,
-}];
+const GUESTS: &[Guest] = &[
+    Guest {
+        file: "pvh.elf",
+        source: "pvh.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "multiboot1-elf.elf",
+        source: "multiboot.S",
+        defines: &[],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "multiboot1-aout.bin",
+        source: "multiboot.S",
+        defines: &["AOUT"],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Flat,
+    },
+    Guest {
+        file: "multiboot2.elf",
+        source: "multiboot.S",
+        defines: &["MB2"],
+        elf32: true,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "linux-vmlinux.elf",
+        source: "linux.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "linux-bzImage",
+        source: "linux.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::BzImage("setup.S"),
+    },
+];
 
 fn tool(var: &str, default: &str) -> String {
     println!("cargo:rerun-if-env-changed={var}");
@@ -80,25 +126,33 @@ fn crc32_table_source() -> String {
     out
 }
 
-fn build_guest(g: &Guest, asm: &Path, out: &Path) -> Result<PathBuf, String> {
-    let stem = g.file.trim_end_matches(".elf").trim_end_matches(".bin");
+/// Assembles `source` and links it with `script`; returns the linked ELF.
+fn assemble_and_link(
+    source: &str,
+    defines: &[&str],
+    elf32: bool,
+    script: &str,
+    stem: &str,
+    asm: &Path,
+    out: &Path,
+) -> Result<PathBuf, String> {
     let obj = out.join(format!("{stem}.o"));
     let elf = out.join(format!("{stem}.linked.elf"));
     let mut cc = Command::new(tool("GUEST_CC", "gcc"));
     cc.arg("-c")
-        .arg(if g.elf32 { "-m32" } else { "-m64" })
+        .arg(if elf32 { "-m32" } else { "-m64" })
         .arg("-nostdinc")
         .arg("-I")
         .arg(asm)
         .arg("-I")
         .arg(out);
-    for d in g.defines {
+    for d in defines {
         cc.arg(format!("-D{d}"));
     }
-    run(cc.arg(asm.join(g.source)).arg("-o").arg(&obj))?;
+    run(cc.arg(asm.join(source)).arg("-o").arg(&obj))?;
     let mut ld = Command::new(tool("GUEST_LD", "ld"));
     ld.arg("-m")
-        .arg(if g.elf32 { "elf_i386" } else { "elf_x86_64" })
+        .arg(if elf32 { "elf_i386" } else { "elf_x86_64" })
         .args([
             "-nostdlib",
             "-static",
@@ -108,19 +162,57 @@ fn build_guest(g: &Guest, asm: &Path, out: &Path) -> Result<PathBuf, String> {
         ])
         .arg("--no-warn-rwx-segments")
         .arg("-T")
-        .arg(asm.join(g.script))
+        .arg(asm.join(script))
         .arg("-o")
         .arg(&elf)
         .arg(&obj);
     run(&mut ld)?;
+    Ok(elf)
+}
+
+/// `objcopy -O binary` of `elf` into `flat`, read back.
+fn flatten(elf: &Path, flat: &Path) -> Result<Vec<u8>, String> {
+    let mut oc = Command::new(tool("GUEST_OBJCOPY", "objcopy"));
+    run(oc.args(["-O", "binary"]).arg(elf).arg(flat))?;
+    fs::read(flat).map_err(|e| format!("read {}: {e}", flat.display()))
+}
+
+/// Joins the real-mode setup and the protected-mode kernel into a bzImage,
+/// patching the setup header like Linux's arch/x86/boot/tools/build.
+fn bzimage(mut setup: Vec<u8>, kernel: &[u8]) -> Result<Vec<u8>, String> {
+    setup.resize(setup.len().div_ceil(512) * 512, 0);
+    let sects = setup.len() / 512 - 1;
+    if setup.len() < 0x268 || sects > 255 || &setup[0x202..0x206] != b"HdrS" {
+        return Err("setup.S: bad setup image".into());
+    }
+    let syssize = u32::try_from(kernel.len().div_ceil(16)).map_err(|e| e.to_string())?;
+    let init_size = u32::try_from(kernel.len().div_ceil(4096) * 4096).map_err(|e| e.to_string())?;
+    setup[0x1f1] = sects as u8;
+    setup[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+    setup[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    setup.extend_from_slice(kernel);
+    Ok(setup)
+}
+
+fn build_guest(g: &Guest, asm: &Path, out: &Path) -> Result<PathBuf, String> {
+    let stem = g.file.trim_end_matches(".elf").trim_end_matches(".bin");
+    let elf = assemble_and_link(g.source, g.defines, g.elf32, g.script, stem, asm, out)?;
     let image = out.join(g.file);
     match g.output {
         Output::Elf => {
             fs::copy(&elf, &image).map_err(|e| format!("copy {}: {e}", elf.display()))?;
         }
         Output::Flat => {
-            let mut oc = Command::new(tool("GUEST_OBJCOPY", "objcopy"));
-            run(oc.args(["-O", "binary"]).arg(&elf).arg(&image))?;
+            flatten(&elf, &image)?;
+        }
+        Output::BzImage(setup_source) => {
+            let kernel = flatten(&elf, &out.join(format!("{stem}.kernel.bin")))?;
+            let setup_stem = format!("{stem}.setup");
+            let setup_elf =
+                assemble_and_link(setup_source, &[], true, "setup.ld", &setup_stem, asm, out)?;
+            let setup = flatten(&setup_elf, &out.join(format!("{setup_stem}.bin")))?;
+            fs::write(&image, bzimage(setup, &kernel)?)
+                .map_err(|e| format!("write {}: {e}", image.display()))?;
         }
     }
     Ok(image)

@@ -19,10 +19,48 @@ pub fn pvh() -> &'static Path {
     guest_path!("pvh.elf")
 }
 
+/// The multiboot1 guest as an ELF32 image (no a.out kludge).
+pub fn multiboot1_elf() -> &'static Path {
+    guest_path!("multiboot1-elf.elf")
+}
+
+/// The multiboot1 guest as a flat binary using the a.out kludge
+/// (header flag 16: load addresses and entry point in the header).
+pub fn multiboot1_aout() -> &'static Path {
+    guest_path!("multiboot1-aout.bin")
+}
+
+/// The multiboot2 guest: an ELF32 image with a multiboot2 header and,
+/// for QEMU's sake, also a multiboot1 header.
+pub fn multiboot2() -> &'static Path {
+    guest_path!("multiboot2.elf")
+}
+
+/// The Linux boot protocol guest as an ELF64 "vmlinux" (no PVH note):
+/// enter at the ELF entry in long mode with RSI -> boot_params.
+pub fn linux_vmlinux() -> &'static Path {
+    guest_path!("linux-vmlinux.elf")
+}
+
+/// The Linux boot protocol guest as a bzImage (protocol 2.12, 64-bit entry
+/// at protected-mode offset 0x200, real-mode setup stub for BIOS loaders).
+pub fn linux_bzimage() -> &'static Path {
+    guest_path!("linux-bzImage")
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
-    ALL.get_or_init(|| vec![("pvh", pvh())])
+    ALL.get_or_init(|| {
+        vec![
+            ("pvh", pvh()),
+            ("multiboot1-elf", multiboot1_elf()),
+            ("multiboot1-aout", multiboot1_aout()),
+            ("multiboot2", multiboot2()),
+            ("linux-vmlinux", linux_vmlinux()),
+            ("linux-bzimage", linux_bzimage()),
+        ]
+    })
 }
 
 /// The path of the guest called `name`, if there is one.

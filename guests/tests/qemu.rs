@@ -77,7 +77,8 @@ fn qemu(args: &[&str]) -> Run {
         .args([
             "-nodefaults",
             "-no-user-config",
-            "-nographic",
+            "-display",
+            "none",
             "-serial",
             "stdio",
         ])
@@ -261,4 +262,90 @@ fn test_pvh_no_cmdline_exits_zero() {
     expected.push("done".to_string());
     check_output(&run.out, &expected);
     assert_eq!(run.status, Some(1));
+}
+
+/// Boots a multiboot image under `-M pc` (QEMU boots multiboot1 only) with
+/// two modules and checks the report.
+fn check_multiboot(name: &str, kernel: &Path) {
+    // Arrange
+    let dir = scratch(name);
+    let (m1, crc1) = make_module(&dir, "a.bin", 3000, 2);
+    let (m2, crc2) = make_module(&dir, "b.bin", 5000, 3);
+    let kernel = kernel.to_str().expect("utf-8 path");
+    let initrd = format!("{} arg1 arg2,{}", m1.display(), m2.display());
+    let cmdline = "hello multiboot exit=3";
+
+    // Act
+    let run = qemu(&[
+        "-M", "pc", "-kernel", kernel, "-append", cmdline, "-initrd", &initrd,
+    ]);
+
+    // Assert: QEMU passes the kernel path as the first cmdline word.
+    let mut expected = header(name, "multiboot1", &format!("{kernel} {cmdline}"));
+    expected.push(module_line(
+        3000,
+        crc1,
+        &format!("{} arg1 arg2", m1.display()),
+    ));
+    expected.push(module_line(5000, crc2, &m2.display().to_string()));
+    expected.push("bootloader: qemu".to_string());
+    expected.push("meminfo: lower=639 upper=*".to_string());
+    expected.push("done".to_string());
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(3 << 1 | 1));
+}
+
+#[test]
+fn test_multiboot1_elf_modules_reported() {
+    if kvm_available() {
+        check_multiboot("multiboot1-elf", test_guests::multiboot1_elf());
+    }
+}
+
+#[test]
+fn test_multiboot1_aout_modules_reported() {
+    if kvm_available() {
+        check_multiboot("multiboot1-aout", test_guests::multiboot1_aout());
+    }
+}
+
+#[test]
+fn test_multiboot2_via_multiboot1_modules_reported() {
+    if kvm_available() {
+        check_multiboot("multiboot2", test_guests::multiboot2());
+    }
+}
+
+#[test]
+fn test_linux_bzimage_initrd_reported() {
+    if !kvm_available() {
+        return;
+    }
+    // Arrange
+    let dir = scratch("linux");
+    let (initrd, crc) = make_module(&dir, "initrd.img", 4096 + 123, 4);
+    let kernel = test_guests::linux_bzimage().to_str().expect("utf-8 path");
+    let cmdline = "root=/dev/null exit=5 quiet";
+
+    // Act
+    let run = qemu(&[
+        "-M",
+        "pc",
+        "-kernel",
+        kernel,
+        "-append",
+        cmdline,
+        "-initrd",
+        initrd.to_str().expect("path"),
+    ]);
+
+    // Assert
+    let mut expected = header("linux", "linux", cmdline);
+    expected.push(format!(
+        "initrd: 0x???????? 0x{:08x} crc32={crc:08x}",
+        4096 + 123
+    ));
+    expected.push("done".to_string());
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(5 << 1 | 1));
 }
