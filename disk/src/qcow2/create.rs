@@ -106,6 +106,7 @@ pub(crate) fn create(path: &Path, size: u64, o: &CreateOptions) -> Result<()> {
     h.l1_size = l1_size;
     h.l1_table_offset = l1_off;
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(path)
         .map_err(ioerr)?;

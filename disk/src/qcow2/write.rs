@@ -33,7 +33,10 @@ impl Qcow2 {
         let refs = self.refs.as_mut().ok_or_else(|| {
             Error::new(ErrorKind::Unsupported, "image is open read-only").with_operation("allocate")
         })?;
-        refs.alloc(&self.file, n)
+        let off = refs.alloc(&self.file, n)?;
+        // Allocated clusters are part of the image even before they are written.
+        self.file_len = self.file_len.max(off + n * self.header.cluster_size());
+        Ok(off)
     }
 
     pub(crate) fn defer_free(&mut self, host_cluster: u64) {
