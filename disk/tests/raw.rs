@@ -4,7 +4,7 @@ mod common;
 
 use common::{qemu_img, scratch, Rng};
 use disk::raw::Extent;
-use disk::{Discard, DiskSize, Format, OpenOptions, RawDisk, ReadAt, Resize, WriteAt};
+use disk::{Discard, DiskSize, Format, OpenOptions, RawDisk, ReadAt, WriteAt};
 
 const MIB: u64 = 1 << 20;
 

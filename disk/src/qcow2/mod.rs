@@ -52,6 +52,14 @@ const MAX_BACKING_DEPTH: u32 = 256;
 /// Bytes of L2 tables cached per open image.
 const L2_CACHE_BYTES: u64 = 1 << 20;
 
+/// Decompresses one cluster of `cluster_size` bytes (exposed for the fuzz targets).
+#[doc(hidden)]
+pub fn fuzz_decompress(ty: CompressionType, input: &[u8], cluster_size: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; cluster_size];
+    compress::decompress(ty, input, &mut out)?;
+    Ok(out)
+}
+
 /// How one guest cluster is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mapping {
