@@ -52,7 +52,7 @@ fn test_qcow2_crash_child_process() {
                 .expect("child zero");
             d.write_at(&data, slot * SLOT).expect("child rewrite");
         }
-        if (i + 1) % WRITES_PER_FLUSH == 0 {
+        if (i + 1).is_multiple_of(WRITES_PER_FLUSH) {
             d.flush().expect("child flush");
             let tmp = format!("{progress}.tmp");
             std::fs::write(&tmp, (i + 1).to_string()).expect("progress");
