@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod vmdk;
 
 pub use error::{Error, ErrorKind, Result};
 
