@@ -108,7 +108,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 fn bad(kind: ErrorKind, name: &str, at: u64, why: String) -> Error {
-    Error::new(kind, format!("sparse header field {name}: {why}")).with_offset(at)
+    Error::new(kind, format!("{name}: {why}")).with_offset(at)
 }
 
 /// The geometry derived from a validated header, in bytes and entries.
@@ -173,7 +173,7 @@ impl SparseHeader {
         if !(1..=3).contains(&h.version) {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "version",
+                "header field version",
                 field::VERSION,
                 format!("version {} is not 1, 2 or 3", h.version),
             ));
@@ -181,7 +181,7 @@ impl SparseHeader {
         if h.flags & FLAG_NEWLINE_TEST != 0 && buf[73..77] != *b"\n \r\n" {
             return Err(bad(
                 ErrorKind::Corrupt,
-                "newline characters",
+                "header field newline characters",
                 field::NEWLINE_CHARS,
                 "damaged by a text-mode transfer".into(),
             ));
@@ -227,7 +227,7 @@ impl SparseHeader {
         if self.descriptor_size > MAX_DESCRIPTOR_SECTORS {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "descriptorSize",
+                "header field descriptorSize",
                 field::DESCRIPTOR_SIZE,
                 format!(
                     "{} sectors exceeds the limit of {MAX_DESCRIPTOR_SECTORS}",
@@ -239,7 +239,7 @@ impl SparseHeader {
             self.descriptor_offset,
             self.descriptor_size * SECTOR,
             file_len,
-            "descriptorOffset",
+            "header field descriptorOffset",
             field::DESCRIPTOR_OFFSET,
         )?;
         // A descriptor may be shorter than its reserved area if the file was truncated after
@@ -259,7 +259,7 @@ impl SparseHeader {
         if gd_entries > MAX_GD_ENTRIES {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "capacity",
+                "header field capacity",
                 field::CAPACITY,
                 format!("needs {gd_entries} grain directory entries (limit {MAX_GD_ENTRIES})"),
             ));
@@ -269,7 +269,7 @@ impl SparseHeader {
             self.gd_offset,
             gd_bytes,
             file_len,
-            "gdOffset",
+            "header field gdOffset",
             field::GD_OFFSET,
         )?;
         let rgd_offset = if self.flags & FLAG_RGD != 0 && self.rgd_offset != 0 {
@@ -277,7 +277,7 @@ impl SparseHeader {
                 self.rgd_offset,
                 gd_bytes,
                 file_len,
-                "rgdOffset",
+                "header field rgdOffset",
                 field::RGD_OFFSET,
             )?)
         } else {
@@ -297,7 +297,7 @@ impl SparseHeader {
         if self.capacity > MAX_CAPACITY_SECTORS {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "capacity",
+                "header field capacity",
                 field::CAPACITY,
                 format!("{} sectors is too large", self.capacity),
             ));
@@ -308,7 +308,7 @@ impl SparseHeader {
         {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "grainSize",
+                "header field grainSize",
                 field::GRAIN_SIZE,
                 format!(
                     "{} sectors is not a power of two up to {MAX_GRAIN_SECTORS}",
@@ -319,7 +319,7 @@ impl SparseHeader {
         if self.num_gtes_per_gt == 0 || self.num_gtes_per_gt > MAX_GTES_PER_GT {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "numGTEsPerGT",
+                "header field numGTEsPerGT",
                 field::NUM_GTES_PER_GT,
                 format!(
                     "{} is not between 1 and {MAX_GTES_PER_GT}",
@@ -334,7 +334,7 @@ impl SparseHeader {
         {
             return Err(bad(
                 ErrorKind::Corrupt,
-                "overHead",
+                "header field overHead",
                 field::OVERHEAD,
                 format!(
                     "{} sectors lies beyond the end of the file ({file_len} bytes)",
@@ -345,7 +345,7 @@ impl SparseHeader {
         if self.compressed() && self.compress_algorithm != COMPRESS_DEFLATE {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "compressAlgorithm",
+                "header field compressAlgorithm",
                 field::COMPRESS_ALGORITHM,
                 format!("algorithm {} is not deflate", self.compress_algorithm),
             ));
@@ -356,7 +356,7 @@ impl SparseHeader {
         {
             return Err(bad(
                 ErrorKind::Unsupported,
-                "flags",
+                "header field flags",
                 field::FLAGS,
                 format!("unknown flags {:#x}", self.flags),
             ));
