@@ -9,6 +9,7 @@
 pub mod error;
 pub mod qcow2;
 pub mod raw;
+pub mod vmdk;
 
 pub use error::{Error, ErrorKind, Result};
 pub use qcow2::{CheckReport, CompressionType, Qcow2, Qcow2Info, SnapshotInfo};
