@@ -1,6 +1,7 @@
 //! The `strata` binary: argv in, library calls out.
 
 mod cli;
+mod img;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
+        Some("img") => img::main(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("strata {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
