@@ -41,7 +41,10 @@ fn run(args: &[String]) -> ExitCode {
         for report in &outcome.reports {
             eprint!("{report}");
         }
-        eprintln!("strata: timeout: stopped the guest after {} s", config.timeout.unwrap_or(0));
+        eprintln!(
+            "strata: timeout: stopped the guest after {} s",
+            config.timeout.unwrap_or(0)
+        );
     } else if outcome.stop.is_fatal() {
         let culprit = outcome
             .reports

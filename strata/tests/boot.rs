@@ -55,7 +55,11 @@ fn test_boot_pvh_guest_sees_cmdline_memmap_module() {
     }
     let (run, crc) = boot_with_module("pvh", test_guests::pvh(), "hello pvh exit=5");
     let module = format!("module: 0x07fff000 0x00000bb8 crc32={crc:08x} ");
-    assert_output(&run, &expected("pvh", "pvh", "hello pvh exit=5", &[module]), 5);
+    assert_output(
+        &run,
+        &expected("pvh", "pvh", "hello pvh exit=5", &[module]),
+        5,
+    );
 }
 
 #[test]
@@ -81,7 +85,12 @@ fn test_boot_multiboot1_elf_guest_sees_info() {
         return;
     }
     let (run, crc) = boot_with_module("mb1elf", test_guests::multiboot1_elf(), "mb1 elf exit=11");
-    let want = expected("multiboot1-elf", "multiboot1", "mb1 elf exit=11", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot1-elf",
+        "multiboot1",
+        "mb1 elf exit=11",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 11);
 }
 
@@ -91,7 +100,12 @@ fn test_boot_multiboot1_aout_kludge_guest_sees_info() {
         return;
     }
     let (run, crc) = boot_with_module("mb1aout", test_guests::multiboot1_aout(), "aout");
-    let want = expected("multiboot1-aout", "multiboot1", "aout", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot1-aout",
+        "multiboot1",
+        "aout",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 0);
 }
 
@@ -101,7 +115,12 @@ fn test_boot_multiboot2_guest_prefers_multiboot2() {
         return;
     }
     let (run, crc) = boot_with_module("mb2", test_guests::multiboot2(), "two exit=2");
-    let want = expected("multiboot2", "multiboot2", "two exit=2", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot2",
+        "multiboot2",
+        "two exit=2",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 2);
 }
 
@@ -110,9 +129,17 @@ fn test_boot_linux_vmlinux_guest_sees_zero_page() {
     if !kvm_available() {
         return;
     }
-    let (run, crc) = boot_with_module("vmlinux", test_guests::linux_vmlinux(), "console=ttyS0 exit=9");
+    let (run, crc) = boot_with_module(
+        "vmlinux",
+        test_guests::linux_vmlinux(),
+        "console=ttyS0 exit=9",
+    );
     let initrd = format!("initrd: 0x07fff000 0x00000bb8 crc32={crc:08x}");
-    assert_output(&run, &expected("linux", "linux", "console=ttyS0 exit=9", &[initrd]), 9);
+    assert_output(
+        &run,
+        &expected("linux", "linux", "console=ttyS0 exit=9", &[initrd]),
+        9,
+    );
 }
 
 #[test]
@@ -122,7 +149,11 @@ fn test_boot_linux_bzimage_guest_sees_zero_page() {
     }
     let (run, crc) = boot_with_module("bzimage", test_guests::linux_bzimage(), "root=/dev/vda");
     let initrd = format!("initrd: 0x07fff000 0x00000bb8 crc32={crc:08x}");
-    assert_output(&run, &expected("linux", "linux", "root=/dev/vda", &[initrd]), 0);
+    assert_output(
+        &run,
+        &expected("linux", "linux", "root=/dev/vda", &[initrd]),
+        0,
+    );
 }
 
 #[test]
@@ -130,7 +161,13 @@ fn test_boot_pvh_guest_large_memory_two_slots() {
     if !kvm_available() {
         return;
     }
-    let run = strata(&["run", "--kernel", &test_guests::pvh().to_string_lossy(), "--memory", "size=5G"]);
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &test_guests::pvh().to_string_lossy(),
+        "--memory",
+        "size=5G",
+    ]);
     let want: Vec<String> = [
         "strata-test-guest pvh",
         "protocol: pvh",
@@ -168,6 +205,9 @@ fn test_boot_serial_to_file_and_config_file() {
     assert_eq!(run.status, Some(0), "{run:?}");
     assert_eq!(run.stdout, "");
     let serial = std::fs::read_to_string(&out).expect("serial log");
-    assert!(serial.starts_with("strata-test-guest pvh\nprotocol: pvh\ncmdline: from toml\n"), "{serial}");
+    assert!(
+        serial.starts_with("strata-test-guest pvh\nprotocol: pvh\ncmdline: from toml\n"),
+        "{serial}"
+    );
     assert!(serial.ends_with("done\n"), "{serial}");
 }

@@ -302,7 +302,10 @@ impl Vm {
                 let mut f = create_output("VGA text", path)?;
                 self.devices.vga.dump(&self.ctx.mem, &mut f)?;
             }
-            None => self.devices.vga.dump(&self.ctx.mem, &mut std::io::stderr())?,
+            None => self
+                .devices
+                .vga
+                .dump(&self.ctx.mem, &mut std::io::stderr())?,
         }
         Ok(())
     }

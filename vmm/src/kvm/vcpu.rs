@@ -112,7 +112,10 @@ impl fmt::Display for VcpuStop {
             VcpuStop::Shutdown => write!(f, "triple fault (KVM_EXIT_SHUTDOWN)"),
             VcpuStop::Halted => write!(f, "vCPU halted"),
             VcpuStop::InternalError { suberror: 1 } => {
-                write!(f, "KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1)")
+                write!(
+                    f,
+                    "KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1)"
+                )
             }
             VcpuStop::InternalError { suberror } => {
                 write!(f, "KVM internal error (suberror {suberror})")
@@ -193,7 +196,11 @@ impl VcpuReport {
     /// One line: vCPU, mode, CPL, RIP and instruction bytes.
     pub fn summary(&self) -> String {
         let bytes: Vec<String> = self.insn_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let paging = if self.sregs.cr0 & 0x8000_0000 != 0 { "paging" } else { "no paging" };
+        let paging = if self.sregs.cr0 & 0x8000_0000 != 0 {
+            "paging"
+        } else {
+            "no paging"
+        };
         format!(
             "vCPU {}: {}, {}, CPL {}, RIP {:#x}, instruction bytes [{}]",
             self.id,
@@ -211,10 +218,26 @@ impl fmt::Display for VcpuReport {
         let r = &self.regs;
         let s = &self.sregs;
         writeln!(f, "{}", self.summary())?;
-        writeln!(f, "  rax={:016x} rbx={:016x} rcx={:016x} rdx={:016x}", r.rax, r.rbx, r.rcx, r.rdx)?;
-        writeln!(f, "  rsi={:016x} rdi={:016x} rbp={:016x} rsp={:016x}", r.rsi, r.rdi, r.rbp, r.rsp)?;
-        writeln!(f, "  r8 ={:016x} r9 ={:016x} r10={:016x} r11={:016x}", r.r8, r.r9, r.r10, r.r11)?;
-        writeln!(f, "  r12={:016x} r13={:016x} r14={:016x} r15={:016x}", r.r12, r.r13, r.r14, r.r15)?;
+        writeln!(
+            f,
+            "  rax={:016x} rbx={:016x} rcx={:016x} rdx={:016x}",
+            r.rax, r.rbx, r.rcx, r.rdx
+        )?;
+        writeln!(
+            f,
+            "  rsi={:016x} rdi={:016x} rbp={:016x} rsp={:016x}",
+            r.rsi, r.rdi, r.rbp, r.rsp
+        )?;
+        writeln!(
+            f,
+            "  r8 ={:016x} r9 ={:016x} r10={:016x} r11={:016x}",
+            r.r8, r.r9, r.r10, r.r11
+        )?;
+        writeln!(
+            f,
+            "  r12={:016x} r13={:016x} r14={:016x} r15={:016x}",
+            r.r12, r.r13, r.r14, r.r15
+        )?;
         writeln!(f, "  rip={:016x} rflags={:08x}", r.rip, r.rflags)?;
         writeln!(
             f,
@@ -257,9 +280,14 @@ impl Vcpu {
     ) -> Result<(), VcpuError> {
         let mut cpuid = base_cpuid.clone();
         cpuid::adjust_cpuid(&mut cpuid, self.id, cpu_count);
-        self.fd.set_cpuid2(&cpuid).map_err(self.setup_err("set CPUID"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.setup_err("set CPUID"))?;
         let msrs = msr::boot_msrs();
-        let set = self.fd.set_msrs(&msrs).map_err(self.setup_err("set MSRs"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.setup_err("set MSRs"))?;
         if set != msrs.as_slice().len() {
             return Err(VcpuError::PartialMsrs {
                 id: self.id,
@@ -267,15 +295,25 @@ impl Vcpu {
                 wanted: msrs.as_slice().len(),
             });
         }
-        self.fd.set_fpu(&regs::boot_fpu()).map_err(self.setup_err("set FPU"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.setup_err("set FPU"))?;
         let mut lapic = self.fd.get_lapic().map_err(self.setup_err("get LAPIC"))?;
         interrupts::set_lint(&mut lapic);
-        self.fd.set_lapic(&lapic).map_err(self.setup_err("set LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.setup_err("set LAPIC"))?;
         if let Some(entry) = entry {
             let sregs = self.fd.get_sregs().map_err(self.setup_err("get sregs"))?;
-            let sregs = regs::setup_sregs(&self.ctx.mem, entry.mode, sregs)
-                .map_err(|source| VcpuError::Regs { id: self.id, source })?;
-            self.fd.set_sregs(&sregs).map_err(self.setup_err("set sregs"))?;
+            let sregs = regs::setup_sregs(&self.ctx.mem, entry.mode, sregs).map_err(|source| {
+                VcpuError::Regs {
+                    id: self.id,
+                    source,
+                }
+            })?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(self.setup_err("set sregs"))?;
             self.fd
                 .set_regs(&regs::boot_regs(entry))
                 .map_err(self.setup_err("set regs"))?;
@@ -377,7 +415,12 @@ impl Vcpu {
             };
             let in_page = (0x1000 - (addr & 0xfff)) as usize;
             let mut chunk = vec![0u8; in_page.min(len - out.len())];
-            if self.ctx.mem.read_slice(&mut chunk, GuestAddress(phys)).is_err() {
+            if self
+                .ctx
+                .mem
+                .read_slice(&mut chunk, GuestAddress(phys))
+                .is_err()
+            {
                 break;
             }
             out.extend_from_slice(&chunk);

@@ -182,7 +182,10 @@ mod tests {
     #[test]
     fn test_gdt_entry_roundtrip_long_code() {
         let seg = kvm_segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((seg.l, seg.db, seg.present, seg.s, seg.type_), (1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (seg.l, seg.db, seg.present, seg.s, seg.type_),
+            (1, 0, 1, 1, 0xb)
+        );
         assert_eq!(seg.limit, 0xffff_ffff);
         assert_eq!(seg.selector, 8);
     }
@@ -204,7 +207,10 @@ mod tests {
         let s = setup_sregs(&m, EntryMode::Protected32, kvm_sregs::default()).unwrap();
         assert_eq!(s.cr0 & X86_CR0_PG, 0);
         assert_eq!(s.cr0 & X86_CR0_PE, 1);
-        assert_eq!((s.cs.db, s.cs.l, s.cs.limit, s.cs.base), (1, 0, 0xffff_ffff, 0));
+        assert_eq!(
+            (s.cs.db, s.cs.l, s.cs.limit, s.cs.base),
+            (1, 0, 0xffff_ffff, 0)
+        );
         assert_eq!(s.ss.type_, 3);
         assert_eq!(s.efer, 0);
     }
