@@ -58,8 +58,9 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
     };
     let setup_size = (usize::from(sects) + 1) * 512;
     let payload = bytes.len().saturating_sub(setup_size) as u64;
+    // syssize counts 16-byte paragraphs, rounded up.
     let syssize = u64::from(hdr.syssize) * 16;
-    if payload == 0 || payload < syssize {
+    if payload == 0 || payload.next_multiple_of(16) < syssize {
         return Err(ctx.kernel.invalid(format!(
             "truncated bzImage: {} bytes, but the setup header announces {setup_size} bytes of \
              setup code and {syssize} bytes of kernel",
@@ -210,5 +211,136 @@ fn entry(protocol: Protocol, rip: u64) -> BootEntry {
         rax: 0,
         rbx: 0,
         rsi: ZERO_PAGE_START.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_images::*;
+    use super::*;
+    use crate::arch::x86_64::layout::CMDLINE_START;
+
+    const ZP: u64 = ZERO_PAGE_START.0;
+
+    /// The e820 table the 64 MiB test machine gets: (addr, size, type).
+    const E820: [(u64, u64, u32); 3] = [
+        (0, 0x9_fc00, 1),
+        (0x9_fc00, 0x400, 2),
+        (0x10_0000, RAM - 0x10_0000, 1),
+    ];
+
+    fn assert_e820(guest: &Guest) {
+        assert_eq!(guest.read(ZP + 0x1e8, 1), vec![3], "e820_entries");
+        for (i, (addr, size, ty)) in E820.iter().enumerate() {
+            let at = ZP + 0x2d0 + 20 * i as u64;
+            assert_eq!(guest.u64_at(at), *addr, "e820[{i}].addr");
+            assert_eq!(guest.u64_at(at + 8), *size, "e820[{i}].size");
+            assert_eq!(guest.u32_at(at + 16), *ty, "e820[{i}].type");
+        }
+    }
+
+    #[test]
+    fn test_load_vmlinux_zero_page_bytes() {
+        let guest = Guest::new();
+        let kernel = TempFile::new("vmlinux", &small_elf(true, false));
+        let initrd = TempFile::new("initrd.img", &[0x5a; 5000]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), " console=ttyS0 ")
+            .unwrap();
+
+        let initrd_addr = RAM - 0x2000;
+        assert_eq!(
+            entry,
+            BootEntry {
+                protocol: Protocol::LinuxElf,
+                mode: EntryMode::Long64,
+                rip: 0x10_0000,
+                rsp: 0x8ff0,
+                rax: 0,
+                rbx: 0,
+                rsi: ZP,
+            }
+        );
+        assert_eq!(guest.read(0x10_0000, 16), CODE);
+        assert_eq!(guest.read(0x10_0010, 0xff0), vec![0; 0xff0], "bss zeroed");
+        assert_eq!(guest.read(ZP + 0x1fe, 2), vec![0x55, 0xaa], "boot_flag");
+        assert_eq!(guest.read(ZP + 0x202, 4), b"HdrS");
+        assert_eq!(guest.read(ZP + 0x210, 1), vec![0xff], "type_of_loader");
+        assert_eq!(
+            guest.u32_at(ZP + 0x218),
+            initrd_addr as u32,
+            "ramdisk_image"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x21c), 5000, "ramdisk_size");
+        assert_eq!(
+            guest.u32_at(ZP + 0x228),
+            CMDLINE_START.0 as u32,
+            "cmd_line_ptr"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x230), 0x100_0000, "kernel_alignment");
+        assert_eq!(guest.u32_at(ZP + 0x238), 13, "cmdline_size");
+        assert_eq!(guest.read(CMDLINE_START.0, 14), b"console=ttyS0\0");
+        assert_eq!(guest.read(initrd_addr, 5000), vec![0x5a; 5000]);
+        assert_e820(&guest);
+    }
+
+    #[test]
+    fn test_load_bzimage_zero_page_bytes() {
+        let guest = Guest::new();
+        let spec = BzImageSpec {
+            initrd_addr_max: 0x1ff_ffff,
+            ..Default::default()
+        };
+        let image = bzimage(&spec);
+        let kernel = TempFile::new("bzImage", &image);
+        let initrd = TempFile::new("initrd.img", &[0xa5; 100]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), "quiet")
+            .unwrap();
+
+        assert_eq!(entry.protocol, Protocol::LinuxBzImage);
+        assert_eq!(entry.mode, EntryMode::Long64);
+        assert_eq!(entry.rip, 0x10_0200, "64-bit entry = load address + 0x200");
+        assert_eq!((entry.rsp, entry.rsi), (0x8ff0, ZP));
+        assert_eq!(guest.read(0x10_0000, 0x2000), vec![0x90; 0x2000]);
+        // The setup header is the image's, with the loader's fields filled in.
+        let hdr = guest.read(ZP + 0x1f1, 0x7b);
+        assert_eq!(hdr[..0x1f], image[0x1f1..0x210], "up to type_of_loader");
+        assert_eq!(hdr[0x1f], 0xff, "type_of_loader");
+        assert_eq!(
+            hdr[0x20..0x27],
+            image[0x211..0x218],
+            "loadflags..code32_start"
+        );
+        assert_eq!(
+            guest.u32_at(ZP + 0x218),
+            0x1ff_f000,
+            "initrd below initrd_addr_max"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x21c), 100);
+        assert_eq!(guest.u32_at(ZP + 0x228), CMDLINE_START.0 as u32);
+        assert_eq!(guest.u32_at(ZP + 0x22c), 0x1ff_ffff, "initrd_addr_max kept");
+        assert_eq!(guest.read(ZP + 0x236, 2), vec![1, 0], "xloadflags kept");
+        assert_eq!(guest.read(0x1ff_f000, 100), vec![0xa5; 100]);
+        assert_e820(&guest);
+    }
+
+    #[test]
+    fn test_load_bzimage_initrd_kept_clear_of_kernel() {
+        // 4 MiB of RAM: the kernel's init_size (64 KiB) at 1 MiB must stay free.
+        let guest = Guest::with_ram(4 << 20);
+        let kernel = TempFile::new("bzImage", &bzimage(&BzImageSpec::default()));
+        let fits = TempFile::new("initrd.img", &vec![1; (3 << 20) - 0x10_000]);
+        let too_big = TempFile::new("initrd.img", &vec![1; (3 << 20) - 0xf_000]);
+
+        let entry = guest.boot(kernel.path(), Some(fits.path()), "");
+        let initrd_addr = guest.u32_at(ZP + 0x218);
+        let err = guest.boot(kernel.path(), Some(too_big.path()), "");
+
+        assert_eq!(entry.unwrap().rip, 0x10_0200);
+        assert_eq!(initrd_addr, 0x11_0000);
+        assert!(matches!(err, Err(BootError::NoRoom { .. })));
     }
 }
