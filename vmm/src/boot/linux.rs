@@ -68,12 +68,18 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
         )));
     }
     let load = u64::from(hdr.code32_start);
-    let span = payload.max(u64::from(hdr.init_size));
-    ctx.check_ram("bzImage kernel (load address to init_size)", load, span)?;
+    ctx.check_ram("bzImage protected-mode kernel", load, payload)?;
+    let (run, run_size) = (runtime_start(&hdr, load), u64::from(hdr.init_size));
+    ctx.check_ram(
+        "bzImage decompression area (runtime start address + init_size)",
+        run,
+        run_size,
+    )?;
     let limit = usize::try_from(hdr.cmdline_size).unwrap_or(usize::MAX);
     let cmdline_len = ctx.write_cmdline(limit, Protocol::LinuxBzImage)?;
     let initrd_max = u64::from(hdr.initrd_addr_max).saturating_add(1);
-    let initrd = ctx.load_initrd(&initrd_placement(vec![(load, load + span)], initrd_max))?;
+    let used = vec![(load, load + payload), (run, run + run_size)];
+    let initrd = ctx.load_initrd(&initrd_placement(used, initrd_max))?;
 
     let mut file = File::open(&ctx.kernel.path).map_err(|source| BootError::Open {
         path: ctx.kernel.path.clone(),
@@ -88,6 +94,18 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
     finish_params(ctx, &mut params, cmdline_len, initrd.as_ref())?;
     write_zero_page(ctx, &params)?;
     Ok(entry(Protocol::LinuxBzImage, load + ENTRY_64_OFFSET))
+}
+
+/// Where the kernel decompresses itself (arch/x86/boot/compressed/head_64.S): the load
+/// address rounded up to `kernel_alignment` but not below `pref_address` (= LOAD_PHYSICAL_ADDR)
+/// for a relocatable kernel, `pref_address` otherwise. It needs `init_size` bytes from there.
+fn runtime_start(hdr: &setup_header, load: u64) -> u64 {
+    let pref = hdr.pref_address;
+    if hdr.relocatable_kernel == 0 {
+        return pref;
+    }
+    let align = u64::from(hdr.kernel_alignment).max(1);
+    load.div_ceil(align).saturating_mul(align).max(pref)
 }
 
 /// Reads and checks the setup header of a bzImage.
@@ -290,6 +308,7 @@ mod tests {
         let guest = Guest::new();
         let spec = BzImageSpec {
             initrd_addr_max: 0x1ff_ffff,
+            pref_address: 0x100_0000,
             ..Default::default()
         };
         let image = bzimage(&spec);
@@ -329,18 +348,36 @@ mod tests {
 
     #[test]
     fn test_load_bzimage_initrd_kept_clear_of_kernel() {
-        // 4 MiB of RAM: the kernel's init_size (64 KiB) at 1 MiB must stay free.
+        // 4 MiB of RAM: the kernel's decompression area must stay free.
         let guest = Guest::with_ram(4 << 20);
         let kernel = TempFile::new("bzImage", &bzimage(&BzImageSpec::default()));
-        let fits = TempFile::new("initrd.img", &vec![1; (3 << 20) - 0x10_000]);
-        let too_big = TempFile::new("initrd.img", &vec![1; (3 << 20) - 0xf_000]);
+        // Relocatable, 2 MiB aligned: it decompresses at 2 MiB..2 MiB + 64 KiB.
+        let fits = TempFile::new("initrd.img", &vec![1; (2 << 20) - 0x10_000]);
+        let too_big = TempFile::new("initrd.img", &vec![1; (2 << 20) - 0xf_000]);
 
         let entry = guest.boot(kernel.path(), Some(fits.path()), "");
         let initrd_addr = guest.u32_at(ZP + 0x218);
         let err = guest.boot(kernel.path(), Some(too_big.path()), "");
 
         assert_eq!(entry.unwrap().rip, 0x10_0200);
-        assert_eq!(initrd_addr, 0x11_0000);
+        assert_eq!(initrd_addr, 0x21_0000);
         assert!(matches!(err, Err(BootError::NoRoom { .. })));
+    }
+
+    #[test]
+    fn test_load_bzimage_decompression_area_beyond_ram_refused() {
+        // Debian 6.1's numbers: relocatable, pref_address 16 MiB, init_size 0x3378000.
+        let guest = Guest::new();
+        let spec = BzImageSpec {
+            pref_address: 0x100_0000,
+            init_size: 0x337_8000,
+            ..Default::default()
+        };
+
+        let err = guest.boot_bytes(&bzimage(&spec), "").unwrap_err();
+
+        assert!(matches!(err, BootError::OutsideRam { .. }), "{err}");
+        assert!(err.to_string().contains("decompression area"), "{err}");
+        assert!(err.to_string().contains("0x1000000..0x4378000"), "{err}");
     }
 }

@@ -307,12 +307,13 @@ fn detect(kernel: &KernelImage) -> Result<Detected, BootError> {
     if linux::is_bzimage(bytes) {
         return Ok(Detected::BzImage);
     }
-    let elf = if elf::is_elf(bytes) {
-        Some(elf::parse(bytes).map_err(|reason| kernel.invalid(reason))?)
-    } else {
-        None
-    };
-    if let Some(image) = elf.as_ref().filter(|e| e.pvh_entry.is_some()) {
+    // A malformed ELF may still boot through a multiboot header's load addresses, so its
+    // error is reported only if no multiboot header is found either.
+    let elf = elf::is_elf(bytes).then(|| elf::parse(bytes));
+    if let Some(Ok(image)) = elf
+        .as_ref()
+        .filter(|e| matches!(e, Ok(i) if i.pvh_entry.is_some()))
+    {
         return Ok(Detected::Pvh(image.clone()));
     }
     if let Some(offset) = multiboot2::find_header(bytes) {
@@ -322,8 +323,9 @@ fn detect(kernel: &KernelImage) -> Result<Detected, BootError> {
         return Ok(Detected::Multiboot1(offset));
     }
     match elf {
-        Some(image) if image.class64 => Ok(Detected::Vmlinux(image)),
-        Some(_) => Err(kernel.invalid(
+        Some(Err(reason)) => Err(kernel.invalid(reason)),
+        Some(Ok(image)) if image.class64 => Ok(Detected::Vmlinux(image)),
+        Some(Ok(_)) => Err(kernel.invalid(
             "32-bit ELF image without a PVH note or multiboot header; Strata boots 32-bit \
              ELF kernels only through PVH or multiboot"
                 .into(),

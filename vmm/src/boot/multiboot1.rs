@@ -126,8 +126,9 @@ pub(super) fn load_elf(
         )));
     }
     let image = elf::parse(bytes).map_err(|reason| ctx.kernel.invalid(reason))?;
-    check_entry(ctx, image.entry)?;
-    Ok((elf::load(ctx, &image)?, image.entry))
+    let entry = image.entry_paddr();
+    check_entry(ctx, entry)?;
+    Ok((elf::load(ctx, &image)?, entry))
 }
 
 /// The entry point must be 32-bit addressable and in RAM.
