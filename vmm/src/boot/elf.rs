@@ -57,7 +57,7 @@ impl ElfImage {
         self.segments
             .iter()
             .find(|s| self.entry >= s.vaddr && self.entry - s.vaddr < s.memsz)
-            .map_or(self.entry, |s| s.paddr + (self.entry - s.vaddr))
+            .map_or(self.entry, |s| s.paddr.saturating_add(self.entry - s.vaddr))
     }
 }
 

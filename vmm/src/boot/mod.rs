@@ -464,8 +464,10 @@ impl LoadContext<'_> {
         }
     }
 
-    /// Builds the command line, refusing one longer than `limit` bytes (without the NUL).
+    /// Builds the command line, refusing one longer than `limit` bytes (without the NUL) or
+    /// than the command line area.
     fn cmdline(&self, limit: usize, protocol: Protocol) -> Result<Cmdline, BootError> {
+        let limit = limit.min(CMDLINE_MAX_SIZE - 1);
         let raw = &self.source.cmdline;
         let invalid = |reason: String| BootError::InvalidCmdline {
             path: self.kernel.path.clone(),
@@ -483,7 +485,7 @@ impl LoadContext<'_> {
                 protocol,
             });
         }
-        Cmdline::try_from(raw, CMDLINE_MAX_SIZE.max(limit + 1)).map_err(|e| invalid(e.to_string()))
+        Cmdline::try_from(raw, CMDLINE_MAX_SIZE).map_err(|e| invalid(e.to_string()))
     }
 
     /// Builds the command line and writes it at [`CMDLINE_ADDR`]; returns its length.

@@ -458,3 +458,60 @@ fn test_load_broken_elf_without_other_header_reports_elf_error() {
 
     assert!(msg.contains("invalid ELF program header size 40"), "{msg}");
 }
+
+#[test]
+fn test_load_bzimage_cmdline_capped_at_cmdline_area() {
+    let guest = Guest::new();
+    let spec = BzImageSpec {
+        cmdline_size: u32::MAX,
+        ..Default::default()
+    };
+
+    let err = guest
+        .boot_bytes(&bzimage(&spec), &"a".repeat(CMDLINE_MAX_SIZE))
+        .unwrap_err();
+
+    assert!(
+        matches!(err, BootError::CmdlineTooLong { limit, .. } if limit == CMDLINE_MAX_SIZE - 1),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_load_mutated_headers_error_without_panic() {
+    let guest = Guest::new();
+    let mut mb1_elf = small_elf(false, false);
+    add_multiboot1_header(&mut mb1_elf, 3);
+    let images = [
+        bzimage(&BzImageSpec::default()),
+        small_elf(true, true),
+        small_elf(false, true),
+        mb1_elf,
+        multiboot1_kludge(3, 0x100),
+        multiboot2_flat(&[mb2_tag(1, 0, &[1, 6]), mb2_tag(6, 0, &[])]),
+        small_elf(true, false),
+    ];
+    let mut x = 0x9e37_79b9u32;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut refused = 0;
+
+    for image in &images {
+        // Mutate bytes in the headers (the first 0x300 bytes), where the parsers look.
+        let span = image.len().min(0x300) as u32;
+        for _ in 0..150 {
+            let mut m = image.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % span) as usize;
+                m[at] = next() as u8;
+            }
+            refused += usize::from(guest.boot_bytes(&m, "x").is_err());
+        }
+    }
+
+    assert!(refused > 0, "some mutations must be refused");
+}
