@@ -93,6 +93,14 @@ const GUESTS: &[Guest] = &[
         script: "elf.ld",
         output: Output::Elf,
     },
+    Guest {
+        file: "smp.elf",
+        source: "smp.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
 ];
 
 fn tool(var: &str, default: &str) -> String {

@@ -77,6 +77,12 @@ pub fn ring3_expected_result() -> u32 {
     !crc
 }
 
+/// The SMP guest: a PVH image whose BSP finds the CPUs in the MP table,
+/// starts the APs with INIT-SIPI-SIPI and has each print `cpu <id> up`.
+pub fn smp() -> &'static Path {
+    guest_path!("smp.elf")
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
@@ -89,6 +95,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("linux-vmlinux", linux_vmlinux()),
             ("linux-bzimage", linux_bzimage()),
             ("ring3", ring3()),
+            ("smp", smp()),
         ]
     })
 }

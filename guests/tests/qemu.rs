@@ -389,3 +389,31 @@ fn test_ring3_cpl_and_result_reported() {
     check_output(&run.out, &expected);
     assert_eq!(run.status, Some(9 << 1 | 1));
 }
+
+#[test]
+fn test_smp_two_cpus_report() {
+    if !kvm_available() {
+        return;
+    }
+    // Arrange: SeaBIOS's MP table lists one CPU per socket.
+    let kernel = test_guests::smp().to_str().expect("utf-8 path");
+    let cmdline = "exit=4";
+
+    // Act
+    let run = qemu(&[
+        "-M",
+        "pc",
+        "-smp",
+        "2,sockets=2,cores=1,threads=1",
+        "-kernel",
+        kernel,
+        "-append",
+        cmdline,
+    ]);
+
+    // Assert
+    let mut expected = header("smp", "pvh", cmdline);
+    expected.extend(["cpu 0 up", "cpu 1 up", "cpus: 2", "done"].map(String::from));
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(4 << 1 | 1));
+}
