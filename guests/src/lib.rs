@@ -48,6 +48,41 @@ pub fn linux_bzimage() -> &'static Path {
     guest_path!("linux-bzImage")
 }
 
+/// The ring-3 guest: a PVH image that reports, then computes a CRC-32 over
+/// 8 MiB in ring 3 and prints `ring3: cpl=3` and `ring3: result=<hex>`
+/// (see [`ring3_expected_result`]).
+pub fn ring3() -> &'static Path {
+    guest_path!("ring3.elf")
+}
+
+/// The value the ring-3 guest prints as `ring3: result=`: the IEEE CRC-32
+/// of the 8 MiB buffer `buf[i] = (i * 0x9e3779b1 mod 2^32) >> 24`.
+pub fn ring3_expected_result() -> u32 {
+    let table: Vec<u32> = (0..256u32)
+        .map(|n| {
+            (0..8).fold(n, |c, _| {
+                if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
+        .collect();
+    let mut crc = 0xffff_ffffu32;
+    for i in 0..0x80_0000u32 {
+        let byte = (i.wrapping_mul(0x9e37_79b1) >> 24) as u8;
+        crc = table[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// The SMP guest: a PVH image whose BSP finds the CPUs in the MP table,
+/// starts the APs with INIT-SIPI-SIPI and has each print `cpu <id> up`.
+pub fn smp() -> &'static Path {
+    guest_path!("smp.elf")
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
@@ -59,6 +94,8 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("multiboot2", multiboot2()),
             ("linux-vmlinux", linux_vmlinux()),
             ("linux-bzimage", linux_bzimage()),
+            ("ring3", ring3()),
+            ("smp", smp()),
         ]
     })
 }
@@ -83,6 +120,12 @@ mod tests {
         // Assert
         assert!(!guests.is_empty());
         assert!(missing.is_empty(), "missing guests: {missing:?}");
+    }
+
+    #[test]
+    fn test_ring3_expected_result_matches_reference_value() {
+        // Computed independently with Python's zlib.crc32.
+        assert_eq!(ring3_expected_result(), 0x9125_6322);
     }
 
     #[test]

@@ -82,7 +82,11 @@ fn qemu(args: &[&str]) -> Run {
             "-serial",
             "stdio",
         ])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-no-reboot",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -348,4 +352,68 @@ fn test_linux_bzimage_initrd_reported() {
     expected.push("done".to_string());
     check_output(&run.out, &expected);
     assert_eq!(run.status, Some(5 << 1 | 1));
+}
+
+#[test]
+fn test_ring3_cpl_and_result_reported() {
+    if !kvm_available() {
+        return;
+    }
+    // Arrange
+    let dir = scratch("ring3");
+    let (module, crc) = make_module(&dir, "mod.bin", 2048, 5);
+    let kernel = test_guests::ring3().to_str().expect("utf-8 path");
+    let cmdline = "exit=9";
+
+    // Act
+    let run = qemu(&[
+        "-M",
+        "microvm",
+        "-kernel",
+        kernel,
+        "-append",
+        cmdline,
+        "-initrd",
+        module.to_str().expect("path"),
+    ]);
+
+    // Assert
+    let mut expected = header("ring3", "pvh", cmdline);
+    expected.push(module_line(2048, crc, ""));
+    expected.push("ring3: cpl=3".to_string());
+    expected.push(format!(
+        "ring3: result={:08x}",
+        test_guests::ring3_expected_result()
+    ));
+    expected.push("done".to_string());
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(9 << 1 | 1));
+}
+
+#[test]
+fn test_smp_two_cpus_report() {
+    if !kvm_available() {
+        return;
+    }
+    // Arrange: SeaBIOS's MP table lists one CPU per socket.
+    let kernel = test_guests::smp().to_str().expect("utf-8 path");
+    let cmdline = "exit=4";
+
+    // Act
+    let run = qemu(&[
+        "-M",
+        "pc",
+        "-smp",
+        "2,sockets=2,cores=1,threads=1",
+        "-kernel",
+        kernel,
+        "-append",
+        cmdline,
+    ]);
+
+    // Assert
+    let mut expected = header("smp", "pvh", cmdline);
+    expected.extend(["cpu 0 up", "cpu 1 up", "cpus: 2", "done"].map(String::from));
+    check_output(&run.out, &expected);
+    assert_eq!(run.status, Some(4 << 1 | 1));
 }
