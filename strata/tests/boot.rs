@@ -211,3 +211,46 @@ fn test_boot_serial_to_file_and_config_file() {
     );
     assert!(serial.ends_with("done\n"), "{serial}");
 }
+
+#[test]
+fn test_boot_ring3_guest_runs_work_loop_in_user_mode() {
+    if !kvm_available() {
+        return;
+    }
+    // The guest's work: CRC-32 of buf[i] = (i * 0x9e3779b1 mod 2^32) >> 24, 8 MiB (ring3.S).
+    let buf: Vec<u8> = (0..0x80_0000u32)
+        .map(|i| (i.wrapping_mul(0x9e37_79b1) >> 24) as u8)
+        .collect();
+    let run = strata(&["run", "--kernel", &test_guests::ring3().to_string_lossy()]);
+    let tail = ["ring3: cpl=3".to_string(), format!("ring3: result={:08x}", crc32(&buf))];
+    assert_output(&run, &expected("ring3", "pvh", "", &tail), 0);
+}
+
+fn smp_lines(cpus: u8) -> Vec<String> {
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &test_guests::smp().to_string_lossy(),
+        "--cpus",
+        &format!("boot={cpus}"),
+    ]);
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "");
+    let mut lines: Vec<String> = run.lines().iter().map(|s| s.to_string()).collect();
+    // APs report in whatever order they win the lock; sort their lines.
+    let first_cpu = lines.iter().position(|l| l.starts_with("cpu ")).expect("cpu lines");
+    lines[first_cpu..first_cpu + usize::from(cpus)].sort();
+    lines
+}
+
+#[test]
+fn test_boot_smp_guest_every_vcpu_reports() {
+    if !kvm_available() {
+        return;
+    }
+    for cpus in [1u8, 2, 4] {
+        let mut tail: Vec<String> = (0..cpus).map(|i| format!("cpu {i} up")).collect();
+        tail.push(format!("cpus: {cpus}"));
+        assert_eq!(smp_lines(cpus), expected("smp", "pvh", "", &tail), "with {cpus} vCPUs");
+    }
+}
