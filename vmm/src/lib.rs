@@ -9,3 +9,4 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod emulate;
