@@ -264,10 +264,11 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
     let name = stats::mnemonic_name(mnemonic);
     match result {
         Ok(()) => {
+            // IRET sets RIP and RFLAGS.RF itself; everything else moves on and clears RF.
             if !jumped {
                 advance_rip(state, &instr);
+                state.regs.rflags &= !flags::RF;
             }
-            state.regs.rflags &= !flags::RF;
             stats.record(name.unwrap_or("other"));
             Ok(Outcome::Emulated(Writeback { regs: true, ..wb }))
         }

@@ -36,6 +36,11 @@ impl Access {
         fetch: false,
         implicit: true,
     };
+    pub const SYSTEM_WRITE: Access = Access {
+        write: true,
+        fetch: false,
+        implicit: true,
+    };
 }
 
 const PTE_P: u64 = 1 << 0;
