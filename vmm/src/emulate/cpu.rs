@@ -87,6 +87,11 @@ pub struct GuestFeatures {
 impl GuestFeatures {
     /// The host CPU's features: what a guest sees when the VMM passes the host CPUID through.
     pub fn host() -> Self {
+        static HOST: std::sync::OnceLock<GuestFeatures> = std::sync::OnceLock::new();
+        *HOST.get_or_init(Self::probe_host)
+    }
+
+    fn probe_host() -> Self {
         // CPUID is unprivileged and has no side effects.
         let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
         let ext1 = core::arch::x86_64::__cpuid(0x8000_0001);

@@ -25,37 +25,37 @@ struct Frame {
 
 /// A segment descriptor read from the GDT or LDT.
 #[derive(Clone, Copy, Debug)]
-struct Descriptor {
-    raw: u64,
+pub(crate) struct Descriptor {
+    pub raw: u64,
     /// Linear address of the descriptor (to set its accessed bit).
-    la: u64,
+    pub la: u64,
 }
 
 impl Descriptor {
-    fn type_(&self) -> u8 {
+    pub(crate) fn type_(&self) -> u8 {
         ((self.raw >> 40) & 0xf) as u8
     }
-    fn system(&self) -> bool {
+    pub(crate) fn system(&self) -> bool {
         self.raw & (1 << 44) == 0
     }
-    fn code(&self) -> bool {
+    pub(crate) fn code(&self) -> bool {
         !self.system() && self.type_() & 8 != 0
     }
-    fn dpl(&self) -> u8 {
+    pub(crate) fn dpl(&self) -> u8 {
         ((self.raw >> 45) & 3) as u8
     }
-    fn present(&self) -> bool {
+    pub(crate) fn present(&self) -> bool {
         self.raw & (1 << 47) != 0
     }
-    fn long(&self) -> bool {
+    pub(crate) fn long(&self) -> bool {
         self.raw & (1 << 53) != 0
     }
-    fn db(&self) -> bool {
+    pub(crate) fn db(&self) -> bool {
         self.raw & (1 << 54) != 0
     }
 
     /// The hidden segment state KVM's kvm_segment carries (accessed bit set).
-    fn segment(&self, selector: u16) -> kvm_segment {
+    pub(crate) fn segment(&self, selector: u16) -> kvm_segment {
         let r = self.raw;
         let base = ((r >> 16) & 0xff_ffff) | (((r >> 56) & 0xff) << 24);
         let mut limit = ((r & 0xffff) | (((r >> 48) & 0xf) << 16)) as u32;
@@ -89,6 +89,9 @@ pub(crate) fn emulate<M: GuestMemoryAccess + ?Sized>(ctx: &mut Ctx<'_, M>) -> Re
         CpuMode::Protected16 | CpuMode::Protected32 | CpuMode::Long64
     ) {
         return Err(Stop::Unsupported("IRET in real or virtual-8086 mode"));
+    }
+    if state.sregs.efer & super::cpu::cr::EFER_LMA != 0 && mode != CpuMode::Long64 {
+        return Err(Stop::Unsupported("IRET in compatibility mode"));
     }
     if state.regs.rflags & flags::NT != 0 {
         return Err(Stop::Unsupported("IRET task return (EFLAGS.NT=1)"));
@@ -144,7 +147,7 @@ fn pop_frame<M: GuestMemoryAccess + ?Sized>(
 }
 
 /// Wraps a stack offset to the stack address size (64, 32 or 16 bits).
-fn stack_offset(state: &CpuState, offset: u64) -> u64 {
+pub(crate) fn stack_offset(state: &CpuState, offset: u64) -> u64 {
     if state.mode() == CpuMode::Long64 {
         offset
     } else if state.sregs.ss.db != 0 {
@@ -155,7 +158,7 @@ fn stack_offset(state: &CpuState, offset: u64) -> u64 {
 }
 
 /// Reads the descriptor for `selector` from the GDT or LDT; #GP(selector) beyond the limit.
-fn read_descriptor<M: GuestMemoryAccess + ?Sized>(
+pub(crate) fn read_descriptor<M: GuestMemoryAccess + ?Sized>(
     state: &CpuState,
     mem: &M,
     selector: u16,
@@ -363,7 +366,7 @@ fn null_segment(selector: u16, dpl: u8) -> kvm_segment {
 }
 
 /// Sets the accessed bit of a descriptor in memory, as loading a segment register does.
-fn set_accessed<M: GuestMemoryAccess + ?Sized>(
+pub(crate) fn set_accessed<M: GuestMemoryAccess + ?Sized>(
     state: &CpuState,
     mem: &M,
     desc: &Descriptor,
@@ -372,7 +375,13 @@ fn set_accessed<M: GuestMemoryAccess + ?Sized>(
         return Ok(());
     }
     let byte = ((desc.raw >> 40) as u8) | 1;
-    paging::write_linear(state, mem, desc.la + 5, &[byte], Access::SYSTEM_WRITE)
+    paging::write_linear(
+        state,
+        mem,
+        desc.la.wrapping_add(5),
+        &[byte],
+        Access::SYSTEM_WRITE,
+    )
 }
 
 #[cfg(test)]

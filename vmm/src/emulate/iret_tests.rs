@@ -52,6 +52,9 @@ fn stack32(mem: &GuestMemoryMmap, words: &[u32]) {
 
 const IRETD: [u8; 1] = [0xcf];
 
+/// A stack image and the (vector, error code) it must raise.
+type FaultCase<'a> = (&'a [u32], (u8, Option<u32>));
+
 #[test]
 fn test_iret32_same_privilege_restores_eip_cs_eflags() {
     // Arrange: CPL 0 returning to CPL 0 with IOPL=3, IF, AC and CF in the image.
@@ -156,7 +159,7 @@ fn test_iretw_changes_only_low_16_flag_bits() {
 
 #[test]
 fn test_iret32_bad_selectors_fault_with_selector_error_codes() {
-    let cases: [(&[u32], (u8, Option<u32>)); 7] = [
+    let cases: [FaultCase; 7] = [
         (&[0, 0, 0x2], (13, Some(0))),                            // null CS
         (&[0, 0x48, 0x2], (13, Some(0x48))),                      // beyond GDT limit
         (&[0, u32::from(KERNEL_DS), 0x2], (13, Some(0x10))),      // data as CS

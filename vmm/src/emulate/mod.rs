@@ -20,6 +20,7 @@ mod bits;
 mod control;
 mod cpu;
 mod fxsave;
+mod inject;
 mod iret;
 mod operand;
 mod paging;
@@ -31,6 +32,7 @@ use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemoni
 use kvm_bindings::{kvm_run, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION};
 
 pub use cpu::{flags, CpuMode, CpuState, GuestFeatures, GuestMemoryAccess};
+pub use inject::{deliver_through_idt, discard_emulation_failure_ud};
 pub use stats::EmulationStats;
 
 use cpu::cr;
@@ -398,7 +400,7 @@ fn decode<M: GuestMemoryAccess + ?Sized>(
     paging::read_linear(
         state,
         mem,
-        la + first as u64,
+        la.wrapping_add(first as u64),
         &mut buf[first..],
         Access::FETCH,
     )?;
