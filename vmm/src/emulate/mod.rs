@@ -64,6 +64,10 @@ pub struct Writeback {
     pub fpu: bool,
     /// The instruction was IRET: it ends NMI blocking (clear `kvm_vcpu_events.nmi.masked`).
     pub nmi_unblocked: bool,
+    /// RFLAGS.TF was set when the instruction started: a real CPU raises a single-step #DB
+    /// (vector 1, trap, DR6.BS) after it. Inject it after writing back if the VMM supports
+    /// guest debugging; it is reported, not delivered.
+    pub debug_trap: bool,
 }
 
 /// How an event must be delivered.
@@ -248,14 +252,16 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
     stats: &mut EmulationStats,
 ) -> Result<Outcome, EmulateError> {
     let rip = state.regs.rip;
-    let mode = state.mode();
     let instr = match decode(state, mem, insn) {
         Ok(instr) => instr,
         Err(stop) => return finish_stop(state, stop, "(invalid)", rip),
     };
     let mnemonic = instr.mnemonic();
+    let single_step = state.regs.rflags & flags::TF != 0;
+    // Work on a copy: a fault or an unsupported form leaves `state` as it was.
+    let mut work = *state;
     let mut ctx = Ctx {
-        state,
+        state: &mut work,
         mem,
         instr,
         wb: Writeback::default(),
@@ -263,20 +269,26 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
     };
     let result = dispatch(&mut ctx);
     let (wb, jumped) = (ctx.wb, ctx.jumped);
-    let name = stats::mnemonic_name(mnemonic);
+    let name = stats::mnemonic_name(mnemonic).unwrap_or("other");
     match result {
         Ok(()) => {
             // IRET sets RIP and RFLAGS.RF itself; everything else moves on and clears RF.
             if !jumped {
-                advance_rip(state, &instr);
-                state.regs.rflags &= !flags::RF;
+                advance_rip(&mut work, &instr);
+                work.regs.rflags &= !flags::RF;
             }
-            stats.record(name.unwrap_or("other"));
-            Ok(Outcome::Emulated(Writeback { regs: true, ..wb }))
+            *state = work;
+            stats.record(name);
+            Ok(Outcome::Emulated(Writeback {
+                regs: true,
+                debug_trap: single_step,
+                ..wb
+            }))
         }
         Err(Stop::SoftwareInterrupt(vector)) => {
-            advance_rip(state, &instr);
-            stats.record(name.unwrap_or("other"));
+            advance_rip(&mut work, &instr);
+            *state = work;
+            stats.record(name);
             Ok(Outcome::Inject(Injection {
                 vector,
                 error_code: None,
@@ -285,7 +297,6 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
             }))
         }
         Err(stop) => {
-            let _ = mode;
             let label = format!("{mnemonic:?}").to_lowercase();
             finish_stop(state, stop, &label, rip)
         }
@@ -514,6 +525,42 @@ mod tests {
         // LOCK CPUID is invalid.
         let outcome = emulate(&mut state, &mem, Some(&[0xf0, 0x0f, 0xa2]), &mut stats).unwrap();
         assert_eq!(testutil::injected(&outcome), Some((6, None)));
+    }
+
+    #[test]
+    fn test_emulate_fault_leaves_state_unchanged() {
+        // Arrange: an MMX load (which would reset TOP and the tags) from an unmapped page.
+        let mut state = long_mode_state();
+        let mem = memory();
+        mem.write_obj(0u64, GuestAddress(PT0 + 5 * 8)).unwrap();
+        state.fpu.fsw = 5 << 11;
+        state.regs.rdi = 0x5000;
+        let before = state;
+        let mut stats = EmulationStats::default();
+        // Act: movq mm1, [rdi]
+        let outcome = emulate(&mut state, &mem, Some(&[0x0f, 0x6f, 0x0f]), &mut stats).unwrap();
+        // Assert
+        assert_eq!(testutil::injected(&outcome), Some((14, Some(0))));
+        assert_eq!(state.fpu.fsw, before.fpu.fsw);
+        assert_eq!(state.fpu.ftwx, before.fpu.ftwx);
+        assert_eq!(state.regs.rip, before.regs.rip);
+    }
+
+    #[test]
+    fn test_emulate_with_tf_set_reports_debug_trap() {
+        let mut state = long_mode_state();
+        let mem = memory();
+        state.regs.rflags |= flags::TF | flags::RF;
+        let mut stats = EmulationStats::default();
+        let outcome = emulate(
+            &mut state,
+            &mem,
+            Some(&[0xf3, 0x0f, 0x1e, 0xfa]),
+            &mut stats,
+        )
+        .unwrap();
+        assert!(matches!(outcome, Outcome::Emulated(wb) if wb.debug_trap));
+        assert_eq!(state.regs.rflags & flags::RF, 0);
     }
 
     #[test]

@@ -134,7 +134,53 @@ pub(crate) fn translate<M: GuestMemoryAccess + ?Sized>(
     if s.cr0 & cr::CR0_PG == 0 {
         return Ok(la & 0xffff_ffff);
     }
-    let (mode, mut table) = if s.efer & cr::EFER_LMA != 0 {
+    let (mode, mut table) = paging_root(state, mem, la, access)?;
+    let mut rights = Rights {
+        writable: true,
+        user: true,
+        nx: false,
+    };
+    let mut entries: [(u64, u64); 5] = [(0, 0); 5];
+    for (depth, level) in mode.levels.iter().enumerate() {
+        let index = (la >> level.shift) & ((1 << mode.index_bits) - 1);
+        let addr = table + index * mode.entry_size;
+        let entry = read_entry(mem, addr, mode.entry_size)?;
+        entries[depth] = (addr, entry);
+        let used = depth + 1;
+        if entry & PTE_P == 0 {
+            return Err(page_fault(state, la, access, 0));
+        }
+        // 32-bit paging honours PS only with CR4.PSE; PAE and 4/5-level paging always do.
+        let large_ok = level.large_ok && (mode.entry_size == 8 || s.cr4 & cr::CR4_PSE != 0);
+        let leaf = depth + 1 == mode.levels.len() || (large_ok && entry & PTE_PS != 0);
+        let large = leaf && depth + 1 != mode.levels.len();
+        if entry & reserved_bits(state, &mode, level, large) != 0 {
+            return Err(page_fault(state, la, access, PFEC_P | PFEC_RSVD));
+        }
+        rights.writable &= entry & PTE_RW != 0;
+        rights.user &= entry & PTE_US != 0;
+        rights.nx |= mode.entry_size == 8 && s.efer & cr::EFER_NXE != 0 && entry & PTE_NX != 0;
+        if leaf {
+            check_rights(state, la, access, &rights)?;
+            set_accessed_dirty(mem, &mode, &entries[..used], access.write)?;
+            return Ok(
+                frame_address(state, &mode, level, entry, large) | (la & ((1 << level.shift) - 1))
+            );
+        }
+        table = entry & phys_mask(state) & !0xfff;
+    }
+    Err(Stop::Unsupported("page walk without a leaf"))
+}
+
+/// The paging structure in use and the physical address of its top-level table.
+fn paging_root<M: GuestMemoryAccess + ?Sized>(
+    state: &CpuState,
+    mem: &M,
+    la: u64,
+    access: Access,
+) -> Result<(PagingMode, u64), Stop> {
+    let s = &state.sregs;
+    Ok(if s.efer & cr::EFER_LMA != 0 {
         let levels: &'static [Level] = if s.cr4 & cr::CR4_LA57 != 0 {
             &LEVELS_5
         } else {
@@ -167,42 +213,7 @@ pub(crate) fn translate<M: GuestMemoryAccess + ?Sized>(
             },
             s.cr3 & 0xffff_f000,
         )
-    };
-    let mut rights = Rights {
-        writable: true,
-        user: true,
-        nx: false,
-    };
-    let mut entries: [(u64, u64); 5] = [(0, 0); 5];
-    for (depth, level) in mode.levels.iter().enumerate() {
-        let index = (la >> level.shift) & ((1 << mode.index_bits) - 1);
-        let addr = table + index * mode.entry_size;
-        let entry = read_entry(mem, addr, mode.entry_size)?;
-        entries[depth] = (addr, entry);
-        let used = depth + 1;
-        if entry & PTE_P == 0 {
-            return Err(page_fault(state, la, access, 0));
-        }
-        // 32-bit paging honours PS only with CR4.PSE; PAE and 4/5-level paging always do.
-        let large_ok = level.large_ok && (mode.entry_size == 8 || s.cr4 & cr::CR4_PSE != 0);
-        let leaf = depth + 1 == mode.levels.len() || (large_ok && entry & PTE_PS != 0);
-        let large = leaf && depth + 1 != mode.levels.len();
-        if entry & reserved_bits(state, &mode, level, entry, large) != 0 {
-            return Err(page_fault(state, la, access, PFEC_P | PFEC_RSVD));
-        }
-        rights.writable &= entry & PTE_RW != 0;
-        rights.user &= entry & PTE_US != 0;
-        rights.nx |= mode.entry_size == 8 && s.efer & cr::EFER_NXE != 0 && entry & PTE_NX != 0;
-        if leaf {
-            check_rights(state, la, access, &rights)?;
-            set_accessed_dirty(mem, &mode, &entries[..used], access.write)?;
-            return Ok(
-                frame_address(state, &mode, level, entry, large) | (la & ((1 << level.shift) - 1))
-            );
-        }
-        table = entry & phys_mask(state) & !0xfff;
-    }
-    Err(Stop::Unsupported("page walk without a leaf"))
+    })
 }
 
 /// Reads the PAE page-directory-pointer-table entry for `la` (as loaded from CR3).
@@ -236,13 +247,7 @@ fn phys_mask(state: &CpuState) -> u64 {
 }
 
 /// Reserved bits of a paging-structure entry that must be zero.
-fn reserved_bits(
-    state: &CpuState,
-    mode: &PagingMode,
-    level: &Level,
-    entry: u64,
-    large: bool,
-) -> u64 {
+fn reserved_bits(state: &CpuState, mode: &PagingMode, level: &Level, large: bool) -> u64 {
     if mode.entry_size == 4 {
         // 32-bit paging: only 4-MiB PDEs have reserved bits (bit 21 and PSE-36 bits above MAXPHYADDR).
         if !large {
@@ -262,7 +267,6 @@ fn reserved_bits(
         // Bits 12 (PAT) up to the page-size boundary must be zero except bit 12 itself.
         rsvd |= ((1u64 << level.shift) - 1) & !0x1fff;
     }
-    let _ = entry;
     rsvd
 }
 
