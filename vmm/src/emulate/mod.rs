@@ -15,6 +15,36 @@
 //!
 //! Nothing here talks to KVM, so every instruction is tested against the host CPU running it
 //! natively, with no /dev/kvm.
+//!
+//! The vCPU loop's glue, as checked on this PVM host (KVM gives the bytes with
+//! KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES; it queued no #UD here, but
+//! [`discard_emulation_failure_ud`] drops one where KVM does):
+//!
+//! ```ignore
+//! VcpuExit::InternalError => {
+//!     let bytes = emulate::exit_instruction_bytes(vcpu.get_kvm_run());
+//!     let mut state = CpuState::new(vcpu.get_regs()?, vcpu.get_sregs()?, vcpu.get_fpu()?);
+//!     let mut events = vcpu.get_vcpu_events()?;
+//!     emulate::discard_emulation_failure_ud(&mut events);
+//!     match emulate::emulate(&mut state, &guest_memory, bytes.as_deref(), &mut stats)? {
+//!         Outcome::Emulated(wb) => {
+//!             vcpu.set_regs(&state.regs)?;
+//!             if wb.sregs { vcpu.set_sregs(&state.sregs)?; }
+//!             if wb.fpu { vcpu.set_fpu(&state.fpu)?; }
+//!             if wb.nmi_unblocked { events.nmi.masked = 0; }
+//!         }
+//!         Outcome::Inject(inj) => {
+//!             // Software interrupts advanced RIP; faults left the state untouched.
+//!             vcpu.set_regs(&state.regs)?;
+//!             if inj.apply_to_events(&mut events, &mut state.sregs) {
+//!                 vcpu.set_sregs(&state.sregs)?; // CR2 for #PF
+//!             }
+//!         }
+//!         unsupported => return Err(/* stop the VM, print `unsupported` (Display) */),
+//!     }
+//!     vcpu.set_vcpu_events(&events)?;
+//! }
+//! ```
 
 mod bits;
 mod control;
