@@ -7,8 +7,13 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod qcow2;
+pub mod raw;
+pub mod vmdk;
 
 pub use error::{Error, ErrorKind, Result};
+pub use qcow2::{CheckReport, CompressionType, Qcow2, Qcow2Info, SnapshotInfo};
+pub use raw::RawDisk;
 
 use std::path::Path;
 
@@ -21,6 +26,17 @@ pub enum Format {
     Qcow2,
     /// VMware virtual disk.
     Vmdk,
+}
+
+impl Format {
+    /// The format's name as qemu-img spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+        }
+    }
 }
 
 impl std::str::FromStr for Format {
@@ -49,6 +65,57 @@ pub struct OpenOptions {
     pub allow_backing: bool,
     /// Open vmdk extents outside the descriptor's own directory.
     pub allow_outside_extents: bool,
+    /// Format of the image's immediate backing file when its header does not record one
+    /// (formats are never probed; without this such images are refused).
+    pub backing_format: Option<Format>,
+}
+
+/// qcow2 format version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Qcow2Version {
+    /// Version 2 ("compat=0.10").
+    V2,
+    /// Version 3 ("compat=1.1").
+    #[default]
+    V3,
+}
+
+/// Options for [`create`]; fields that do not apply to a format are ignored by it.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// qcow2 cluster size in bytes (default 64 KiB).
+    pub cluster_size: Option<u64>,
+    /// Backing file name, stored as given (relative names resolve against the image's directory).
+    pub backing_file: Option<String>,
+    /// Backing file format; required with `backing_file`.
+    pub backing_format: Option<Format>,
+    /// Compression type for compressed clusters (zstd needs version 3).
+    pub compression_type: CompressionType,
+    /// Refcount width in bits: 1, 2, 4, 8, 16 (default), 32 or 64.
+    pub refcount_bits: Option<u32>,
+    /// qcow2 version.
+    pub version: Qcow2Version,
+    /// Set the lazy-refcounts compatible feature (version 3).
+    pub lazy_refcounts: bool,
+}
+
+/// What `qemu-img info` reports about an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The image format.
+    pub format: Format,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// Host bytes allocated to the image file.
+    pub actual_size: u64,
+    /// Cluster size (qcow2).
+    pub cluster_size: Option<u64>,
+    /// Backing file name as recorded.
+    pub backing_file: Option<String>,
+    /// Backing file format as recorded.
+    pub backing_format: Option<String>,
+    /// qcow2-specific details.
+    pub qcow2: Option<Qcow2Info>,
 }
 
 /// The size of a virtual disk.
@@ -90,6 +157,52 @@ pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + Send {}
 
 /// Opens an image of the stated format.
 pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Box<dyn Disk>> {
-    let _ = (path, format, options);
-    Err(Error::new(ErrorKind::Unsupported, "not yet implemented").with_path(path))
+    match format {
+        Format::Raw => Ok(Box::new(RawDisk::open(path, options)?)),
+        Format::Qcow2 => Ok(Box::new(Qcow2::open(path, options)?)),
+        Format::Vmdk => Err(
+            Error::new(ErrorKind::Unsupported, "vmdk is not yet wired up")
+                .with_path(path)
+                .with_operation("open"),
+        ),
+    }
+}
+
+/// Creates an image of `size` bytes (truncating any existing file).
+pub fn create(path: &Path, format: Format, size: u64, options: &CreateOptions) -> Result<()> {
+    match format {
+        Format::Raw => RawDisk::create(path, size),
+        Format::Qcow2 => qcow2::create(path, size, options).map_err(|e| e.with_path(path)),
+        Format::Vmdk => Err(Error::new(ErrorKind::Unsupported, "creating vmdk images")
+            .with_path(path)
+            .with_operation("create")),
+    }
+}
+
+/// Describes an image without opening its backing files.
+pub fn info(path: &Path, format: Format) -> Result<ImageInfo> {
+    match format {
+        Format::Qcow2 => qcow2::info(path),
+        Format::Raw | Format::Vmdk => {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| Error::io(e, "cannot stat image").with_path(path))?;
+            Ok(ImageInfo {
+                format,
+                virtual_size: meta.len(),
+                actual_size: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+                cluster_size: None,
+                backing_file: None,
+                backing_format: None,
+                qcow2: None,
+            })
+        }
+    }
+}
+
+/// Checks an image's metadata; with `repair`, leaked clusters are freed.
+pub fn check(path: &Path, format: Format, repair: bool) -> Result<CheckReport> {
+    match format {
+        Format::Qcow2 => qcow2::check(path, repair),
+        _ => Ok(CheckReport::default()),
+    }
 }

@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// What was wrong.
         reason: String,
     },
+    /// A command-line option that does not exist.
+    #[error("unknown option --{0} (see strata run --help)")]
+    UnknownOption(String),
     /// A value is outside what the machine supports.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -178,18 +181,24 @@ enum NumOrStr {
     Str(String),
 }
 
-fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumOrStr::deserialize(d)? {
+fn num_or_str<E: serde::de::Error>(v: NumOrStr) -> Result<u64, E> {
+    match v {
         NumOrStr::Num(n) => Ok(n),
         NumOrStr::Str(s) => s
             .trim()
             .parse()
-            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a number"))),
+            .map_err(|_| E::custom(format!("'{s}' is not a number"))),
     }
 }
 
+fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    num_or_str(NumOrStr::deserialize(d)?)
+}
+
 fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    de_u64(d).map(Some)
+    Option::<NumOrStr>::deserialize(d)?
+        .map(num_or_str)
+        .transpose()
 }
 
 fn de_u8<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
@@ -293,7 +302,7 @@ impl VmConfig {
                 reason: format!("size {} is below the minimum of 2 MiB", self.memory.size),
             });
         }
-        if self.memory.size % 4096 != 0 {
+        if !self.memory.size.is_multiple_of(4096) {
             return Err(ConfigError::Invalid {
                 field: "memory",
                 reason: format!("size {} is not a multiple of 4 KiB", self.memory.size),
@@ -350,6 +359,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.memory.size, 1 << 30);
         assert_eq!(c.payload.cmdline.as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn test_vmconfig_serialize_roundtrip() {
+        let mut c = VmConfig::default();
+        c.payload.kernel = Some("k".into());
+        let back: VmConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        c.timeout = Some(3);
+        let back: VmConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -10,3 +10,8 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod emulate;
+pub mod kvm;
+pub mod memory;
+pub mod vm;
+
+pub use vm::{run, Vm, VmOutcome, VmmError};

@@ -9,8 +9,9 @@
 //! 0x0000_9000 .. 0x0000_c000   identity page tables (PML4, PDPT, PD: first 1 GiB)
 //! 0x0000_d000 .. 0x0000_f000   multiboot information structures
 //! 0x0002_0000 .. 0x0002_0000 + CMDLINE_MAX   kernel command line
-//! 0x0009_fc00 .. 0x000a_0000   EBDA: MP table
+//! 0x0009_fc00 .. 0x000a_0000   EBDA (reserved)
 //! 0x000a_0000 .. 0x0010_0000   legacy hole (VGA text buffer at 0xb8000, BIOS area); reserved in e820
+//! 0x000f_0000 .. 0x0010_0000   MP table (in the BIOS area guests scan for "_MP_")
 //! 0x0010_0000 .. MMIO_HOLE_START   RAM (first memslot)
 //! 0xc000_0000 .. 0x1_0000_0000     32-bit MMIO hole (devices, IOAPIC, LAPIC)
 //! 0x1_0000_0000 ..                  RAM above 4 GiB (second memslot)
@@ -43,8 +44,12 @@ pub const MULTIBOOT_INFO_END: GuestAddress = GuestAddress(0xf000);
 pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
 /// Largest command line accepted, including the terminating NUL.
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
-/// Start of the EBDA, where the MP table goes.
+/// Start of the EBDA.
 pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
+/// Where the MP floating pointer and configuration table go.
+pub const MPTABLE_START: GuestAddress = GuestAddress(0xf0000);
+/// End (exclusive) of the BIOS area.
+pub const BIOS_END: GuestAddress = GuestAddress(0x10_0000);
 /// Start of the legacy hole (reserved in the memory map).
 pub const LEGACY_HOLE_START: GuestAddress = GuestAddress(0xa0000);
 /// The VGA text buffer.

@@ -1,3 +1,8 @@
-//! x86_64 machine set-up: memory layout, boot-time CPU state, firmware tables.
+//! x86_64 machine set-up: memory layout, boot-time CPU state, CPUID, MSRs, LAPIC, MP table.
 
+pub mod cpuid;
+pub mod interrupts;
 pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod regs;

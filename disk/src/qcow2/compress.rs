@@ -1,0 +1,82 @@
+//! Compressed clusters: raw deflate with a 4 KiB window (as QEMU), and Zstandard.
+
+use std::io::Read;
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::header::CompressionType;
+use crate::{Error, ErrorKind, Result};
+
+fn corrupt(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Corrupt, msg).with_operation("decompress")
+}
+
+/// Decompresses one cluster from `input` (which may carry trailing bytes) into `out`,
+/// which must be filled exactly.
+pub(crate) fn decompress(ty: CompressionType, input: &[u8], out: &mut [u8]) -> Result<()> {
+    match ty {
+        CompressionType::Zlib => {
+            let mut d = Decompress::new_with_window_bits(false, 12);
+            let status = d
+                .decompress(input, out, FlushDecompress::Finish)
+                .map_err(|e| corrupt(format!("bad deflate data: {e}")))?;
+            if d.total_out() as usize != out.len() {
+                return Err(corrupt(format!(
+                    "deflate data ended after {} of {} bytes ({status:?})",
+                    d.total_out(),
+                    out.len()
+                )));
+            }
+            Ok(())
+        }
+        CompressionType::Zstd => {
+            let mut dec = ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| corrupt(format!("bad zstd frame: {e}")))?;
+            dec.read_exact(out)
+                .map_err(|e| corrupt(format!("bad zstd data: {e}")))
+        }
+    }
+}
+
+/// Compresses one cluster; `None` when compression would not save space.
+pub(crate) fn compress(ty: CompressionType, input: &[u8]) -> Option<Vec<u8>> {
+    let out = match ty {
+        CompressionType::Zlib => {
+            let mut c = Compress::new_with_window_bits(Compression::default(), false, 12);
+            let mut out = vec![0u8; input.len()];
+            match c.compress(input, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => {}
+                _ => return None,
+            }
+            out.truncate(c.total_out() as usize);
+            out
+        }
+        CompressionType::Zstd => {
+            ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+    };
+    (out.len() < input.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_compress_roundtrip_both_types_equal() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 100) as u8).collect();
+        for ty in [CompressionType::Zlib, CompressionType::Zstd] {
+            let c = compress(ty, &data).expect("compressible");
+            let mut out = vec![0u8; data.len()];
+            decompress(ty, &c, &mut out).expect("decompress");
+            assert_eq!(out, data);
+        }
+    }
+
+    #[test]
+    fn test_decompress_garbage_is_corrupt_error() {
+        let mut out = vec![0u8; 4096];
+        let err = decompress(CompressionType::Zstd, &[1, 2, 3, 4, 5], &mut out).expect_err("bad");
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+    }
+}

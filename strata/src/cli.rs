@@ -1,0 +1,252 @@
+//! `strata run` options turned into the one config schema.
+//!
+//! Each option's `key=value[,key=value]` list becomes a JSON object under the schema's field
+//! for that option (a bare word is the option's primary key: `--cpus 2` is `--cpus boot=2`),
+//! merged over the config file if one is given, then deserialized once into `VmConfig`.
+//! There is no second parser: the schema's serde rules (names, aliases, `deny_unknown_fields`)
+//! decide what is valid.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+use vmm::config::{ConfigError, VmConfig};
+
+/// An option of `strata run` and where it goes in the schema.
+struct OptionSpec {
+    /// The option's name without dashes.
+    name: &'static str,
+    /// The schema path it fills.
+    path: &'static [&'static str],
+    /// For `key=value` options: the key a bare word stands for. None: the value is a scalar.
+    primary: Option<&'static str>,
+}
+
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "kernel",
+        path: &["payload", "kernel"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "initrd",
+        path: &["payload", "initramfs"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "cmdline",
+        path: &["payload", "cmdline"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "cpus",
+        path: &["cpus"],
+        primary: Some("boot"),
+    },
+    OptionSpec {
+        name: "memory",
+        path: &["memory"],
+        primary: Some("size"),
+    },
+    OptionSpec {
+        name: "serial",
+        path: &["serial"],
+        primary: Some("mode"),
+    },
+    OptionSpec {
+        name: "vga",
+        path: &["vga"],
+        primary: Some("mode"),
+    },
+    OptionSpec {
+        name: "timeout",
+        path: &["timeout"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "emulation-fallback",
+        path: &["emulation_fallback"],
+        primary: None,
+    },
+];
+
+/// The usage text of `strata run`.
+pub const RUN_USAGE: &str =
+    "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
+                  [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
+                  [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]";
+
+fn option_error(option: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Option {
+        option: option.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Turns `key=value,key=value` (or a bare primary value) into a JSON object.
+fn key_values(spec: &OptionSpec, primary: &str, value: &str) -> Result<Value, ConfigError> {
+    let mut map = Map::new();
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k, v),
+            None => (primary, item),
+        };
+        if map
+            .insert(k.to_string(), Value::String(v.to_string()))
+            .is_some()
+        {
+            return Err(option_error(spec.name, format!("'{k}' given twice")));
+        }
+    }
+    // `file=PATH` alone means mode file.
+    if primary == "mode" && map.contains_key("file") && !map.contains_key("mode") {
+        map.insert("mode".into(), Value::String("file".into()));
+    }
+    Ok(Value::Object(map))
+}
+
+/// Sets `path` in `root` to `value`, merging objects.
+fn merge_at(root: &mut Value, path: &[&str], value: Value) {
+    let mut node = root;
+    for key in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        node = node
+            .as_object_mut()
+            .map(|m| m.entry(key.to_string()).or_insert(Value::Null))
+            .unwrap_or_else(|| unreachable!("node was made an object above"));
+    }
+    match (node, value) {
+        (Value::Object(dst), Value::Object(src)) => dst.extend(src),
+        (node, value) => *node = value,
+    }
+}
+
+/// Parses the arguments of `strata run` into a validated-by-serde `VmConfig`.
+pub fn parse_run_args(args: &[String]) -> Result<VmConfig, ConfigError> {
+    let mut root = Value::Object(Map::new());
+    let mut overrides: Vec<(&OptionSpec, String)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.strip_prefix("--") {
+            Some(rest) => match rest.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (rest.to_string(), None),
+            },
+            None => return Err(option_error("", format!("unexpected argument '{arg}'"))),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| option_error(&name, "missing value"))?,
+        };
+        if name == "config" {
+            let path = PathBuf::from(&value);
+            root = serde_json::to_value(VmConfig::from_file(&path)?)
+                .map_err(|e| option_error("config", e.to_string()))?;
+            continue;
+        }
+        let spec = OPTIONS
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ConfigError::UnknownOption(name.clone()))?;
+        overrides.push((spec, value));
+    }
+    for (spec, value) in overrides {
+        let v = match spec.primary {
+            Some(primary) => key_values(spec, primary, &value)?,
+            None => Value::String(value),
+        };
+        // Check the option on its own first, so an error names the option.
+        let mut probe = Value::Object(Map::new());
+        merge_at(&mut probe, spec.path, v.clone());
+        if let Some(Value::Object(m)) = probe.get_mut("payload") {
+            m.entry("kernel").or_insert(Value::String(String::new()));
+        }
+        serde_json::from_value::<VmConfig>(with_payload(probe))
+            .map_err(|e| option_error(spec.name, e.to_string()))?;
+        merge_at(&mut root, spec.path, v);
+    }
+    serde_json::from_value(with_payload(root)).map_err(|e| option_error("config", e.to_string()))
+}
+
+/// The schema requires a payload object; an absent kernel is reported by validation.
+fn with_payload(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.entry("payload").or_insert(Value::Object(Map::new()));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm::config::ConsoleMode;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn test_parse_run_args_defaults() {
+        let c = parse_run_args(&args(&["--kernel", "k"])).unwrap();
+        assert_eq!(c.cpus.boot_vcpus, 1);
+        assert_eq!(c.memory.size, 128 << 20);
+        assert_eq!(c.serial.mode, ConsoleMode::Stdio);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn test_parse_run_args_key_values() {
+        let c = parse_run_args(&args(&[
+            "--kernel=k",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=64M",
+            "--serial",
+            "file=/tmp/x",
+            "--cmdline",
+            "a=b c",
+            "--timeout",
+            "5",
+            "--emulation-fallback",
+            "off",
+        ]))
+        .unwrap();
+        assert_eq!(c.cpus.boot_vcpus, 2);
+        assert_eq!(c.memory.size, 64 << 20);
+        assert_eq!(c.serial.mode, ConsoleMode::File);
+        assert_eq!(c.serial.file, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(c.payload.cmdline.as_deref(), Some("a=b c"));
+        assert_eq!(c.timeout, Some(5));
+        assert!(!c.emulation_fallback);
+    }
+
+    #[test]
+    fn test_parse_run_args_unknown_key_names_option() {
+        let e = parse_run_args(&args(&["--kernel", "k", "--cpus", "bogus=1"])).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("invalid value for --cpus: unknown field `bogus`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn test_parse_run_args_unknown_option() {
+        let e = parse_run_args(&args(&["--kernal", "k"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option --kernal (see strata run --help)"
+        );
+    }
+
+    #[test]
+    fn test_parse_run_args_bad_number() {
+        let e = parse_run_args(&args(&["--kernel", "k", "--cpus", "boot=x"])).unwrap_err();
+        assert!(e.to_string().contains("--cpus"), "{e}");
+    }
+}

@@ -1,0 +1,105 @@
+//! How a VM ends when the guest does not end it itself: the timeout, a triple fault, an
+//! instruction KVM cannot emulate. Each prints the vCPU's mode, RIP and instruction bytes.
+
+mod common;
+
+use common::{elf64, kvm_available, scratch, strata};
+
+/// Writes a Linux-protocol ELF64 guest whose code at 1 MiB is `code`.
+fn guest(test: &str, code: &[u8]) -> String {
+    let p = scratch(test).join("guest.elf");
+    std::fs::write(&p, elf64(0x10_0000, code)).expect("write guest");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn test_run_timeout_prints_registers_and_exits_124() {
+    if !kvm_available() {
+        return;
+    }
+    let k = guest("timeout", &[0xeb, 0xfe]); // jmp $
+    let run = strata(&["run", "--kernel", &k, "--timeout", "1"]);
+    assert_eq!(run.status, Some(124), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [eb fe"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rip=0000000000100000"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rsi=0000000000007000"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("strata: timeout: stopped the guest after 1 s\n"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn test_run_timeout_reports_every_vcpu() {
+    if !kvm_available() {
+        return;
+    }
+    let k = guest("timeout-smp", &[0xeb, 0xfe]);
+    let run = strata(&["run", "--kernel", &k, "--timeout", "1", "--cpus", "boot=2"]);
+    assert_eq!(run.status, Some(124), "{run:?}");
+    assert!(
+        run.stderr.contains("vCPU 0: 64-bit long mode"),
+        "{}",
+        run.stderr
+    );
+    // The second vCPU never got INIT-SIPI-SIPI: it is still at its reset state, in real mode.
+    assert!(run.stderr.contains("vCPU 1: real mode"), "{}", run.stderr);
+}
+
+#[test]
+fn test_run_triple_fault_reports_rip_mode_bytes() {
+    if !kvm_available() {
+        return;
+    }
+    let k = guest("triple", &[0x0f, 0x0b]); // ud2 with no IDT
+    let run = strata(&["run", "--kernel", &k]);
+    assert_eq!(run.status, Some(1), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "strata: guest stopped: triple fault (KVM_EXIT_SHUTDOWN): vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [0f 0b 00 00 00 00 00 00 00 00 00 00 00 00 00]\n"
+    );
+}
+
+#[test]
+fn test_run_emulation_failure_without_fallback_reports_insn() {
+    if !kvm_available() {
+        return;
+    }
+    // popcnt rax, rbx: KVM's emulator lacks it on PVM hosts; on hosts with VT-x/AMD-V the CPU
+    // runs it and the guest spins into the timeout instead.
+    let k = guest("popcnt", &[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xeb, 0xfe]);
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &k,
+        "--emulation-fallback",
+        "off",
+        "--timeout",
+        "5",
+    ]);
+    match run.status {
+        Some(1) => assert!(
+            run.stderr.contains("KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1): vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [f3 48 0f b8 c3"),
+            "{}",
+            run.stderr
+        ),
+        Some(124) => assert!(run.stderr.contains("RIP 0x100005"), "{}", run.stderr),
+        other => panic!("unexpected status {other:?}: {run:?}"),
+    }
+}

@@ -1,0 +1,77 @@
+//! Guest RAM: anonymous host memory mapped in as few regions (and so KVM memslots) as possible.
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::layout::ram_ranges;
+
+/// Errors allocating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested size is more than this host has.
+    #[error("memory size {requested} MiB is more than this host can give ({available} MiB of RAM and swap)")]
+    TooLarge {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MiB.
+        available: u64,
+    },
+    /// mmap failed.
+    #[error("unable to allocate {size} MiB of guest memory: {reason}")]
+    Allocate {
+        /// MiB.
+        size: u64,
+        /// The cause.
+        reason: String,
+    },
+}
+
+/// Total RAM plus swap of the host, in bytes, from /proc/meminfo (None if unreadable).
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
+/// Allocates `size` bytes of guest RAM laid out around the 32-bit MMIO hole.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if let Some(host) = host_memory() {
+        if size > host {
+            return Err(MemoryError::TooLarge {
+                requested: size >> 20,
+                available: host >> 20,
+            });
+        }
+    }
+    let ranges: Vec<_> = ram_ranges(size)
+        .into_iter()
+        .map(|(base, len)| (base, len as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate {
+        size: size >> 20,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryBackend;
+
+    #[test]
+    fn test_create_guest_memory_small_is_one_region() {
+        let m = create_guest_memory(16 << 20).unwrap();
+        assert_eq!(m.num_regions(), 1);
+    }
+
+    #[test]
+    fn test_create_guest_memory_beyond_host_refused() {
+        let e = create_guest_memory(1 << 50).unwrap_err();
+        assert!(
+            e.to_string().contains("more than this host can give"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Building and running a VM: one linear sequence whose steps are the numbered boot sequence in
+//! ARCHITECTURE.md, then the VM's lifecycle until the first vCPU stops it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::{layout, mptable};
+use crate::boot::{self, BootMachine, BootSource};
+use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
+use crate::devices::{self, DebugconTarget, LegacyConfig, LegacyDevices, PioBus};
+use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VcpuReport, VcpuStop, VmError};
+use crate::memory::{self, MemoryError};
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM refused something.
+    #[error(transparent)]
+    Kvm(#[from] VmError),
+    /// Guest memory could not be allocated.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A device could not be created.
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
+    /// A vCPU could not be configured.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// More vCPUs than KVM allows.
+    #[error("invalid cpus: boot={requested} is more than KVM's maximum of {max}")]
+    TooManyVcpus {
+        /// Requested.
+        requested: u8,
+        /// KVM_CAP_MAX_VCPUS.
+        max: usize,
+    },
+    /// A thread could not be started.
+    #[error("unable to start thread {name}: {source}")]
+    SpawnThread {
+        /// Thread name.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output file could not be created.
+    #[error("unable to create {what} file {path}: {source}")]
+    OutputFile {
+        /// Which output.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The vCPU kick signal handler could not be installed.
+    #[error("unable to install the vCPU kick signal handler: {0}")]
+    SignalHandler(vmm_sys_util::errno::Error),
+}
+
+/// How a VM ended.
+#[derive(Debug)]
+pub struct VmOutcome {
+    /// Why the VM stopped: the first vCPU stop that was not a request from the VMM.
+    pub stop: VcpuStop,
+    /// Whether the timeout ended the VM.
+    pub timed_out: bool,
+    /// Every vCPU's state at the end, in vCPU order.
+    pub reports: Vec<VcpuReport>,
+    /// The report of the vCPU that ended the VM, if one did.
+    pub culprit: Option<u8>,
+}
+
+impl VmOutcome {
+    /// The process exit status a front end should use: the debug-exit value, 0 for reset or
+    /// power-off, 124 for a timeout (as timeout(1)), 1 for a fatal stop.
+    pub fn exit_code(&self) -> i32 {
+        if self.timed_out {
+            return 124;
+        }
+        match self.stop {
+            VcpuStop::DebugExit(code) => i32::from(code),
+            VcpuStop::Reset | VcpuStop::PowerOff | VcpuStop::Stopped => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// What happened to one vCPU thread.
+struct VcpuEnd {
+    id: u8,
+    stop: VcpuStop,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    _kvm: KvmVm,
+    vcpus: Vec<Vcpu>,
+    ctx: VcpuContext,
+    devices: LegacyDevices,
+    vga: VgaConfig,
+    timeout: Option<Duration>,
+}
+
+/// How often the main thread wakes to flush console output and serve VGA dump requests.
+const MAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Set by SIGUSR1: render the VGA text console now.
+static VGA_DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn vga_dump_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    VGA_DUMP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+fn create_output(what: &'static str, path: &std::path::Path) -> Result<std::fs::File, VmmError> {
+    std::fs::File::create(path).map_err(|source| VmmError::OutputFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates the legacy devices on `pio` as the config asks (boot sequence step 7).
+fn create_devices(config: &VmConfig, pio: &mut PioBus) -> Result<LegacyDevices, VmmError> {
+    let serial_out: Option<Box<dyn Write + Send>> = match config.serial.mode {
+        ConsoleMode::Stdio => Some(Box::new(std::io::stdout())),
+        ConsoleMode::File => {
+            let path = config.serial.file.clone().unwrap_or_default();
+            Some(Box::new(create_output("serial", &path)?))
+        }
+        ConsoleMode::Off | ConsoleMode::Null => None,
+    };
+    let ram = layout::ram_ranges(config.memory.size);
+    let below = ram.first().map_or(0, |r| r.1);
+    let above = ram.get(1).map_or(0, |r| r.1);
+    Ok(devices::register_legacy_devices(
+        pio,
+        LegacyConfig {
+            serial_out,
+            debugcon: DebugconTarget::Serial,
+            ram_below_4g: below,
+            ram_above_4g: above,
+            vga_ports: true,
+            reset_port: true,
+        },
+    )?)
+}
+
+impl Vm {
+    /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 8.
+    pub fn build(config: &VmConfig) -> Result<Vm, VmmError> {
+        // 1. Validate the configuration.
+        config.validate()?;
+        let cpu_count = config.cpus.boot_vcpus;
+        // 2. Open KVM and create the VM.
+        let kvm = KvmVm::new()?;
+        if usize::from(cpu_count) > kvm.max_vcpus() || cpu_count > 254 {
+            return Err(VmmError::TooManyVcpus {
+                requested: cpu_count,
+                max: kvm.max_vcpus().min(254),
+            });
+        }
+        // 3. Allocate guest RAM and register it in as few memslots as possible.
+        let mem = memory::create_guest_memory(config.memory.size)?;
+        kvm.register_memory(&mem)?;
+        // 4. In-kernel interrupt controllers and PIT.
+        kvm.setup_irqchip()?;
+        // 5. Load the kernel by the protocol its headers declare.
+        let source = BootSource {
+            kernel: config.payload.kernel.clone().unwrap_or_default(),
+            initrd: config.payload.initramfs.clone(),
+            cmdline: config.payload.cmdline.clone().unwrap_or_default(),
+        };
+        let machine = BootMachine {
+            memory_map: layout::memory_map(config.memory.size),
+            vcpus: cpu_count,
+        };
+        let entry = boot::load(&mem, &source, &machine)?;
+        // 6. Firmware tables: the MP table.
+        mptable::setup_mptable(&mem, cpu_count)?;
+        // 7. Legacy devices on the port-I/O bus, interrupts through irqfds.
+        let mut pio = PioBus::new();
+        let devices = create_devices(config, &mut pio)?;
+        kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
+        kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+        if config.serial.mode == ConsoleMode::Stdio {
+            spawn_stdin_pump(&devices)?;
+        }
+        // 8. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
+        let ctx = VcpuContext {
+            mem,
+            pio,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let cpuid = kvm.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(usize::from(cpu_count));
+        for id in 0..cpu_count {
+            let mut vcpu = Vcpu::new(id, kvm.create_vcpu(id)?, ctx.clone());
+            vcpu.configure(&cpuid, cpu_count, (id == 0).then_some(&entry))?;
+            vcpus.push(vcpu);
+        }
+        Ok(Vm {
+            _kvm: kvm,
+            vcpus,
+            ctx,
+            devices,
+            vga: config.vga.clone(),
+            timeout: config.timeout.map(Duration::from_secs),
+        })
+    }
+
+    /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 9), then
+    /// stops every vCPU and collects their state (step 10).
+    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
+        register_signal_handler(kick_signal(), kick_handler).map_err(VmmError::SignalHandler)?;
+        if self.vga.mode == VgaMode::Text {
+            register_signal_handler(libc::SIGUSR1, vga_dump_handler)
+                .map_err(VmmError::SignalHandler)?;
+        }
+        let (tx, rx) = mpsc::channel::<VcpuEnd>();
+        let mut handles: Vec<JoinHandle<Option<VcpuReport>>> = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let tx = tx.clone();
+            let id = vcpu.id();
+            let name = format!("vcpu{id}");
+            let handle = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let (stop, report) = vcpu.run();
+                    let _ = tx.send(VcpuEnd { id, stop });
+                    report
+                })
+                .map_err(|source| VmmError::SpawnThread { name, source })?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let first = loop {
+            match rx.recv_timeout(MAIN_TICK) {
+                Ok(end) => break Some(end),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.devices.flush_output();
+            if VGA_DUMP_REQUESTED.swap(false, Ordering::Relaxed) {
+                self.render_vga()?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break None;
+            }
+        };
+        let timed_out = first.is_none();
+        self.ctx.stop.store(true, Ordering::Release);
+        kick_until_finished(&handles);
+        let reports = handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect();
+        self.devices.flush_output();
+        if self.vga.mode == VgaMode::Text {
+            self.render_vga()?;
+        }
+        let (stop, culprit) = match first {
+            Some(end) => (end.stop, Some(end.id)),
+            None => (VcpuStop::Stopped, None),
+        };
+        Ok(VmOutcome {
+            stop,
+            timed_out,
+            reports,
+            culprit,
+        })
+    }
+}
+
+impl Vm {
+    /// Renders the VGA text buffer to the configured file (rewritten) or standard error.
+    fn render_vga(&self) -> Result<(), VmmError> {
+        match &self.vga.file {
+            Some(path) => {
+                let mut f = create_output("VGA text", path)?;
+                self.devices.vga.dump(&self.ctx.mem, &mut f)?;
+            }
+            None => self
+                .devices
+                .vga
+                .dump(&self.ctx.mem, &mut std::io::stderr())?,
+        }
+        Ok(())
+    }
+}
+
+/// Feeds standard input to the serial port from a detached thread; it ends at end of input.
+fn spawn_stdin_pump(devices: &LegacyDevices) -> Result<(), VmmError> {
+    let serial = devices.serial.clone();
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let _ = serial.pump_input(std::io::stdin());
+        })
+        .map(|_| ())
+        .map_err(|source| VmmError::SpawnThread {
+            name: "stdin".into(),
+            source,
+        })
+}
+
+/// Signals every vCPU thread until all have left KVM_RUN and finished. A signal that lands
+/// before a thread enters KVM_RUN is lost, so the kick repeats.
+fn kick_until_finished<T>(handles: &[JoinHandle<T>]) {
+    while handles.iter().any(|h| !h.is_finished()) {
+        for h in handles.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(kick_signal());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Builds and runs a VM.
+pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
+    Vm::build(config)?.run()
+}
