@@ -37,6 +37,9 @@ fn run(args: &[String]) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    if outcome.emulated.total() > 0 {
+        eprintln!("strata: {}", outcome.emulated);
+    }
     if outcome.timed_out {
         for report in &outcome.reports {
             eprint!("{report}");

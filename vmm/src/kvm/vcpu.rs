@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::boot::BootEntry;
 use crate::devices::{PioAction, PioBus};
+use crate::emulate::EmulationStats;
 
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct VcpuContext {
     pub pio: PioBus,
     /// Set when every vCPU must stop; the VMM also kicks the threads out of KVM_RUN.
     pub stop: Arc<AtomicBool>,
+    /// Emulate in userspace what KVM's instruction emulator cannot (PVM hosts).
+    pub emulation_fallback: bool,
 }
 
 /// Why a vCPU stopped.
@@ -86,6 +89,10 @@ pub enum VcpuStop {
         /// Hardware entry failure reason.
         reason: u64,
     },
+    /// The fallback emulator does not know the instruction KVM could not emulate.
+    Unemulated(String),
+    /// The fallback emulator could not complete the instruction.
+    EmulationFailed(String),
     /// An exit this VMM does not handle.
     UnexpectedExit(String),
     /// KVM_RUN itself failed.
@@ -121,6 +128,8 @@ impl fmt::Display for VcpuStop {
                 write!(f, "KVM internal error (suberror {suberror})")
             }
             VcpuStop::FailEntry { reason } => write!(f, "VM entry failed (reason {reason:#x})"),
+            VcpuStop::Unemulated(what) => write!(f, "KVM could not emulate an instruction and neither can Strata: {what}"),
+            VcpuStop::EmulationFailed(why) => write!(f, "emulating an instruction KVM could not failed: {why}"),
             VcpuStop::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
             VcpuStop::RunFailed(errno) => write!(
                 f,
@@ -250,8 +259,19 @@ impl fmt::Display for VcpuReport {
 /// One vCPU.
 pub struct Vcpu {
     id: u8,
-    fd: VcpuFd,
-    ctx: VcpuContext,
+    pub(super) fd: VcpuFd,
+    pub(super) ctx: VcpuContext,
+    pub(super) stats: EmulationStats,
+}
+
+/// What a vCPU's run loop ends with.
+pub struct VcpuEnd {
+    /// Why it stopped.
+    pub stop: VcpuStop,
+    /// Its state at that point (None if the registers could not be read).
+    pub report: Option<VcpuReport>,
+    /// Instructions the fallback emulator ran, by mnemonic.
+    pub stats: EmulationStats,
 }
 
 /// The states of the run loop.
@@ -263,7 +283,12 @@ enum VcpuState {
 impl Vcpu {
     /// Wraps a created KVM vCPU.
     pub fn new(id: u8, fd: VcpuFd, ctx: VcpuContext) -> Vcpu {
-        Vcpu { id, fd, ctx }
+        Vcpu {
+            id,
+            fd,
+            ctx,
+            stats: EmulationStats::default(),
+        }
     }
 
     fn setup_err(&self, op: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
@@ -321,15 +346,19 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until it stops; returns why and its state at that point.
-    pub fn run(mut self) -> (VcpuStop, Option<VcpuReport>) {
+    /// Runs the vCPU until it stops; returns why, its state at that point and what the
+    /// fallback emulator did.
+    pub fn run(mut self) -> VcpuEnd {
         let mut state = VcpuState::Running;
         loop {
             state = match state {
                 VcpuState::Running => self.running(),
                 VcpuState::Exited(stop) => {
-                    let report = self.report();
-                    return (stop, report);
+                    return VcpuEnd {
+                        stop,
+                        report: self.report(),
+                        stats: std::mem::take(&mut self.stats),
+                    };
                 }
             }
         }
@@ -369,19 +398,13 @@ impl Vcpu {
                     other => VcpuStop::UnexpectedExit(format!("system event {other}")),
                 }),
                 VcpuExit::FailEntry(reason, _) => Some(VcpuStop::FailEntry { reason }),
-                VcpuExit::InternalError => Some(self.internal_error()),
+                VcpuExit::InternalError => self.handle_internal_error(),
                 other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
             };
             if let Some(stop) = stop {
                 return VcpuState::Exited(stop);
             }
         }
-    }
-
-    fn internal_error(&mut self) -> VcpuStop {
-        // SAFETY: after KVM_EXIT_INTERNAL_ERROR, KVM filled the `internal` member of the union.
-        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-        VcpuStop::InternalError { suberror }
     }
 
     /// Reads the vCPU's registers and the instruction bytes at CS:RIP.
