@@ -18,6 +18,7 @@ mod info;
 mod l2cache;
 mod refcount;
 mod snapshot;
+mod snapshot_ops;
 mod write;
 
 pub use check::CheckReport;

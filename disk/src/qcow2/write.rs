@@ -257,7 +257,7 @@ impl Qcow2 {
     }
 
     /// Replaces the L1 table with one of `need` entries.
-    fn grow_l1(&mut self, need: u64) -> Result<()> {
+    pub(crate) fn grow_l1(&mut self, need: u64) -> Result<()> {
         self.flush_all()?;
         let cs = self.cluster_size();
         let bytes = need * 8;
