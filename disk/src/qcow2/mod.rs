@@ -128,11 +128,16 @@ impl Qcow2 {
             ));
         }
         if !options.read_only && header.incompatible & header::INCOMPAT_DIRTY != 0 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "image is dirty (lazy refcounts not written back); repair it with \
-                 `qemu-img check -r all` before opening it for writing",
-            ));
+            // As QEMU: a writer repairs the refcounts of a dirty image and clears the bit.
+            drop(file);
+            check::repair_dirty(path)?;
+            if depth > 0 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "dirty bit could not be cleared",
+                ));
+            }
+            return Self::open_depth(path, options, depth + 1);
         }
         let l1 = read_l1(&file, &header)?;
         let backing = open_backing(path, &header, options, depth)?;
