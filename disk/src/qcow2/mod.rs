@@ -87,7 +87,7 @@ pub struct Qcow2 {
     cache: L2Cache,
     refs: Option<Refcounts>,
     backing: Option<Box<dyn Disk>>,
-    zcache: Option<(u64, Vec<u8>)>,
+    zcache: Option<((u64, u64), Vec<u8>)>,
     need_sync: bool,
     compressed_tail: Option<u64>,
 }
@@ -355,7 +355,7 @@ impl Qcow2 {
     }
 
     fn decompressed(&mut self, offset: u64, sectors: u64) -> Result<&[u8]> {
-        let key = offset ^ (sectors << 56);
+        let key = (offset, sectors);
         if self.zcache.as_ref().is_none_or(|(k, _)| *k != key) {
             let start = offset & !511;
             let mut input = vec![0u8; (sectors * 512 - (offset - start)) as usize];

@@ -97,6 +97,10 @@ impl Qcow2 {
                     | Mapping::Zero {
                         host: Some(host), ..
                     } => {
+                        if host >= self.file_len {
+                            let msg = "data cluster beyond the end of the file";
+                            return Err(self.err(ErrorKind::Corrupt, msg, host));
+                        }
                         self.change_ref(host >> cb, walk)?;
                         if walk != Walk::Release {
                             updated[j] = self.flagged(le, host >> cb)?;
@@ -255,6 +259,11 @@ impl Qcow2 {
             .read_exact_at(&mut snap_l1, snap.l1_table_offset)
             .map_err(|e| io(e, "read snapshot L1 table", snap.l1_table_offset))?;
         let snap_l1 = super::l2cache::decode(&snap_l1);
+        let size = snap.disk_size.unwrap_or(self.header.size);
+        if self.header.l1_entries_for(size) > snap_l1.len().max(self.l1.len()) as u64 {
+            let msg = "snapshot disk size exceeds its L1 table";
+            return Err(self.err(ErrorKind::Corrupt, msg, 0));
+        }
         // 1. The active image will reference everything the snapshot does.
         self.walk_l1(&snap_l1, Walk::Increment)?;
         self.flush_all()?;

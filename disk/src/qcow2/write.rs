@@ -104,6 +104,13 @@ impl Qcow2 {
     /// The host offset of a cached L2 table for `l1_index` that may be modified in place,
     /// allocating a new table or copying a shared one as needed.
     fn writable_l2(&mut self, l1_index: usize) -> Result<u64> {
+        if l1_index >= self.l1.len() {
+            return Err(self.err(
+                ErrorKind::Corrupt,
+                "L1 table too small for the disk size",
+                36,
+            ));
+        }
         let off = self.l2_offset(l1_index)?;
         if off != 0 && self.l1[l1_index] & COPIED != 0 {
             self.load_l2(off)?;
