@@ -187,10 +187,9 @@ pub(crate) fn repair_dirty(path: &Path) -> Result<CheckReport> {
 }
 
 fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
-    let repair = mode != Repair::Nothing;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(repair)
+        .write(mode != Repair::Nothing)
         .open(path)
         .map_err(|e| Error::io(e, "cannot open image"))?;
     let file_len = file
@@ -201,7 +200,6 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
     file.read_exact_at(&mut first, 0)
         .map_err(|e| io(e, "read header", 0))?;
     let h = Header::parse(&first, file_len)?;
-    let cs = h.cluster_size();
     let mut rc = Refcounts::load(
         &file,
         h.cluster_bits,
@@ -210,36 +208,58 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
         h.refcount_table_clusters as u64,
         file_len,
     )?;
-    let nclusters = file_len.div_ceil(cs);
     let mut w = Walker {
         file: &file,
         h: &h,
         file_len,
-        refs: vec![0u64; nclusters as usize],
+        refs: vec![0u64; file_len.div_ceil(h.cluster_size()) as usize],
         report: CheckReport::default(),
     };
-    w.inc(0, cs, "header");
-    let (rt_off, rt_k) = rc.table_location();
-    w.inc(rt_off, rt_k * cs, "refcount table");
-    for off in rc.block_offsets() {
-        w.inc(off, cs, "refcount block");
-    }
-    let snaps = read_table(&file, &h, file_len)?;
-    if h.nb_snapshots > 0 {
-        let len = super::snapshot::encode_table(&snaps).len() as u64;
-        w.inc(h.snapshots_offset, len, "snapshot table");
-    }
-    for s in &snaps {
-        w.walk_l1(s.l1_table_offset, s.l1_size, false, &mut rc)?;
-    }
-    if h.l1_size > 0 {
-        w.walk_l1(h.l1_table_offset, h.l1_size, true, &mut rc)?;
-    }
-    let mut report = std::mem::take(&mut w.report);
+    w.count_all(&mut rc)?;
+    let report = std::mem::take(&mut w.report);
     let expected = std::mem::take(&mut w.refs);
+    compare(&file, &h, &mut rc, &expected, report, mode)
+}
+
+impl Walker<'_> {
+    /// Counts every reference from the header, refcount structures, snapshots and L1 tables.
+    fn count_all(&mut self, rc: &mut Refcounts) -> Result<()> {
+        let cs = self.h.cluster_size();
+        self.inc(0, cs, "header");
+        let (rt_off, rt_k) = rc.table_location();
+        self.inc(rt_off, rt_k * cs, "refcount table");
+        for off in rc.block_offsets() {
+            self.inc(off, cs, "refcount block");
+        }
+        let (snaps, table_len) = read_table(self.file, self.h, self.file_len)?;
+        if self.h.nb_snapshots > 0 {
+            self.inc(self.h.snapshots_offset, table_len, "snapshot table");
+        }
+        for s in &snaps {
+            self.walk_l1(s.l1_table_offset, s.l1_size, false, rc)?;
+        }
+        if self.h.l1_size > 0 {
+            self.walk_l1(self.h.l1_table_offset, self.h.l1_size, true, rc)?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares stored refcounts with the recomputed ones, repairing as `mode` allows.
+fn compare(
+    file: &File,
+    h: &Header,
+    rc: &mut Refcounts,
+    expected: &[u64],
+    mut report: CheckReport,
+    mode: Repair,
+) -> Result<CheckReport> {
+    let cs = h.cluster_size();
+    let repair = mode != Repair::Nothing;
+    let nclusters = expected.len() as u64;
     for c in 0..nclusters {
         let want = expected.get(c as usize).copied().unwrap_or(0);
-        let have = rc.get(&file, c)?;
+        let have = rc.get(file, c)?;
         if have == want {
             if want > 0 {
                 report.allocated_clusters += 1;
@@ -254,7 +274,7 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
             );
             report.image_end_offset = (c + 1) * cs;
             if mode == Repair::All {
-                rc.add(&file, c, (want - have) as i64)?;
+                rc.add(file, c, (want - have) as i64)?;
                 report.errors_fixed += 1;
             }
             continue;
@@ -264,7 +284,7 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
             format!("leaked cluster {c}: refcount={have} reference={want}"),
         );
         if repair {
-            rc.repair_set(&file, c, want)?;
+            rc.repair_set(file, c, want)?;
             report.leaks_fixed += 1;
         }
         if want > 0 {
@@ -273,7 +293,7 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
         }
     }
     if report.leaks_fixed + report.errors_fixed > 0 {
-        rc.flush(&file)?;
+        rc.flush(file)?;
         file.sync_data()
             .map_err(|e| Error::io(e, "cannot sync").with_operation("repair"))?;
     }

@@ -28,7 +28,9 @@ enum Walk {
 
 impl Qcow2 {
     fn snapshot_table(&self) -> Result<Vec<Snapshot>> {
-        read_table(&self.file, &self.header, self.file_len).map_err(|e| e.with_path(&self.path))
+        read_table(&self.file, &self.header, self.file_len)
+            .map(|(t, _)| t)
+            .map_err(|e| e.with_path(&self.path))
     }
 
     /// Lists the internal snapshots.
@@ -147,8 +149,7 @@ impl Qcow2 {
         put64(&mut hdr, 4, new_off);
         self.write_host(&hdr, 60)?;
         self.sync()?;
-        let old = self.snapshot_table()?;
-        let old_len = encode_table(&old).len() as u64;
+        let (_, old_len) = read_table(&self.file, &self.header, self.file_len)?;
         if self.header.nb_snapshots > 0 && old_len > 0 {
             let first = self.header.snapshots_offset >> self.header.cluster_bits;
             for c in 0..old_len.div_ceil(cs) {
