@@ -182,3 +182,32 @@ fn test_qcow2_snapshot_unknown_name_is_error() {
 
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn test_qcow2_snapshot_refcount_bits_1_overflow_refused_image_clean() {
+    let dir = scratch("snap-rc1");
+    let img = dir.join("r.qcow2");
+    let o = CreateOptions {
+        refcount_bits: Some(1),
+        ..Default::default()
+    };
+    disk::create(&img, Format::Qcow2, SIZE, &o).expect("create");
+    let mut d = Qcow2::open(&img, &OpenOptions::default()).expect("open");
+    let mut expected = vec![0u8; SIZE as usize];
+    scribble(&mut d, &mut expected, 3);
+
+    let err = d
+        .snapshot_create("s")
+        .expect_err("1-bit refcounts cannot share clusters");
+    d.write_at(&[4u8; 3000], 10)
+        .expect("write after failed snapshot");
+    expected[10..3010].fill(4);
+    d.flush().expect("flush");
+    drop(d);
+
+    assert_eq!(err.kind(), disk::ErrorKind::Corrupt, "{err}");
+    assert_qemu_check_clean(&img);
+    let raw = dir.join("r.raw");
+    std::fs::write(&raw, &expected).expect("raw");
+    assert_qemu_compare(&img, &raw);
+}
