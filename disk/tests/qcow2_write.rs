@@ -369,3 +369,43 @@ fn test_qcow2_check_clean_qemu_image_reports_nothing() {
     assert_eq!((r.leaks, r.corruptions), (0, 0), "{:?}", r.messages);
     assert!(r.allocated_clusters > 16);
 }
+
+#[test]
+fn test_qcow2_write_top_of_three_deep_chain_with_zero_clusters_matches() {
+    let dir = scratch("write-chain");
+    let base = dir.join("base.raw");
+    let mid = dir.join("mid.qcow2");
+    let top = dir.join("top.qcow2");
+    std::fs::write(&base, vec![0x42u8; SIZE as usize]).expect("base");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        &mid.display().to_string(),
+    ]);
+    qemu_io(&mid, "qcow2", &["write -z 0 1M", "write -P 0x43 2M 100k"]);
+    let o = CreateOptions {
+        cluster_size: Some(512),
+        backing_file: Some("mid.qcow2".into()),
+        backing_format: Some(Format::Qcow2),
+        ..Default::default()
+    };
+    disk::create(&top, Format::Qcow2, SIZE, &o).expect("create top");
+    let mut expected = qemu_to_raw(&mid, "qcow2");
+    let opts = OpenOptions {
+        allow_backing: true,
+        ..Default::default()
+    };
+
+    random_ops(&top, &opts, &mut expected, 4242, 100);
+
+    assert_qemu_check_clean(&top);
+    assert_qemu_compare(&top, &write_raw(&dir.join("top.raw"), &expected));
+}

@@ -1,4 +1,4 @@
-//! Refcounts, allocation and metadata updates on hostile images.
+//! Refcounts, allocation, metadata updates and snapshot operations on hostile images.
 #![no_main]
 use disk::{Discard, DiskSize, OpenOptions, Qcow2, Resize, WriteAt};
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +23,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = q.discard(size / 2, (size / 2).min(0x10000));
         let _ = q.write_compressed(0, &vec![0u8; (q.size().min(512)) as usize]);
         let _ = q.resize(size.saturating_add(1 << 20));
+        let _ = q.flush();
+        // Snapshot table and refcount walks on hostile images.
+        if let Ok(list) = q.snapshots() {
+            if let Some(s) = list.first() {
+                let _ = q.snapshot_apply(&s.id);
+                let _ = q.snapshot_delete(&s.name);
+            }
+        }
+        let _ = q.snapshot_create("fuzz");
+        let _ = q.write_at(&buf[..16.min(q.size() as usize)], 0);
+        let _ = q.snapshot_apply("fuzz");
         let _ = q.flush();
     }
 });

@@ -24,6 +24,8 @@ pub struct CheckReport {
     pub leaks: u64,
     /// Leaks repaired (when repair was asked for).
     pub leaks_fixed: u64,
+    /// Refcounts lower than the references, raised (only when repairing a dirty image).
+    pub errors_fixed: u64,
     /// Descriptions of the first problems found.
     pub messages: Vec<String>,
     /// Host clusters in use.
@@ -145,15 +147,49 @@ impl Walker<'_> {
     }
 }
 
-/// Checks a qcow2 image; with `repair`, leaked clusters get their refcounts corrected.
-pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    inner(path, repair).map_err(|e| e.with_path(path).with_operation("check"))
+/// What a check may fix.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    Nothing,
+    Leaks,
+    All,
 }
 
-fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
+/// Checks a qcow2 image; with `repair`, leaked clusters get their refcounts corrected.
+pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport> {
+    let mode = if repair {
+        Repair::Leaks
+    } else {
+        Repair::Nothing
+    };
+    inner(path, mode).map_err(|e| e.with_path(path).with_operation("check"))
+}
+
+/// Makes a dirty image (lazy refcounts, not closed cleanly) consistent, as QEMU does when it
+/// opens one for writing: every refcount is set to the recomputed reference count, then the
+/// dirty bit is cleared.
+pub(crate) fn repair_dirty(path: &Path) -> Result<CheckReport> {
+    let report = inner(path, Repair::All)
+        .map_err(|e| e.with_path(path).with_operation("repair dirty image"))?;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(repair)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(e, "cannot open image").with_path(path))?;
+    let mut f = [0u8; 8];
+    file.read_exact_at(&mut f, 72)
+        .map_err(|e| io(e, "read header", 72))?;
+    let incompatible = u64::from_be_bytes(f) & !super::header::INCOMPAT_DIRTY;
+    file.write_all_at(&incompatible.to_be_bytes(), 72)
+        .map_err(|e| io(e, "write header", 72))?;
+    file.sync_data().map_err(|e| io(e, "sync", 0))?;
+    Ok(report)
+}
+
+fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(mode != Repair::Nothing)
         .open(path)
         .map_err(|e| Error::io(e, "cannot open image"))?;
     let file_len = file
@@ -164,7 +200,6 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
     file.read_exact_at(&mut first, 0)
         .map_err(|e| io(e, "read header", 0))?;
     let h = Header::parse(&first, file_len)?;
-    let cs = h.cluster_size();
     let mut rc = Refcounts::load(
         &file,
         h.cluster_bits,
@@ -173,36 +208,58 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
         h.refcount_table_clusters as u64,
         file_len,
     )?;
-    let nclusters = file_len.div_ceil(cs);
     let mut w = Walker {
         file: &file,
         h: &h,
         file_len,
-        refs: vec![0u64; nclusters as usize],
+        refs: vec![0u64; file_len.div_ceil(h.cluster_size()) as usize],
         report: CheckReport::default(),
     };
-    w.inc(0, cs, "header");
-    let (rt_off, rt_k) = rc.table_location();
-    w.inc(rt_off, rt_k * cs, "refcount table");
-    for off in rc.block_offsets() {
-        w.inc(off, cs, "refcount block");
-    }
-    let snaps = read_table(&file, &h, file_len)?;
-    if h.nb_snapshots > 0 {
-        let len = super::snapshot::encode_table(&snaps).len() as u64;
-        w.inc(h.snapshots_offset, len, "snapshot table");
-    }
-    for s in &snaps {
-        w.walk_l1(s.l1_table_offset, s.l1_size, false, &mut rc)?;
-    }
-    if h.l1_size > 0 {
-        w.walk_l1(h.l1_table_offset, h.l1_size, true, &mut rc)?;
-    }
-    let mut report = std::mem::take(&mut w.report);
+    w.count_all(&mut rc)?;
+    let report = std::mem::take(&mut w.report);
     let expected = std::mem::take(&mut w.refs);
+    compare(&file, &h, &mut rc, &expected, report, mode)
+}
+
+impl Walker<'_> {
+    /// Counts every reference from the header, refcount structures, snapshots and L1 tables.
+    fn count_all(&mut self, rc: &mut Refcounts) -> Result<()> {
+        let cs = self.h.cluster_size();
+        self.inc(0, cs, "header");
+        let (rt_off, rt_k) = rc.table_location();
+        self.inc(rt_off, rt_k * cs, "refcount table");
+        for off in rc.block_offsets() {
+            self.inc(off, cs, "refcount block");
+        }
+        let (snaps, table_len) = read_table(self.file, self.h, self.file_len)?;
+        if self.h.nb_snapshots > 0 {
+            self.inc(self.h.snapshots_offset, table_len, "snapshot table");
+        }
+        for s in &snaps {
+            self.walk_l1(s.l1_table_offset, s.l1_size, false, rc)?;
+        }
+        if self.h.l1_size > 0 {
+            self.walk_l1(self.h.l1_table_offset, self.h.l1_size, true, rc)?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares stored refcounts with the recomputed ones, repairing as `mode` allows.
+fn compare(
+    file: &File,
+    h: &Header,
+    rc: &mut Refcounts,
+    expected: &[u64],
+    mut report: CheckReport,
+    mode: Repair,
+) -> Result<CheckReport> {
+    let cs = h.cluster_size();
+    let repair = mode != Repair::Nothing;
+    let nclusters = expected.len() as u64;
     for c in 0..nclusters {
         let want = expected.get(c as usize).copied().unwrap_or(0);
-        let have = rc.get(&file, c)?;
+        let have = rc.get(file, c)?;
         if have == want {
             if want > 0 {
                 report.allocated_clusters += 1;
@@ -216,6 +273,10 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
                 format!("cluster {c}: refcount={have} reference={want}"),
             );
             report.image_end_offset = (c + 1) * cs;
+            if mode == Repair::All {
+                rc.add(file, c, (want - have) as i64)?;
+                report.errors_fixed += 1;
+            }
             continue;
         }
         report.note(
@@ -223,7 +284,7 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
             format!("leaked cluster {c}: refcount={have} reference={want}"),
         );
         if repair {
-            rc.repair_set(&file, c, want)?;
+            rc.repair_set(file, c, want)?;
             report.leaks_fixed += 1;
         }
         if want > 0 {
@@ -231,8 +292,8 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
             report.image_end_offset = (c + 1) * cs;
         }
     }
-    if repair && report.leaks_fixed > 0 {
-        rc.flush(&file)?;
+    if report.leaks_fixed + report.errors_fixed > 0 {
+        rc.flush(file)?;
         file.sync_data()
             .map_err(|e| Error::io(e, "cannot sync").with_operation("repair"))?;
     }

@@ -69,7 +69,7 @@ fn inner(path: &Path) -> Result<ImageInfo> {
     file.read_exact_at(&mut first, 0)
         .map_err(|e| io(e, "read header", 0))?;
     let h = Header::parse(&first, file_len)?;
-    let snaps = read_table(&file, &h, file_len)?;
+    let (snaps, _) = read_table(&file, &h, file_len)?;
     let q = Qcow2Info {
         compat: if h.version == 2 {
             "0.10".into()

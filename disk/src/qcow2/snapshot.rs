@@ -35,8 +35,9 @@ fn corrupt(msg: impl Into<String>, at: u64) -> Error {
         .with_operation("read snapshot table")
 }
 
-/// Reads the snapshot table named by the header from a file of `file_len` bytes.
-pub(crate) fn read_table(file: &File, h: &Header, file_len: u64) -> Result<Vec<Snapshot>> {
+/// Reads the snapshot table named by the header from a file of `file_len` bytes; returns
+/// the entries and the table's length in bytes on disk.
+pub(crate) fn read_table(file: &File, h: &Header, file_len: u64) -> Result<(Vec<Snapshot>, u64)> {
     let mut out = Vec::with_capacity(h.nb_snapshots.min(1024) as usize);
     let mut pos = h.snapshots_offset;
     let cs = h.cluster_size();
@@ -106,7 +107,7 @@ pub(crate) fn read_table(file: &File, h: &Header, file_len: u64) -> Result<Vec<S
             s.disk_size = Some(get64(extra, 8));
         }
         if extra.len() >= 24 {
-            s.icount = Some(get64(extra, 16));
+            s.icount = Some(get64(extra, 16)).filter(|&v| v != u64::MAX);
         }
         if extra.len() > 24 {
             s.extra = extra[24..].to_vec();
@@ -114,7 +115,7 @@ pub(crate) fn read_table(file: &File, h: &Header, file_len: u64) -> Result<Vec<S
         out.push(s);
         pos += (40 + var_len).div_ceil(8) * 8;
     }
-    Ok(out)
+    Ok((out, pos - h.snapshots_offset))
 }
 
 /// Serialises a snapshot table (version 3 extra data always written).
