@@ -45,7 +45,7 @@ fn rw() -> OpenOptions {
 }
 
 fn open_err(p: &std::path::Path, o: &OpenOptions) -> disk::Error {
-    vmdk::open(p, o).err().expect("open must fail")
+    vmdk::open(p, o).expect_err("open must fail")
 }
 
 #[test]
