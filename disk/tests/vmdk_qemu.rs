@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use disk::vmdk::{self, Subformat, VmdkCreateOptions};
-use disk::{DiskSize, ErrorKind, OpenOptions, ReadAt, WriteAt};
+use disk::{Discard, DiskSize, ErrorKind, OpenOptions, ReadAt, WriteAt};
 
 const MIB: u64 = 1 << 20;
 
@@ -466,4 +466,57 @@ fn test_vmdk_qemu_geometry_parsed_from_descriptor() {
 
     let g = ours.geometry().expect("qemu writes ddb.geometry");
     assert_eq!((g.cylinders, g.heads, g.sectors), (203, 16, 63));
+}
+
+#[test]
+fn test_vmdk_stream_write_zeroes_skips_grains_qemu_compare_passes() {
+    let dir = Scratch::new("stream-zeroes");
+    let img = dir.path("z.vmdk");
+    let size = 40 * MIB;
+    let mut ours = vmdk::create(
+        &img,
+        size,
+        &VmdkCreateOptions {
+            subformat: Subformat::StreamOptimized,
+        },
+    )
+    .unwrap();
+
+    ours.write_at(&[0x11; 8192], 0).unwrap();
+    ours.write_zeroes(4096, 34 * MIB).unwrap(); // ends mid-grain, in the second grain table
+    ours.write_at(&[0x22; 1000], 34 * MIB + 4096 + 24).unwrap();
+    ours.write_zeroes(36 * MIB, 4 * MIB - 512).unwrap();
+    ours.write_at(&[0x33; 512], size - 512).unwrap();
+    ours.flush().unwrap();
+    let file_len = std::fs::metadata(&img).unwrap().len();
+    drop(ours);
+
+    let writes = [
+        (0, 4096, 0x11_u8),
+        (34 * MIB + 4096 + 24, 1000, 0x22),
+        (size - 512, 512, 0x33),
+    ];
+    assert_qemu_agrees(&dir, &img, size, &writes);
+    assert!(
+        file_len < 64 * 1024,
+        "zero grains must not be stored ({file_len} bytes)"
+    );
+}
+
+#[test]
+fn test_vmdk_sparse_write_zeroes_qemu_compare_passes() {
+    let dir = Scratch::new("sparse-zeroes");
+    let img = dir.path("z.vmdk");
+    let size = 3 * MIB;
+    let mut ours = vmdk::create(&img, size, &VmdkCreateOptions::default()).unwrap();
+    ours.write_at(&vec![0x77; 200_000], 1000).unwrap();
+
+    ours.write_zeroes(4096, 70_000).unwrap();
+    ours.write_zeroes(2 * MIB, MIB).unwrap(); // unallocated: stays unallocated
+    ours.discard(0, 512).unwrap();
+    ours.flush().unwrap();
+    drop(ours);
+
+    let writes = [(1000, 3096, 0x77_u8), (74_096, 201_000 - 74_096, 0x77)];
+    assert_qemu_agrees(&dir, &img, size, &writes);
 }

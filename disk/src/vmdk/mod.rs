@@ -352,15 +352,9 @@ impl Discard for Vmdk {
         self.check_range(offset, len, "write_zeroes")?;
         self.check_writable("write_zeroes")?;
         if let Some(s) = &mut self.stream {
-            let zeroes = vec![0u8; 1 << 16];
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(zeroes.len() as u64);
-                s.write(&zeroes[..n as usize], offset + done)
-                    .map_err(|e| e.with_path(&self.path).with_operation("write_zeroes"))?;
-                done += n;
-            }
-            return Ok(());
+            return s
+                .write_zeroes(offset, len)
+                .map_err(|e| e.with_path(&self.path).with_operation("write_zeroes"));
         }
         self.for_each_piece(offset, len, "write_zeroes", |e, at, _, n| {
             e.write_zeroes(at, n as u64)
