@@ -422,23 +422,15 @@ fn test_vmdk_qemu_stream_optimized_write_unsupported() {
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
 
-#[test]
-fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
-    let dir = Scratch::new("write-flat");
+/// Writes the pattern into a qemu-made image of `subformat` and lets qemu compare.
+fn check_write_into_qemu_image(subformat: &str) {
+    let dir = Scratch::new(&format!("write-{subformat}"));
     let img = dir.path("f.vmdk");
     let size = 3 * MIB;
+    let opt = format!("subformat={subformat}");
     run_ok(
         "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicFlat",
-            s(&img),
-            "3M",
-        ],
+        &["create", "-q", "-f", "vmdk", "-o", &opt, s(&img), "3M"],
     );
     let writes = pattern(size);
 
@@ -447,6 +439,61 @@ fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
     drop(ours);
 
     assert_qemu_agrees(&dir, &img, size, &writes);
+}
+
+#[test]
+fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
+    check_write_into_qemu_image("monolithicFlat");
+}
+
+#[test]
+fn test_vmdk_write_two_gb_sparse_qemu_compare_passes() {
+    check_write_into_qemu_image("twoGbMaxExtentSparse");
+}
+
+#[test]
+fn test_vmdk_write_two_gb_flat_qemu_compare_passes() {
+    check_write_into_qemu_image("twoGbMaxExtentFlat");
+}
+
+/// With every grain directory entry cleared, writes must allocate new grain tables (and
+/// redundant ones) at the end of the file and link them into both directories.
+#[test]
+fn test_vmdk_sparse_write_allocates_grain_tables_qemu_compare_passes() {
+    use std::os::unix::fs::FileExt;
+    let dir = Scratch::new("alloc-gt");
+    let img = dir.path("a.vmdk");
+    let size = 40 * MIB; // two grain tables
+    drop(vmdk::create(&img, size, &VmdkCreateOptions::default()).unwrap());
+    let head = std::fs::read(&img).unwrap();
+    let rgd = u64::from_le_bytes(head[48..56].try_into().unwrap()) * 512;
+    let gd = u64::from_le_bytes(head[56..64].try_into().unwrap()) * 512;
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&[0u8; 8], rgd).unwrap();
+    f.write_all_at(&[0u8; 8], gd).unwrap();
+    drop(f);
+    let writes = vec![(4096, 4096, 0x41_u8), (33 * MIB, 70_000 / 512 * 512, 0x42)];
+
+    let mut ours = vmdk::open(&img, &OpenOptions::default()).unwrap();
+    write_pattern(&mut ours, &writes);
+    drop(ours);
+
+    assert_qemu_agrees(&dir, &img, size, &writes);
+    let after = std::fs::read(&img).unwrap();
+    let entry =
+        |at: u64| u32::from_le_bytes(after[at as usize..at as usize + 4].try_into().unwrap());
+    assert!(
+        entry(gd) != 0 && entry(gd + 4) != 0,
+        "directory entries were linked"
+    );
+    assert!(
+        entry(rgd) != 0 && entry(rgd + 4) != 0,
+        "redundant entries were linked"
+    );
+    assert!(
+        entry(gd) != entry(rgd),
+        "redundant table is a separate copy"
+    );
 }
 
 #[test]
