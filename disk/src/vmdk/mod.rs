@@ -173,10 +173,22 @@ fn open_descriptor(path: &Path, desc: &Descriptor, options: &OpenOptions) -> Res
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut extents = Vec::with_capacity(desc.extents.len());
+    let mut extents: Vec<Extent> = Vec::with_capacity(desc.extents.len());
     let mut start = 0u64;
     for line in &desc.extents {
         let extent = extent::open(&dir, line, start, options)?;
+        if let Some(id) = extent.sparse_file_id()? {
+            // Two sparse extents sharing a file would allocate over each other.
+            for other in &extents {
+                if other.sparse_file_id()? == Some(id) {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "the same sparse extent file is listed twice",
+                    )
+                    .with_path(&extent.path));
+                }
+            }
+        }
         start += extent.len;
         extents.push(extent);
     }
