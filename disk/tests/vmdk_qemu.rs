@@ -567,3 +567,55 @@ fn test_vmdk_sparse_write_zeroes_qemu_compare_passes() {
     let writes = [(1000, 3096, 0x77_u8), (74_096, 201_000 - 74_096, 0x77)];
     assert_qemu_agrees(&dir, &img, size, &writes);
 }
+
+/// QEMU's `zeroed_grain` images mark zeroed grains with table entry 1: they read as zeroes, and
+/// writing into one allocates a fresh grain.
+#[test]
+fn test_vmdk_qemu_zeroed_grain_reads_zero_and_rewrites() {
+    let dir = Scratch::new("zeroed-grain");
+    let img = dir.path("zg.vmdk");
+    let size = MIB;
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "zeroed_grain=on",
+            s(&img),
+            "1M",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "vmdk",
+            "-c",
+            "write -P 0xab 0 192k",
+            "-c",
+            "write -z 64k 64k",
+            s(&img),
+        ],
+    );
+    let mut ours = vmdk::open(&img, &OpenOptions::default()).unwrap();
+
+    let before = read_all(&mut ours);
+    ours.write_at(&[0x5c; 512], 65536 + 1024).unwrap();
+    ours.flush().unwrap();
+    drop(ours);
+
+    let model = [(0, 65536, 0xab_u8), (131072, 65536, 0xab)];
+    assert!(
+        before == expected(size, &model),
+        "zeroed grain must read as zeroes"
+    );
+    let after = [
+        (0, 65536, 0xab_u8),
+        (131072, 65536, 0xab),
+        (65536 + 1024, 512, 0x5c),
+    ];
+    assert_qemu_agrees(&dir, &img, size, &after);
+}
