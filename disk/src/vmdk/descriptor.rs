@@ -109,19 +109,22 @@ fn parse_hex_cid(v: &str, line_no: usize) -> Result<u32> {
     u32::from_str_radix(v, 16).map_err(|_| invalid(line_no, format!("bad CID '{v}'")))
 }
 
+/// Splits off the first whitespace-separated word; returns it and the rest, trimmed.
+fn next_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let (word, rest) = s.split_once(char::is_whitespace).unwrap_or((s, ""));
+    (word, rest.trim_start())
+}
+
 /// Parses one extent line (`RW 2048 SPARSE "name.vmdk" [offset]`).
 fn parse_extent(line: &str, line_no: usize) -> Result<ExtentLine> {
-    let mut words = line.splitn(3, char::is_whitespace);
-    let access = words
-        .next()
-        .and_then(parse_access)
-        .ok_or_else(|| invalid(line_no, "bad extent access"))?;
-    let rest = words.next().unwrap_or("");
-    let sectors: u64 = rest
+    let (access_word, rest) = next_word(line);
+    let access = parse_access(access_word).ok_or_else(|| invalid(line_no, "bad extent access"))?;
+    let (size_word, rest) = next_word(rest);
+    let sectors: u64 = size_word
         .parse()
-        .map_err(|_| invalid(line_no, format!("bad extent size '{rest}'")))?;
-    let rest = words.next().unwrap_or("").trim_start();
-    let (type_word, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        .map_err(|_| invalid(line_no, format!("bad extent size '{size_word}'")))?;
+    let (type_word, rest) = next_word(rest);
     let kind = match type_word {
         "FLAT" => ExtentType::Flat,
         "SPARSE" => ExtentType::Sparse,
@@ -328,6 +331,14 @@ ddb.adapterType = \"ide\"\n";
         bytes.extend_from_slice(&[0, 0, 0xff, 0xfe]);
         let d = Descriptor::parse(&bytes).unwrap();
         assert_eq!(d.extents.len(), 1);
+    }
+
+    #[test]
+    fn test_descriptor_extra_spaces_and_tabs_accepted() {
+        let d = Descriptor::parse(b"RW\t 16   FLAT  \"a b.img\"   2\r\n").unwrap();
+        assert_eq!(d.extents[0].sectors, 16);
+        assert_eq!(d.extents[0].file.as_deref(), Some("a b.img"));
+        assert_eq!(d.extents[0].offset, 2);
     }
 
     #[test]
