@@ -619,3 +619,28 @@ fn test_vmdk_qemu_zeroed_grain_reads_zero_and_rewrites() {
     ];
     assert_qemu_agrees(&dir, &img, size, &after);
 }
+
+/// An extent file of a split image has no embedded descriptor; opened on its own it is a
+/// plain sparse disk (regression: a missing descriptor was taken for parentCID=0).
+#[test]
+fn test_vmdk_qemu_split_extent_file_opens_alone() {
+    let dir = Scratch::new("extent-alone");
+    let img = dir.path("t.vmdk");
+    let opt = "subformat=twoGbMaxExtentSparse";
+    run_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "vmdk", "-o", opt, s(&img), "1M"],
+    );
+    run_ok(
+        "qemu-io",
+        &["-f", "vmdk", "-c", "write -P 0x3c 4096 512", s(&img)],
+    );
+
+    let mut ours = vmdk::open(&dir.path("t-s001.vmdk"), &OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 1024];
+    ours.read_at(&mut buf, 4096 - 512).unwrap();
+
+    assert_eq!(ours.size(), MIB);
+    assert_eq!(&buf[..512], &[0u8; 512][..]);
+    assert_eq!(&buf[512..], &[0x3cu8; 512][..]);
+}

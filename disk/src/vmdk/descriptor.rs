@@ -60,7 +60,7 @@ pub struct Geometry {
 }
 
 /// A parsed descriptor.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Descriptor {
     /// `version=`.
     pub version: u32,
@@ -76,6 +76,21 @@ pub struct Descriptor {
     pub geometry: Option<Geometry>,
     /// `ddb.adapterType`, if present.
     pub adapter_type: Option<String>,
+}
+
+impl Default for Descriptor {
+    /// An empty descriptor: version 1, no parent, no extents.
+    fn default() -> Descriptor {
+        Descriptor {
+            version: 1,
+            cid: 0,
+            parent_cid: NO_PARENT,
+            create_type: None,
+            extents: Vec::new(),
+            geometry: None,
+            adapter_type: None,
+        }
+    }
 }
 
 fn invalid(line_no: usize, why: impl std::fmt::Display) -> Error {
@@ -180,12 +195,7 @@ impl Descriptor {
         }
         let text = std::str::from_utf8(&bytes[..end])
             .map_err(|e| Error::new(ErrorKind::InvalidFormat, format!("descriptor: {e}")))?;
-        let mut d = Descriptor {
-            version: 1,
-            cid: 0,
-            parent_cid: NO_PARENT,
-            ..Descriptor::default()
-        };
+        let mut d = Descriptor::default();
         let mut geo = [None::<u32>; 3];
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -345,6 +355,13 @@ ddb.adapterType = \"ide\"\n";
     fn test_descriptor_unknown_extent_type_unsupported() {
         let err = Descriptor::parse(b"RW 8 VMFSRDM \"dev\"\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn test_descriptor_empty_has_no_parent() {
+        let d = Descriptor::parse(&[0u8; 512]).unwrap();
+        assert_eq!(d.parent_cid, NO_PARENT);
+        assert_eq!(Descriptor::default().parent_cid, NO_PARENT);
     }
 
     #[test]
