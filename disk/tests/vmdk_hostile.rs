@@ -45,7 +45,7 @@ fn rw() -> OpenOptions {
 }
 
 fn open_err(p: &std::path::Path, o: &OpenOptions) -> disk::Error {
-    vmdk::open(p, o).err().expect("open must fail")
+    vmdk::open(p, o).expect_err("open must fail")
 }
 
 #[test]
@@ -374,4 +374,49 @@ fn test_vmdk_short_file_invalid_format() {
     let err = open_err(&dir.path("k.vmdk"), &rw());
 
     assert_eq!(err.kind(), ErrorKind::InvalidFormat);
+}
+
+#[test]
+fn test_vmdk_directory_as_extent_unsupported() {
+    let dir = Scratch::new("dirext");
+    std::fs::create_dir(dir.path("sub")).unwrap();
+    let d = dir.descriptor("monolithicFlat", "RW 8 FLAT \"sub\" 0");
+
+    let err = open_err(&d, &rw());
+
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.to_string().contains("regular file"), "{err}");
+}
+
+#[test]
+fn test_vmdk_same_sparse_file_twice_corrupt() {
+    let dir = Scratch::new("dupsparse");
+    drop(vmdk::create(&dir.path("s.vmdk"), 1 << 20, &VmdkCreateOptions::default()).unwrap());
+    let d = dir.descriptor(
+        "twoGbMaxExtentSparse",
+        "RW 2048 SPARSE \"s.vmdk\"\nRW 2048 SPARSE \"./s.vmdk\"",
+    );
+
+    let err = open_err(&d, &rw());
+
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+}
+
+#[test]
+fn test_vmdk_write_zeroes_over_large_disk_reads_zero() {
+    let dir = Scratch::new("hugezero");
+    let p = dir.path("h.vmdk");
+    let size = 64u64 << 30; // 2048 grain tables, walked table by table
+    let mut img = vmdk::create(&p, size, &VmdkCreateOptions::default()).unwrap();
+    img.write_at(&[1u8; 512], 0).unwrap();
+    img.write_at(&[2u8; 512], size - 512).unwrap();
+
+    disk::Discard::write_zeroes(&mut img, 0, size).unwrap();
+    let mut first = [0xffu8; 512];
+    let mut last = [0xffu8; 512];
+    img.read_at(&mut first, 0).unwrap();
+    img.read_at(&mut last, size - 512).unwrap();
+
+    assert_eq!(first, [0u8; 512]);
+    assert_eq!(last, [0u8; 512]);
 }

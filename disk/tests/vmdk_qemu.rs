@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use disk::vmdk::{self, Subformat, VmdkCreateOptions};
-use disk::{DiskSize, ErrorKind, OpenOptions, ReadAt, WriteAt};
+use disk::{Discard, DiskSize, ErrorKind, OpenOptions, ReadAt, WriteAt};
 
 const MIB: u64 = 1 << 20;
 
@@ -422,23 +422,15 @@ fn test_vmdk_qemu_stream_optimized_write_unsupported() {
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
 
-#[test]
-fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
-    let dir = Scratch::new("write-flat");
+/// Writes the pattern into a qemu-made image of `subformat` and lets qemu compare.
+fn check_write_into_qemu_image(subformat: &str) {
+    let dir = Scratch::new(&format!("write-{subformat}"));
     let img = dir.path("f.vmdk");
     let size = 3 * MIB;
+    let opt = format!("subformat={subformat}");
     run_ok(
         "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicFlat",
-            s(&img),
-            "3M",
-        ],
+        &["create", "-q", "-f", "vmdk", "-o", &opt, s(&img), "3M"],
     );
     let writes = pattern(size);
 
@@ -447,6 +439,61 @@ fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
     drop(ours);
 
     assert_qemu_agrees(&dir, &img, size, &writes);
+}
+
+#[test]
+fn test_vmdk_write_monolithic_flat_qemu_compare_passes() {
+    check_write_into_qemu_image("monolithicFlat");
+}
+
+#[test]
+fn test_vmdk_write_two_gb_sparse_qemu_compare_passes() {
+    check_write_into_qemu_image("twoGbMaxExtentSparse");
+}
+
+#[test]
+fn test_vmdk_write_two_gb_flat_qemu_compare_passes() {
+    check_write_into_qemu_image("twoGbMaxExtentFlat");
+}
+
+/// With every grain directory entry cleared, writes must allocate new grain tables (and
+/// redundant ones) at the end of the file and link them into both directories.
+#[test]
+fn test_vmdk_sparse_write_allocates_grain_tables_qemu_compare_passes() {
+    use std::os::unix::fs::FileExt;
+    let dir = Scratch::new("alloc-gt");
+    let img = dir.path("a.vmdk");
+    let size = 40 * MIB; // two grain tables
+    drop(vmdk::create(&img, size, &VmdkCreateOptions::default()).unwrap());
+    let head = std::fs::read(&img).unwrap();
+    let rgd = u64::from_le_bytes(head[48..56].try_into().unwrap()) * 512;
+    let gd = u64::from_le_bytes(head[56..64].try_into().unwrap()) * 512;
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&[0u8; 8], rgd).unwrap();
+    f.write_all_at(&[0u8; 8], gd).unwrap();
+    drop(f);
+    let writes = vec![(4096, 4096, 0x41_u8), (33 * MIB, 70_000 / 512 * 512, 0x42)];
+
+    let mut ours = vmdk::open(&img, &OpenOptions::default()).unwrap();
+    write_pattern(&mut ours, &writes);
+    drop(ours);
+
+    assert_qemu_agrees(&dir, &img, size, &writes);
+    let after = std::fs::read(&img).unwrap();
+    let entry =
+        |at: u64| u32::from_le_bytes(after[at as usize..at as usize + 4].try_into().unwrap());
+    assert!(
+        entry(gd) != 0 && entry(gd + 4) != 0,
+        "directory entries were linked"
+    );
+    assert!(
+        entry(rgd) != 0 && entry(rgd + 4) != 0,
+        "redundant entries were linked"
+    );
+    assert!(
+        entry(gd) != entry(rgd),
+        "redundant table is a separate copy"
+    );
 }
 
 #[test]
@@ -466,4 +513,134 @@ fn test_vmdk_qemu_geometry_parsed_from_descriptor() {
 
     let g = ours.geometry().expect("qemu writes ddb.geometry");
     assert_eq!((g.cylinders, g.heads, g.sectors), (203, 16, 63));
+}
+
+#[test]
+fn test_vmdk_stream_write_zeroes_skips_grains_qemu_compare_passes() {
+    let dir = Scratch::new("stream-zeroes");
+    let img = dir.path("z.vmdk");
+    let size = 40 * MIB;
+    let mut ours = vmdk::create(
+        &img,
+        size,
+        &VmdkCreateOptions {
+            subformat: Subformat::StreamOptimized,
+        },
+    )
+    .unwrap();
+
+    ours.write_at(&[0x11; 8192], 0).unwrap();
+    ours.write_zeroes(4096, 34 * MIB).unwrap(); // ends mid-grain, in the second grain table
+    ours.write_at(&[0x22; 1000], 34 * MIB + 4096 + 24).unwrap();
+    ours.write_zeroes(36 * MIB, 4 * MIB - 512).unwrap();
+    ours.write_at(&[0x33; 512], size - 512).unwrap();
+    ours.flush().unwrap();
+    let file_len = std::fs::metadata(&img).unwrap().len();
+    drop(ours);
+
+    let writes = [
+        (0, 4096, 0x11_u8),
+        (34 * MIB + 4096 + 24, 1000, 0x22),
+        (size - 512, 512, 0x33),
+    ];
+    assert_qemu_agrees(&dir, &img, size, &writes);
+    assert!(
+        file_len < 64 * 1024,
+        "zero grains must not be stored ({file_len} bytes)"
+    );
+}
+
+#[test]
+fn test_vmdk_sparse_write_zeroes_qemu_compare_passes() {
+    let dir = Scratch::new("sparse-zeroes");
+    let img = dir.path("z.vmdk");
+    let size = 3 * MIB;
+    let mut ours = vmdk::create(&img, size, &VmdkCreateOptions::default()).unwrap();
+    ours.write_at(&vec![0x77; 200_000], 1000).unwrap();
+
+    ours.write_zeroes(4096, 70_000).unwrap();
+    ours.write_zeroes(2 * MIB, MIB).unwrap(); // unallocated: stays unallocated
+    ours.discard(0, 512).unwrap();
+    ours.flush().unwrap();
+    drop(ours);
+
+    let writes = [(1000, 3096, 0x77_u8), (74_096, 201_000 - 74_096, 0x77)];
+    assert_qemu_agrees(&dir, &img, size, &writes);
+}
+
+/// QEMU's `zeroed_grain` images mark zeroed grains with table entry 1: they read as zeroes, and
+/// writing into one allocates a fresh grain.
+#[test]
+fn test_vmdk_qemu_zeroed_grain_reads_zero_and_rewrites() {
+    let dir = Scratch::new("zeroed-grain");
+    let img = dir.path("zg.vmdk");
+    let size = MIB;
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "zeroed_grain=on",
+            s(&img),
+            "1M",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "vmdk",
+            "-c",
+            "write -P 0xab 0 192k",
+            "-c",
+            "write -z 64k 64k",
+            s(&img),
+        ],
+    );
+    let mut ours = vmdk::open(&img, &OpenOptions::default()).unwrap();
+
+    let before = read_all(&mut ours);
+    ours.write_at(&[0x5c; 512], 65536 + 1024).unwrap();
+    ours.flush().unwrap();
+    drop(ours);
+
+    let model = [(0, 65536, 0xab_u8), (131072, 65536, 0xab)];
+    assert!(
+        before == expected(size, &model),
+        "zeroed grain must read as zeroes"
+    );
+    let after = [
+        (0, 65536, 0xab_u8),
+        (131072, 65536, 0xab),
+        (65536 + 1024, 512, 0x5c),
+    ];
+    assert_qemu_agrees(&dir, &img, size, &after);
+}
+
+/// An extent file of a split image has no embedded descriptor; opened on its own it is a
+/// plain sparse disk (regression: a missing descriptor was taken for parentCID=0).
+#[test]
+fn test_vmdk_qemu_split_extent_file_opens_alone() {
+    let dir = Scratch::new("extent-alone");
+    let img = dir.path("t.vmdk");
+    let opt = "subformat=twoGbMaxExtentSparse";
+    run_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "vmdk", "-o", opt, s(&img), "1M"],
+    );
+    run_ok(
+        "qemu-io",
+        &["-f", "vmdk", "-c", "write -P 0x3c 4096 512", s(&img)],
+    );
+
+    let mut ours = vmdk::open(&dir.path("t-s001.vmdk"), &OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 1024];
+    ours.read_at(&mut buf, 4096 - 512).unwrap();
+
+    assert_eq!(ours.size(), MIB);
+    assert_eq!(&buf[..512], &[0u8; 512][..]);
+    assert_eq!(&buf[512..], &[0x3cu8; 512][..]);
 }

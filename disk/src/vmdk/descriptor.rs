@@ -60,7 +60,7 @@ pub struct Geometry {
 }
 
 /// A parsed descriptor.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Descriptor {
     /// `version=`.
     pub version: u32,
@@ -76,6 +76,21 @@ pub struct Descriptor {
     pub geometry: Option<Geometry>,
     /// `ddb.adapterType`, if present.
     pub adapter_type: Option<String>,
+}
+
+impl Default for Descriptor {
+    /// An empty descriptor: version 1, no parent, no extents.
+    fn default() -> Descriptor {
+        Descriptor {
+            version: 1,
+            cid: 0,
+            parent_cid: NO_PARENT,
+            create_type: None,
+            extents: Vec::new(),
+            geometry: None,
+            adapter_type: None,
+        }
+    }
 }
 
 fn invalid(line_no: usize, why: impl std::fmt::Display) -> Error {
@@ -109,19 +124,22 @@ fn parse_hex_cid(v: &str, line_no: usize) -> Result<u32> {
     u32::from_str_radix(v, 16).map_err(|_| invalid(line_no, format!("bad CID '{v}'")))
 }
 
+/// Splits off the first whitespace-separated word; returns it and the rest, trimmed.
+fn next_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let (word, rest) = s.split_once(char::is_whitespace).unwrap_or((s, ""));
+    (word, rest.trim_start())
+}
+
 /// Parses one extent line (`RW 2048 SPARSE "name.vmdk" [offset]`).
 fn parse_extent(line: &str, line_no: usize) -> Result<ExtentLine> {
-    let mut words = line.splitn(3, char::is_whitespace);
-    let access = words
-        .next()
-        .and_then(parse_access)
-        .ok_or_else(|| invalid(line_no, "bad extent access"))?;
-    let rest = words.next().unwrap_or("");
-    let sectors: u64 = rest
+    let (access_word, rest) = next_word(line);
+    let access = parse_access(access_word).ok_or_else(|| invalid(line_no, "bad extent access"))?;
+    let (size_word, rest) = next_word(rest);
+    let sectors: u64 = size_word
         .parse()
-        .map_err(|_| invalid(line_no, format!("bad extent size '{rest}'")))?;
-    let rest = words.next().unwrap_or("").trim_start();
-    let (type_word, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        .map_err(|_| invalid(line_no, format!("bad extent size '{size_word}'")))?;
+    let (type_word, rest) = next_word(rest);
     let kind = match type_word {
         "FLAT" => ExtentType::Flat,
         "SPARSE" => ExtentType::Sparse,
@@ -177,12 +195,7 @@ impl Descriptor {
         }
         let text = std::str::from_utf8(&bytes[..end])
             .map_err(|e| Error::new(ErrorKind::InvalidFormat, format!("descriptor: {e}")))?;
-        let mut d = Descriptor {
-            version: 1,
-            cid: 0,
-            parent_cid: NO_PARENT,
-            ..Descriptor::default()
-        };
+        let mut d = Descriptor::default();
         let mut geo = [None::<u32>; 3];
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -331,9 +344,24 @@ ddb.adapterType = \"ide\"\n";
     }
 
     #[test]
+    fn test_descriptor_extra_spaces_and_tabs_accepted() {
+        let d = Descriptor::parse(b"RW\t 16   FLAT  \"a b.img\"   2\r\n").unwrap();
+        assert_eq!(d.extents[0].sectors, 16);
+        assert_eq!(d.extents[0].file.as_deref(), Some("a b.img"));
+        assert_eq!(d.extents[0].offset, 2);
+    }
+
+    #[test]
     fn test_descriptor_unknown_extent_type_unsupported() {
         let err = Descriptor::parse(b"RW 8 VMFSRDM \"dev\"\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn test_descriptor_empty_has_no_parent() {
+        let d = Descriptor::parse(&[0u8; 512]).unwrap();
+        assert_eq!(d.parent_cid, NO_PARENT);
+        assert_eq!(Descriptor::default().parent_cid, NO_PARENT);
     }
 
     #[test]

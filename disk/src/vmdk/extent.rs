@@ -55,6 +55,15 @@ pub fn open(dir: &Path, line: &ExtentLine, start: u64, options: &OpenOptions) ->
         });
     };
     let path = resolve_extent_path(dir, name, options.allow_outside_extents)?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| Error::io(e, "reading extent metadata").with_path(&path))?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "extent is not a regular file (devices and directories are refused)",
+        )
+        .with_path(&path));
+    }
     let file = open_file(&path, writable)?;
     let data = match line.kind {
         ExtentType::Flat | ExtentType::Vmfs => {
@@ -163,6 +172,21 @@ impl Extent {
             }
             ExtentData::Zero => Ok(()),
             ExtentData::Sparse(s) => s.write_zeroes(at, len),
+        }
+    }
+
+    /// The (device, inode) of a sparse extent's file.
+    pub fn sparse_file_id(&self) -> Result<Option<(u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        match &self.data {
+            ExtentData::Sparse(s) => {
+                let m = s
+                    .file()
+                    .metadata()
+                    .map_err(|e| Error::io(e, "reading extent metadata"))?;
+                Ok(Some((m.dev(), m.ino())))
+            }
+            _ => Ok(None),
         }
     }
 

@@ -173,10 +173,22 @@ fn open_descriptor(path: &Path, desc: &Descriptor, options: &OpenOptions) -> Res
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut extents = Vec::with_capacity(desc.extents.len());
+    let mut extents: Vec<Extent> = Vec::with_capacity(desc.extents.len());
     let mut start = 0u64;
     for line in &desc.extents {
         let extent = extent::open(&dir, line, start, options)?;
+        if let Some(id) = extent.sparse_file_id()? {
+            // Two sparse extents sharing a file would allocate over each other.
+            for other in &extents {
+                if other.sparse_file_id()? == Some(id) {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "the same sparse extent file is listed twice",
+                    )
+                    .with_path(&extent.path));
+                }
+            }
+        }
         start += extent.len;
         extents.push(extent);
     }
@@ -352,15 +364,9 @@ impl Discard for Vmdk {
         self.check_range(offset, len, "write_zeroes")?;
         self.check_writable("write_zeroes")?;
         if let Some(s) = &mut self.stream {
-            let zeroes = vec![0u8; 1 << 16];
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(zeroes.len() as u64);
-                s.write(&zeroes[..n as usize], offset + done)
-                    .map_err(|e| e.with_path(&self.path).with_operation("write_zeroes"))?;
-                done += n;
-            }
-            return Ok(());
+            return s
+                .write_zeroes(offset, len)
+                .map_err(|e| e.with_path(&self.path).with_operation("write_zeroes"));
         }
         self.for_each_piece(offset, len, "write_zeroes", |e, at, _, n| {
             e.write_zeroes(at, n as u64)

@@ -309,25 +309,35 @@ impl SparseExtent {
     }
 
     /// Makes `len` bytes at `offset` read as zeroes; unallocated grains stay unallocated.
+    /// Works table by table so that zeroing a huge, mostly empty range stays cheap.
     pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         let gb = self.layout.grain_bytes;
+        let gtes = self.layout.gtes_per_gt;
+        let end = offset + len;
         let zeroes = vec![0u8; gb as usize];
-        let mut done = 0u64;
-        while done < len {
-            let pos = offset + done;
-            let (grain, in_grain) = (pos / gb, pos % gb);
-            let n = (gb - in_grain).min(len - done);
-            let gte = self.entry(grain)?;
-            if !self.zero_grain(gte) {
-                self.write(&zeroes[..n as usize], pos)?;
+        let mut pos = offset;
+        while pos < end {
+            let gd_index = pos / self.layout.gt_coverage();
+            let table_end = ((gd_index + 1) * self.layout.gt_coverage()).min(end);
+            let Some(gt) = self.grain_table(gd_index)?.cloned() else {
+                pos = table_end;
+                continue;
+            };
+            for grain in pos / gb..=(table_end - 1) / gb {
+                if self.zero_grain(gt[(grain % gtes) as usize]) {
+                    continue;
+                }
+                let from = (grain * gb).max(pos);
+                let to = ((grain + 1) * gb).min(table_end);
+                self.write(&zeroes[..(to - from) as usize], from)?;
             }
-            done += n;
+            pos = table_end;
         }
         Ok(())
     }
 
-    /// Appends `n` zeroed bytes (rounded up to sectors) and returns their offset.
+    /// Appends `data` (padded to whole sectors) at the end of the file and returns its offset.
     fn append(&mut self, data: &[u8]) -> Result<u64> {
         let at = self.file_end;
         write_at(&self.file, data, at, "new cluster")?;

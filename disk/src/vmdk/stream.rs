@@ -164,6 +164,39 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Makes `len` bytes at `offset` zero, skipping whole grains without touching them (so
+    /// converting a mostly empty disk does not copy its zeroes around).
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        let gb = grain_bytes();
+        let zeroes = vec![0u8; gb as usize];
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let grain = pos / gb;
+            if !pos.is_multiple_of(gb) || end < (grain + 1) * gb {
+                let n = ((grain + 1) * gb).min(end) - pos;
+                self.write(&zeroes[..n as usize], pos)?;
+                pos += n;
+                continue;
+            }
+            if grain < self.grain {
+                // Let `write` produce the ordering error.
+                return self.write(&zeroes[..1], pos);
+            }
+            self.reopen_tail()?;
+            let last = end / gb - 1;
+            if grain == self.grain {
+                self.grain_buf.fill(0);
+            }
+            if last > self.grain {
+                self.seal_grain()?;
+                self.move_to(last)?;
+            }
+            pos = (last + 1) * gb;
+        }
+        Ok(())
+    }
+
     /// Writes the metadata tail (if anything changed) and syncs the file.
     pub fn flush(&mut self) -> Result<()> {
         if self.tail_at.is_none() {
