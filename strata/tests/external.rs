@@ -86,3 +86,38 @@ fn test_grub_xen_pvh_entry_finds_no_xen_and_halts() {
     let rflags = u64::from_str_radix(rflags.trim(), 16).expect("hex rflags");
     assert_eq!(rflags & 0x200, 0, "interrupts should be off in the halt loop");
 }
+
+#[test]
+fn test_vga_text_rendered_on_sigusr1_while_running() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = require("/boot/invaders.exec", "grub-invaders");
+    let screen_file = scratch("invaders-usr1").join("screen.txt");
+    let vga = format!("text,file={}", screen_file.display());
+    let mut child = std::process::Command::new(common::strata_bin())
+        .args(["run", "--kernel", &kernel, "--vga", &vga, "--timeout", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strata");
+    // Ask for a rendering until one appears (the game needs a moment to draw).
+    let mut screen = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = std::process::Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        screen = std::fs::read_to_string(&screen_file).unwrap_or_default();
+        if screen.contains("-*-") {
+            break;
+        }
+    }
+    let still_running = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "strata exited before the rendering was requested");
+    assert!(screen.contains("-*-"), "no invaders in the on-demand rendering:\n{screen}");
+}

@@ -127,3 +127,27 @@ fn test_run_emulation_fallback_runs_popcnt_and_counts_it() {
         run.stderr
     );
 }
+
+#[test]
+fn test_run_i8042_reset_exits_zero() {
+    if !kvm_available() {
+        return;
+    }
+    // mov al, 0xfe; out 0x64, al; jmp $
+    let k = guest("i8042-reset", &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
+    let run = strata(&["run", "--kernel", &k, "--timeout", "20"]);
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "");
+}
+
+#[test]
+fn test_run_port_cf9_reset_exits_zero() {
+    if !kvm_available() {
+        return;
+    }
+    // mov dx, 0xcf9; mov al, 6; out dx, al; jmp $
+    let k = guest("cf9-reset", &[0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xeb, 0xfe]);
+    let run = strata(&["run", "--kernel", &k, "--timeout", "20"]);
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "");
+}

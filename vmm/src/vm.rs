@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::{layout, mptable};
+use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
 use crate::devices::{self, DebugconTarget, LegacyConfig, LegacyDevices, PioBus};
@@ -33,6 +33,9 @@ pub enum VmmError {
     /// The kernel could not be loaded.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// The BIOS data area could not be written.
+    #[error("unable to write the BIOS data area: {0}")]
+    BiosDataArea(vm_memory::GuestMemoryError),
     /// The MP table could not be written.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
@@ -200,7 +203,8 @@ impl Vm {
             vcpus: cpu_count,
         };
         let entry = boot::load(&mem, &source, &machine)?;
-        // 6. Firmware tables: the MP table.
+        // 6. Firmware tables: the BIOS data area words and the MP table.
+        bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
         mptable::setup_mptable(&mem, cpu_count)?;
         // 7. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let mut pio = PioBus::new();
