@@ -20,8 +20,14 @@
 #     initramfs.cpio  separate (uncompressed newc) initramfs whose /init prints a different
 #                     marker, to prove an external initrd was loaded (it overrides the embedded one)
 #     config          the .config used
+#     System.map      symbol addresses (e.g. int3_selftest_ip, where --no-int3-patch stops)
+# Ring-0 code runs ~1000x slower on the PVM test host, so the config also avoids boot-time work:
+# CRYPTO + CRYPTO_MANAGER_DISABLE_TESTS (otherwise lib/crypto/blake2s.c runs its selftest at
+# boot: minutes under emulation), HZ_100 (periodic tick; fewer timer interrupts), no VT and no
+# PTYs (registering their hundreds of devices took minutes), LZ4 payload.
 # /init (embedded) prints "STRATA-INIT: hello from embedded /init" and then calls
 # reboot(RESTART); with `reboot=k` the kernel then writes 0xfe to port 0x64 (i8042 reset).
+# /init uses int $0x80 (IA32_EMULATION), not SYSCALL, which is broken on the PVM host.
 # The external initramfs /init prints "STRATA-INIT: hello from external initrd /init".
 #
 # The int3 patch is scripts/linux-6.1-skip-int3-selftest.patch.
@@ -60,6 +66,7 @@ print_outputs() {
     echo "vmlinux=$out/vmlinux"
     echo "initramfs=$out/initramfs.cpio"
     echo "config=$out/config"
+    echo "system_map=$out/System.map"
 }
 
 if [[ $force == 0 && -f "$out/stamp" && "$(cat "$out/stamp")" == "$script_hash" ]]; then
@@ -121,18 +128,22 @@ mkinit() { # $1 = output binary, $2 = message
 	.globl _start
 	.text
 _start:
-	mov	\$1, %eax		/* write(1, msg, len) */
-	mov	\$1, %edi
-	lea	msg(%rip), %rsi
+	/*
+	 * 32-bit system calls through "int 0x80" (CONFIG_IA32_EMULATION): on the PVM test host a
+	 * SYSCALL from guest ring 3 jumps to LSTAR without leaving user mode (init then dies with
+	 * "segfault at <entry_SYSCALL_64>"), while interrupts and exceptions from ring 3 work.
+	 */
+	mov	\$4, %eax		/* write(1, msg, len) */
+	mov	\$1, %ebx
+	mov	\$msg, %ecx
 	mov	\$len, %edx
-	syscall
-	mov	\$169, %eax		/* reboot(MAGIC1, MAGIC2, LINUX_REBOOT_CMD_RESTART) */
-	mov	\$0xfee1dead, %edi
-	mov	\$672274793, %esi
+	int	\$0x80
+	mov	\$88, %eax		/* reboot(MAGIC1, MAGIC2, LINUX_REBOOT_CMD_RESTART) */
+	mov	\$0xfee1dead, %ebx
+	mov	\$672274793, %ecx
 	mov	\$0x01234567, %edx
-	syscall
-1:	mov	\$34, %eax		/* pause() forever if reboot returned */
-	syscall
+	int	\$0x80
+1:	ud2			/* reboot returned: die visibly ("trap invalid opcode") */
 	jmp	1b
 	.section .rodata
 msg:	.ascii "$2\n"
@@ -156,13 +167,19 @@ cfg="$tree/scripts/config --file $build/.config"
 $cfg -e 64BIT -e PRINTK -e EARLY_PRINTK -e TTY -e SERIAL_8250 -e SERIAL_8250_CONSOLE \
      -e BINFMT_ELF -e BLK_DEV_INITRD -e HYPERVISOR_GUEST -e PARAVIRT -e KVM_GUEST -e PVH \
      -d KERNEL_XZ -d KERNEL_GZIP -e KERNEL_LZ4 \
+     -e CRYPTO -e CRYPTO_MANAGER_DISABLE_TESTS -d HZ_250 -e HZ_100 \
+     -d VT -d LEGACY_PTYS -d UNIX98_PTYS -e IA32_EMULATION \
      -d RD_GZIP -d RD_BZIP2 -d RD_LZMA -d RD_XZ -d RD_LZO -d RD_LZ4 -d RD_ZSTD \
      --set-str INITRAMFS_SOURCE "$build/initramfs-embedded.list" \
      -e INITRAMFS_COMPRESSION_NONE \
      --set-str LOCALVERSION "-strata-$variant" -d LOCALVERSION_AUTO
 kmake olddefconfig >/dev/null
-for opt in 64BIT PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE BINFMT_ELF BLK_DEV_INITRD PVH KERNEL_LZ4; do
+for opt in 64BIT PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE BINFMT_ELF BLK_DEV_INITRD PVH KERNEL_LZ4 \
+           CRYPTO_MANAGER_DISABLE_TESTS HZ_100 IA32_EMULATION; do
     grep -q "^CONFIG_$opt=y" "$build/.config" || { echo "CONFIG_$opt did not stick" >&2; exit 1; }
+done
+for opt in VT LEGACY_PTYS UNIX98_PTYS; do
+    grep -q "^CONFIG_$opt=y" "$build/.config" && { echo "CONFIG_$opt still set" >&2; exit 1; }
 done
 
 # --- build -----------------------------------------------------------------------------------
@@ -172,6 +189,7 @@ kmake bzImage >"$build/build.log" 2>&1 || { tail -40 "$build/build.log" >&2; exi
 cp "$build/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$build/vmlinux" "$out/vmlinux"
 cp "$build/.config" "$out/config"
+cp "$build/System.map" "$out/System.map"
 echo "$script_hash" >"$out/stamp"
 log "done"
 print_outputs

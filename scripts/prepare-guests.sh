@@ -4,8 +4,9 @@
 #
 #   memtest86+ 6.10     /boot/memtest86+x64.bin   Linux boot protocol 2.12, 64-bit entry, not compressed
 #   Xen 4.17            /boot/xen-4.17-amd64.gz   multiboot1 (and multiboot2) ELF32, gzipped
-#   GNU Mach 1.8        /boot/gnumach-1.8-486.gz  multiboot1 ELF32, gzipped
-#   Linux 6.1 (cloud)   /boot/vmlinuz-*-cloud-amd64  bzImage (+ /boot/initrd.img-*-cloud-amd64)
+#   GNU Mach 1.8        /boot/gnumach-1.8-486.gz  multiboot1 ELF64 (x86_64 Mach), gzipped
+#   Linux 6.1 (cloud)   /boot/vmlinuz-*-cloud-amd64  bzImage (+ /boot/initrd.img-*-cloud-amd64);
+#                       its ELF vmlinux (PVH note) is extracted to the cache
 #   OVMF                /usr/share/ovmf/OVMF.fd   UEFI firmware (flash at the top of 4 GiB)
 #   GRUB Invaders       /boot/invaders.exec       multiboot1 a.out kludge (package grub-invaders)
 #
@@ -42,13 +43,36 @@ gunzip_to() { # $1 = .gz, $2 = output
 }
 gunzip_to /boot/xen-4.17-amd64.gz "$out/xen-4.17-amd64"
 gunzip_to /boot/gnumach-1.8-486.gz "$out/gnumach-1.8-486"
+# On amd64 Debian ships an x86_64 GNU Mach (ELF64, multiboot1 header without the a.out kludge);
+# QEMU's multiboot loader refuses ELF64 ("Cannot load x86-64 image, give a 32bit one."), so also
+# make an ELF32 copy with the same segments (paddr 0x1000000.., entry 0x1000000) for QEMU.
+if [[ ! -f "$out/gnumach-1.8-486.elf32" || "$out/gnumach-1.8-486" -nt "$out/gnumach-1.8-486.elf32" ]]; then
+    objcopy -O elf32-i386 "$out/gnumach-1.8-486" "$out/gnumach-1.8-486.elf32"
+fi
 cloud_kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)
 cloud_initrd=/boot/initrd.img-${cloud_kernel#/boot/vmlinuz-}
+# The bzImage payload is an LZ4 (legacy frame) compressed ELF vmlinux with a PVH note: extract it
+# so a PVH loader can skip the decompressor (minutes of ring-0 emulation on the PVM host).
+cloud_vmlinux="$out/vmlinux-${cloud_kernel#/boot/vmlinuz-}"
+if [[ ! -f "$cloud_vmlinux" || "$cloud_kernel" -nt "$cloud_vmlinux" ]]; then
+    command -v lz4 >/dev/null || { echo "lz4 missing: apt-get install -y lz4" >&2; exit 1; }
+    for pos in $(LC_ALL=C grep -abo $'\x02\x21\x4c\x18' "$cloud_kernel" | cut -d: -f1); do
+        tail -c+$((pos + 1)) "$cloud_kernel" | lz4 -dc -l >"$cloud_vmlinux.tmp" 2>/dev/null || true
+        if [[ "$(head -c4 "$cloud_vmlinux.tmp")" == $'\x7fELF' ]]; then
+            mv "$cloud_vmlinux.tmp" "$cloud_vmlinux"
+            break
+        fi
+    done
+    rm -f "$cloud_vmlinux.tmp"
+    [[ -f "$cloud_vmlinux" ]] || { echo "could not extract vmlinux from $cloud_kernel" >&2; exit 1; }
+fi
 
 echo "memtest=/boot/memtest86+x64.bin"
 echo "xen=$out/xen-4.17-amd64"
 echo "gnumach=$out/gnumach-1.8-486"
+echo "gnumach_elf32=$out/gnumach-1.8-486.elf32"
 echo "cloud_kernel=$cloud_kernel"
 echo "cloud_initrd=$cloud_initrd"
+echo "cloud_vmlinux=$cloud_vmlinux"
 echo "ovmf=/usr/share/ovmf/OVMF.fd"
 echo "invaders=/boot/invaders.exec"
