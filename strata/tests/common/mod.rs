@@ -95,6 +95,7 @@ pub fn scratch(test: &str) -> PathBuf {
 }
 
 /// IEEE CRC-32 (zlib), the checksum the test guests print.
+#[allow(unused_imports)]
 pub use test_guests::crc32;
 
 /// Deterministic pseudo-random bytes.
