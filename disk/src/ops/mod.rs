@@ -1,0 +1,145 @@
+//! Whole-image operations behind `strata img`: convert, compare, map and bench.
+//!
+//! Everything here returns data (statistics, maps, mismatch offsets) and reports progress
+//! through callbacks; nothing prints. The image format is always given by the caller.
+//!
+//! [`Image`] keeps the concrete image type so that operations can ask where data lives
+//! ([`Image::status`]) and skip ranges that read as zeroes without reading them.
+
+mod bench;
+mod compare;
+mod convert;
+mod map;
+
+pub use bench::{bench, BenchOptions, BenchReport};
+pub use compare::{compare, Comparison};
+pub use convert::{convert, ConvertOptions, ConvertStats};
+pub use map::{map, MapEntry};
+
+use std::path::Path;
+
+use crate::qcow2::Mapping;
+use crate::raw::RawDisk;
+use crate::vmdk::{self, Vmdk};
+use crate::{Disk, DiskSize, Format, OpenOptions, Qcow2, Result};
+
+/// What a range of a virtual disk holds, as far as the metadata tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Reads as zeroes without any data being stored (a hole, a zero cluster).
+    Zero,
+    /// May hold data: must be read.
+    Data,
+}
+
+/// An open image that remembers its concrete type.
+#[derive(Debug)]
+pub enum Image {
+    /// A raw image.
+    Raw(RawDisk),
+    /// A qcow2 image; `has_backing` tells whether unallocated clusters read from a backing file.
+    Qcow2 {
+        /// The image.
+        image: Box<Qcow2>,
+        /// Whether the image has a backing file.
+        has_backing: bool,
+    },
+    /// A vmdk image.
+    Vmdk(Box<Vmdk>),
+}
+
+impl Image {
+    /// Opens `path` as `format`.
+    pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Image> {
+        Ok(match format {
+            Format::Raw => Image::Raw(RawDisk::open(path, options)?),
+            Format::Qcow2 => {
+                let has_backing = crate::info(path, Format::Qcow2)?.backing_file.is_some();
+                Image::Qcow2 {
+                    image: Box::new(Qcow2::open(path, options)?),
+                    has_backing,
+                }
+            }
+            Format::Vmdk => Image::Vmdk(Box::new(vmdk::open(path, options)?)),
+        })
+    }
+
+    /// The image as a generic disk.
+    pub fn disk(&mut self) -> &mut dyn Disk {
+        match self {
+            Image::Raw(d) => d,
+            Image::Qcow2 { image, .. } => image.as_mut(),
+            Image::Vmdk(d) => d.as_mut(),
+        }
+    }
+
+    /// Virtual size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Image::Raw(d) => d.size(),
+            Image::Qcow2 { image, .. } => image.size(),
+            Image::Vmdk(d) => d.size(),
+        }
+    }
+
+    /// Runs covering `[offset, offset + len)` (clipped to the disk), each with its status.
+    /// Adjacent runs of the same status are merged.
+    pub fn status(&mut self, offset: u64, len: u64) -> Result<Vec<(u64, u64, Status)>> {
+        let end = offset.saturating_add(len).min(self.size());
+        let mut out: Vec<(u64, u64, Status)> = Vec::new();
+        match self {
+            Image::Raw(d) => {
+                for e in d.allocation_map(offset, end.saturating_sub(offset))? {
+                    let s = if e.allocated { Status::Data } else { Status::Zero };
+                    push_run(&mut out, e.offset, e.len, s);
+                }
+            }
+            Image::Qcow2 { image, has_backing } => {
+                let cs = image.cluster_size();
+                let mut pos = offset;
+                while pos < end {
+                    let next = ((pos / cs) + 1) * cs;
+                    let n = next.min(end) - pos;
+                    let s = match image.lookup(pos / cs)? {
+                        Mapping::Zero { .. } => Status::Zero,
+                        Mapping::Unallocated if !*has_backing => Status::Zero,
+                        _ => Status::Data,
+                    };
+                    push_run(&mut out, pos, n, s);
+                    pos += n;
+                }
+            }
+            Image::Vmdk(_) => {
+                if end > offset {
+                    push_run(&mut out, offset, end - offset, Status::Data);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Appends a run, merging it with the previous one when contiguous and of the same kind.
+fn push_run(out: &mut Vec<(u64, u64, Status)>, offset: u64, len: u64, s: Status) {
+    if len == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.2 == s && last.0 + last.1 == offset {
+            last.1 += len;
+            return;
+        }
+    }
+    out.push((offset, len, s));
+}
+
+/// Whether every byte of `buf` is zero (64 bytes at a time, which vectorises).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
