@@ -24,6 +24,8 @@ pub struct CheckReport {
     pub leaks: u64,
     /// Leaks repaired (when repair was asked for).
     pub leaks_fixed: u64,
+    /// Refcounts lower than the references, raised (only when repairing a dirty image).
+    pub errors_fixed: u64,
     /// Descriptions of the first problems found.
     pub messages: Vec<String>,
     /// Host clusters in use.
@@ -145,12 +147,47 @@ impl Walker<'_> {
     }
 }
 
-/// Checks a qcow2 image; with `repair`, leaked clusters get their refcounts corrected.
-pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    inner(path, repair).map_err(|e| e.with_path(path).with_operation("check"))
+/// What a check may fix.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    Nothing,
+    Leaks,
+    All,
 }
 
-fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
+/// Checks a qcow2 image; with `repair`, leaked clusters get their refcounts corrected.
+pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport> {
+    let mode = if repair {
+        Repair::Leaks
+    } else {
+        Repair::Nothing
+    };
+    inner(path, mode).map_err(|e| e.with_path(path).with_operation("check"))
+}
+
+/// Makes a dirty image (lazy refcounts, not closed cleanly) consistent, as QEMU does when it
+/// opens one for writing: every refcount is set to the recomputed reference count, then the
+/// dirty bit is cleared.
+pub(crate) fn repair_dirty(path: &Path) -> Result<CheckReport> {
+    let report = inner(path, Repair::All)
+        .map_err(|e| e.with_path(path).with_operation("repair dirty image"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(e, "cannot open image").with_path(path))?;
+    let mut f = [0u8; 8];
+    file.read_exact_at(&mut f, 72)
+        .map_err(|e| io(e, "read header", 72))?;
+    let incompatible = u64::from_be_bytes(f) & !super::header::INCOMPAT_DIRTY;
+    file.write_all_at(&incompatible.to_be_bytes(), 72)
+        .map_err(|e| io(e, "write header", 72))?;
+    file.sync_data().map_err(|e| io(e, "sync", 0))?;
+    Ok(report)
+}
+
+fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
+    let repair = mode != Repair::Nothing;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(repair)
@@ -216,6 +253,10 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
                 format!("cluster {c}: refcount={have} reference={want}"),
             );
             report.image_end_offset = (c + 1) * cs;
+            if mode == Repair::All {
+                rc.add(&file, c, (want - have) as i64)?;
+                report.errors_fixed += 1;
+            }
             continue;
         }
         report.note(
@@ -231,7 +272,7 @@ fn inner(path: &Path, repair: bool) -> Result<CheckReport> {
             report.image_end_offset = (c + 1) * cs;
         }
     }
-    if repair && report.leaks_fixed > 0 {
+    if report.leaks_fixed + report.errors_fixed > 0 {
         rc.flush(&file)?;
         file.sync_data()
             .map_err(|e| Error::io(e, "cannot sync").with_operation("repair"))?;

@@ -86,6 +86,13 @@ impl L2Cache {
     }
 }
 
+impl L2Cache {
+    /// Drops every clean table (after snapshot operations, which free and reuse L2 tables).
+    pub fn drop_clean(&mut self) {
+        self.tables.retain(|_, t| t.dirty);
+    }
+}
+
 /// Encodes a table to its on-disk big-endian form.
 pub(crate) fn encode(entries: &[u64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 8);

@@ -18,6 +18,7 @@ mod info;
 mod l2cache;
 mod refcount;
 mod snapshot;
+mod snapshot_ops;
 mod write;
 
 pub use check::CheckReport;
@@ -86,7 +87,7 @@ pub struct Qcow2 {
     cache: L2Cache,
     refs: Option<Refcounts>,
     backing: Option<Box<dyn Disk>>,
-    zcache: Option<(u64, Vec<u8>)>,
+    zcache: Option<((u64, u64), Vec<u8>)>,
     need_sync: bool,
     compressed_tail: Option<u64>,
 }
@@ -127,11 +128,16 @@ impl Qcow2 {
             ));
         }
         if !options.read_only && header.incompatible & header::INCOMPAT_DIRTY != 0 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "image is dirty (lazy refcounts not written back); repair it with \
-                 `qemu-img check -r all` before opening it for writing",
-            ));
+            // As QEMU: a writer repairs the refcounts of a dirty image and clears the bit.
+            drop(file);
+            check::repair_dirty(path)?;
+            if depth > 0 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "dirty bit could not be cleared",
+                ));
+            }
+            return Self::open_depth(path, options, depth + 1);
         }
         let l1 = read_l1(&file, &header)?;
         let backing = open_backing(path, &header, options, depth)?;
@@ -349,7 +355,7 @@ impl Qcow2 {
     }
 
     fn decompressed(&mut self, offset: u64, sectors: u64) -> Result<&[u8]> {
-        let key = offset ^ (sectors << 56);
+        let key = (offset, sectors);
         if self.zcache.as_ref().is_none_or(|(k, _)| *k != key) {
             let start = offset & !511;
             let mut input = vec![0u8; (sectors * 512 - (offset - start)) as usize];

@@ -106,7 +106,7 @@ pub(crate) fn read_table(file: &File, h: &Header, file_len: u64) -> Result<Vec<S
             s.disk_size = Some(get64(extra, 8));
         }
         if extra.len() >= 24 {
-            s.icount = Some(get64(extra, 16));
+            s.icount = Some(get64(extra, 16)).filter(|&v| v != u64::MAX);
         }
         if extra.len() > 24 {
             s.extra = extra[24..].to_vec();

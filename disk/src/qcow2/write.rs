@@ -34,8 +34,24 @@ impl Qcow2 {
             Error::new(ErrorKind::Unsupported, "image is open read-only").with_operation("allocate")
         })?;
         let off = refs.alloc(&self.file, n)?;
+        let cs = self.header.cluster_size();
+        let (rt_off, rt_clusters) = refs.table_location();
+        // A corrupt image may claim its own metadata is free: never hand that out.
+        let h = &self.header;
+        let overlaps = |start: u64, len: u64| len > 0 && off < start + len && start < off + n * cs;
+        if overlaps(0, cs)
+            || overlaps(h.l1_table_offset, h.l1_size as u64 * 8)
+            || overlaps(rt_off, rt_clusters * cs)
+            || overlaps(h.snapshots_offset, if h.nb_snapshots > 0 { cs } else { 0 })
+        {
+            return Err(self.err(
+                ErrorKind::Corrupt,
+                "refcounts mark image metadata as free; allocation refused",
+                off,
+            ));
+        }
         // Allocated clusters are part of the image even before they are written.
-        self.file_len = self.file_len.max(off + n * self.header.cluster_size());
+        self.file_len = self.file_len.max(off + n * cs);
         Ok(off)
     }
 
@@ -88,6 +104,13 @@ impl Qcow2 {
     /// The host offset of a cached L2 table for `l1_index` that may be modified in place,
     /// allocating a new table or copying a shared one as needed.
     fn writable_l2(&mut self, l1_index: usize) -> Result<u64> {
+        if l1_index >= self.l1.len() {
+            return Err(self.err(
+                ErrorKind::Corrupt,
+                "L1 table too small for the disk size",
+                36,
+            ));
+        }
         let off = self.l2_offset(l1_index)?;
         if off != 0 && self.l1[l1_index] & COPIED != 0 {
             self.load_l2(off)?;
@@ -257,7 +280,7 @@ impl Qcow2 {
     }
 
     /// Replaces the L1 table with one of `need` entries.
-    fn grow_l1(&mut self, need: u64) -> Result<()> {
+    pub(crate) fn grow_l1(&mut self, need: u64) -> Result<()> {
         self.flush_all()?;
         let cs = self.cluster_size();
         let bytes = need * 8;
