@@ -59,7 +59,12 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark on `path` (format `format`).
-pub fn bench(path: &Path, format: Format, o: &BenchOptions, open: &OpenOptions) -> Result<BenchReport> {
+pub fn bench(
+    path: &Path,
+    format: Format,
+    o: &BenchOptions,
+    open: &OpenOptions,
+) -> Result<BenchReport> {
     if o.direct && format != Format::Raw {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -76,7 +81,10 @@ pub fn bench(path: &Path, format: Format, o: &BenchOptions, open: &OpenOptions) 
     if o.bufsize == 0 || o.bufsize > size || o.bufsize > 64 << 20 {
         return Err(Error::new(
             ErrorKind::OutOfBounds,
-            format!("request size {} does not fit the image ({size} bytes)", o.bufsize),
+            format!(
+                "request size {} does not fit the image ({size} bytes)",
+                o.bufsize
+            ),
         ));
     }
     let step = if o.step == 0 { o.bufsize } else { o.step };

@@ -65,7 +65,11 @@ pub fn compare(
         let za = read(&mut ia, x, off)?;
         let zb = read(&mut ib, y, off)?;
         if !(za && zb) && x != y {
-            let i = x.iter().zip(y.iter()).position(|(p, q)| p != q).unwrap_or(0);
+            let i = x
+                .iter()
+                .zip(y.iter())
+                .position(|(p, q)| p != q)
+                .unwrap_or(0);
             let offset = (off + i as u64) / SECTOR * SECTOR;
             return Ok(Comparison::Mismatch {
                 offset,

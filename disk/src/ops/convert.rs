@@ -83,7 +83,10 @@ pub fn convert(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ConvertStats> {
     if o.chunk_size == 0 || o.chunk_size > 64 << 20 {
-        return Err(Error::new(ErrorKind::Unsupported, "chunk size must be 1 byte .. 64 MiB"));
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "chunk size must be 1 byte .. 64 MiB",
+        ));
     }
     let sopen = OpenOptions {
         read_only: true,
@@ -96,7 +99,9 @@ pub fn convert(
     let granule = granule(o, &target);
     let chunk = match &target {
         // Compressed writes cover whole clusters: chunks must not split one.
-        Image::Qcow2 { image, .. } => o.chunk_size.div_ceil(image.cluster_size()) * image.cluster_size(),
+        Image::Qcow2 { image, .. } => {
+            o.chunk_size.div_ceil(image.cluster_size()) * image.cluster_size()
+        }
         _ => o.chunk_size,
     };
     let mut w = Writer {
@@ -180,7 +185,10 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
         if t.size() < size {
             return Err(Error::new(
                 ErrorKind::OutOfBounds,
-                format!("the target is smaller ({}) than the source ({size})", t.size()),
+                format!(
+                    "the target is smaller ({}) than the source ({size})",
+                    t.size()
+                ),
             )
             .with_path(dst));
         }

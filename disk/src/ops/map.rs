@@ -47,7 +47,10 @@ fn open_chain(path: &Path, format: Format, open: &OpenOptions) -> Result<Vec<Lay
     let mut next = Some((path.to_path_buf(), format));
     while let Some((p, f)) = next.take() {
         if layers.len() >= MAX_DEPTH {
-            return Err(Error::new(ErrorKind::Unsupported, "backing chain too deep (a loop?)"));
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "backing chain too deep (a loop?)",
+            ));
         }
         let image = Image::open(&p, f, &o)?;
         if f == Format::Qcow2 {
@@ -99,8 +102,13 @@ fn merge(out: &mut Vec<MapEntry>, e: MapEntry) {
             _ => false,
         };
         if offsets_follow
-            && (last.depth, last.present, last.zero, last.data, &last.filename)
-                == (e.depth, e.present, e.zero, e.data, &e.filename)
+            && (
+                last.depth,
+                last.present,
+                last.zero,
+                last.data,
+                &last.filename,
+            ) == (e.depth, e.present, e.zero, e.data, &e.filename)
         {
             last.length += e.length;
             return;

@@ -90,7 +90,11 @@ impl Image {
         match self {
             Image::Raw(d) => {
                 for e in d.allocation_map(offset, end.saturating_sub(offset))? {
-                    let s = if e.allocated { Status::Data } else { Status::Zero };
+                    let s = if e.allocated {
+                        Status::Data
+                    } else {
+                        Status::Zero
+                    };
                     push_run(&mut out, e.offset, e.len, s);
                 }
             }
