@@ -186,7 +186,13 @@ pub fn info(path: &Path, format: Format) -> Result<ImageInfo> {
     match format {
         Format::Qcow2 => qcow2::info(path),
         Format::Vmdk => {
-            let v = vmdk::open(path, &OpenOptions { read_only: true, ..Default::default() })?;
+            let v = vmdk::open(
+                path,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )?;
             let mut i = info(path, Format::Raw)?;
             i.format = Format::Vmdk;
             i.virtual_size = v.size();
