@@ -26,8 +26,8 @@ pub enum Comparison {
     Mismatch {
         /// First differing offset.
         offset: u64,
-        /// The virtual sizes differ.
-        size_mismatch: bool,
+        /// The sizes differ and the difference lies in the larger image's extra part.
+        beyond_common: bool,
     },
     /// Strict mode: the sizes differ.
     SizeMismatch,
@@ -73,7 +73,7 @@ pub fn compare(
             let offset = (off + i as u64) / SECTOR * SECTOR;
             return Ok(Comparison::Mismatch {
                 offset,
-                size_mismatch,
+                beyond_common: false,
             });
         }
         off += n;
@@ -87,7 +87,7 @@ pub fn compare(
             let i = x.iter().position(|&p| p != 0).unwrap_or(0);
             return Ok(Comparison::Mismatch {
                 offset: (off + i as u64) / SECTOR * SECTOR,
-                size_mismatch,
+                beyond_common: true,
             });
         }
         off += n;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::Image;
 use crate::qcow2::Mapping;
-use crate::{Error, ErrorKind, Format, OpenOptions, Result};
+use crate::{DiskSize, Error, ErrorKind, Format, OpenOptions, Result};
 
 /// Longest backing chain walked.
 const MAX_DEPTH: usize = 256;
@@ -151,9 +151,70 @@ fn resolve(layers: &mut [Layer], depth: usize, pos: u64, max: u64) -> Result<Map
     };
     Ok(match m {
         Mapping::Unallocated if last => entry(len, false, true, false, None),
-        Mapping::Unallocated => return resolve(layers, depth + 1, pos, len),
+        Mapping::Unallocated => {
+            // Beyond the end of the backing file nothing can come from it.
+            let below = layers[depth + 1].image.size();
+            if pos >= below {
+                entry(len, false, true, false, None)
+            } else {
+                return resolve(layers, depth + 1, pos, len.min(below - pos));
+            }
+        }
         Mapping::Zero { .. } => entry(len, true, true, false, None),
         Mapping::Normal { host, .. } => entry(len, true, false, true, Some(host + in_off)),
         Mapping::Compressed { .. } => entry(len, true, false, true, None),
     })
+}
+
+/// Allocation statistics of a qcow2 image's active L1 table, as `qemu-img check` counts
+/// them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragInfo {
+    /// Guest clusters in the virtual disk.
+    pub total_clusters: u64,
+    /// Guest clusters with a host cluster (data, compressed or preallocated zero).
+    pub allocated_clusters: u64,
+    /// Allocated clusters not following the previous one on the host (compressed always).
+    pub fragmented_clusters: u64,
+    /// Compressed clusters.
+    pub compressed_clusters: u64,
+}
+
+/// Counts a qcow2 image's allocated, fragmented and compressed clusters.
+pub fn frag_info(path: &Path, open: &OpenOptions) -> Result<FragInfo> {
+    let o = OpenOptions {
+        read_only: true,
+        allow_backing: true,
+        ..open.clone()
+    };
+    let Image::Qcow2 { image, .. } = &mut Image::open(path, Format::Qcow2, &o)? else {
+        return Err(Error::new(ErrorKind::Unsupported, "not a qcow2 image"));
+    };
+    let cs = image.cluster_size();
+    let mut f = FragInfo {
+        total_clusters: image.size().div_ceil(cs),
+        ..Default::default()
+    };
+    let mut next = 0u64;
+    for vc in 0..f.total_clusters {
+        let host = match image.lookup(vc)? {
+            Mapping::Normal { host, .. }
+            | Mapping::Zero {
+                host: Some(host), ..
+            } => host,
+            Mapping::Compressed { .. } => {
+                f.allocated_clusters += 1;
+                f.compressed_clusters += 1;
+                f.fragmented_clusters += 1;
+                continue;
+            }
+            Mapping::Unallocated | Mapping::Zero { host: None, .. } => continue,
+        };
+        f.allocated_clusters += 1;
+        if next != 0 && host != next {
+            f.fragmented_clusters += 1;
+        }
+        next = host + cs;
+    }
+    Ok(f)
 }

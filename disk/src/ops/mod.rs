@@ -14,7 +14,7 @@ mod map;
 pub use bench::{bench, BenchOptions, BenchReport};
 pub use compare::{compare, Comparison};
 pub use convert::{convert, ConvertOptions, ConvertStats};
-pub use map::{map, MapEntry};
+pub use map::{frag_info, map, FragInfo, MapEntry};
 
 use std::path::Path;
 

@@ -197,45 +197,32 @@ pub fn check(argv: &[String]) -> VerbResult {
         return Ok(63);
     }
     let r = disk::check(path, format, repair).map_err(|e| Failure::from(e).with_status(1))?;
-    let cs = disk::info(path, format)?.cluster_size.unwrap_or(65536);
-    let total = disk::info(path, format)?.virtual_size.div_ceil(cs);
     let leaks = r.leaks.saturating_sub(r.leaks_fixed);
+    let frag = ops::frag_info(path, &OpenOptions::default());
+    let f = frag.unwrap_or_default();
     if json {
-        let v = json!({
+        let mut v = json!({
             "image-end-offset": r.image_end_offset,
-            "total-clusters": total,
+            "total-clusters": f.total_clusters,
             "check-errors": 0,
-            "allocated-clusters": r.allocated_clusters,
+            "allocated-clusters": f.allocated_clusters,
+            "fragmented-clusters": f.fragmented_clusters,
+            "compressed-clusters": f.compressed_clusters,
             "filename": file,
             "format": format.name(),
-            "corruptions": r.corruptions,
-            "leaks": leaks,
-            "leaks-fixed": r.leaks_fixed,
         });
+        for (k, n) in [
+            ("corruptions", r.corruptions),
+            ("leaks", leaks),
+            ("leaks-fixed", r.leaks_fixed),
+        ] {
+            if n > 0 {
+                v[k] = json!(n);
+            }
+        }
         println!("{}", pretty(&v));
     } else if !a.has("-q") {
-        for m in &r.messages {
-            println!("{m}");
-        }
-        if r.leaks_fixed > 0 {
-            println!("The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    0 corruptions\n", r.leaks_fixed);
-        }
-        if r.corruptions > 0 {
-            println!("\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.", r.corruptions);
-        }
-        if leaks > 0 {
-            println!("\n{leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.");
-        }
-        if r.corruptions == 0 && leaks == 0 {
-            println!("No errors were found on the image.");
-        }
-        let pct = if total == 0 {
-            0.0
-        } else {
-            r.allocated_clusters as f64 * 100.0 / total as f64
-        };
-        println!("{}/{} = {pct:.2}% allocated", r.allocated_clusters, total);
-        println!("Image end offset: {}", r.image_end_offset);
+        print_check(&r, leaks, &f);
     }
     Ok(if r.corruptions > 0 {
         2
@@ -244,6 +231,55 @@ pub fn check(argv: &[String]) -> VerbResult {
     } else {
         0
     })
+}
+
+fn print_check(r: &disk::CheckReport, leaks: u64, f: &ops::FragInfo) {
+    for m in &r.messages {
+        println!("{m}");
+    }
+    if r.leaks_fixed > 0 {
+        println!(
+            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    0 corruptions\n",
+            r.leaks_fixed
+        );
+    }
+    if r.corruptions > 0 {
+        println!(
+            "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.",
+            r.corruptions
+        );
+    }
+    if leaks > 0 {
+        println!(
+            "\n{leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data."
+        );
+    }
+    if r.corruptions == 0 && leaks == 0 {
+        println!("No errors were found on the image.");
+    }
+    let pct = |n: u64| {
+        if f.total_clusters == 0 {
+            0.0
+        } else {
+            n as f64 * 100.0 / f.total_clusters as f64
+        }
+    };
+    let of_alloc = |n: u64| {
+        if f.allocated_clusters == 0 {
+            0.0
+        } else {
+            n as f64 * 100.0 / f.allocated_clusters as f64
+        }
+    };
+    println!(
+        "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+        f.allocated_clusters,
+        f.total_clusters,
+        pct(f.allocated_clusters),
+        of_alloc(f.fragmented_clusters),
+        of_alloc(f.compressed_clusters)
+    );
+    println!("Image end offset: {}", r.image_end_offset);
 }
 
 pub fn resize(argv: &[String]) -> VerbResult {
@@ -365,9 +401,9 @@ pub fn compare(argv: &[String]) -> VerbResult {
         }
         Comparison::Mismatch {
             offset,
-            size_mismatch,
+            beyond_common,
         } => {
-            if size_mismatch {
+            if beyond_common {
                 say("Warning: Image size mismatch!".into());
             }
             say(format!("Content mismatch at offset {offset}!"));
