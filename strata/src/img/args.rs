@@ -190,13 +190,10 @@ pub fn size_to_str(val: u64) -> String {
 
 /// `printf("%0.3g")` for values below 1000.
 fn g3(v: f64) -> String {
-    let digits = if v >= 100.0 {
-        0
-    } else if v >= 10.0 {
-        1
-    } else {
-        2
-    };
+    if v == 0.0 {
+        return "0".into();
+    }
+    let digits = (2 - v.log10().floor() as i64).max(0) as usize;
     let mut s = format!("{v:.digits$}");
     if s.contains('.') {
         while s.ends_with('0') {
