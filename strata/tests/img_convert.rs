@@ -283,3 +283,46 @@ fn test_img_compare_different_images_reports_qemu_offset() {
     );
     assert_eq!(s3.status, 1);
 }
+
+#[test]
+fn test_img_convert_stream_optimized_many_grain_tables_and_partial_last_grain() {
+    // Arrange: 100 MiB + 4.5 KiB spans four grain tables and ends inside a grain.
+    let dir = scratch("convert-stream-big");
+    let size = (100 << 20) + 4608;
+    qemu_img_ok(
+        &dir,
+        &["create", "-q", "-f", "raw", "in.raw", &size.to_string()],
+    );
+    let last = format!("write -P 0x42 {} 4608", 100 << 20);
+    qemu_io(
+        &dir,
+        "raw",
+        "in.raw",
+        &["write -P 1 0 64k", "write -P 2 40M 3M", &last],
+    );
+
+    // Act
+    strata_ok(
+        &dir,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            "in.raw",
+            "out.vmdk",
+        ],
+    );
+
+    // Assert
+    assert_qemu_check(&dir, "vmdk", "out.vmdk");
+    assert_identical(&dir, "raw", "in.raw", "vmdk", "out.vmdk");
+    let info = qemu_img_ok(&dir, &["info", "-f", "vmdk", "--output=json", "out.vmdk"]);
+    assert!(
+        info.contains(&format!("\"virtual-size\": {size}")),
+        "{info}"
+    );
+}

@@ -8,7 +8,9 @@
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 
+use super::stream::{compress_grain, StreamOut, GRAIN};
 use super::{is_zero, Image, Status};
 use crate::raw::RawDisk;
 use crate::vmdk::{self, Subformat, VmdkCreateOptions};
@@ -18,8 +20,6 @@ use crate::{CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result}
 pub const DEFAULT_CHUNK: u64 = 2 << 20;
 /// Buffers in flight between reader and writer.
 const BUFFERS: usize = 4;
-/// Grain size of the vmdk images this library writes.
-const VMDK_GRAIN: u64 = 64 << 10;
 
 /// How to convert.
 #[derive(Clone, Debug)]
@@ -68,6 +68,14 @@ pub struct ConvertStats {
     pub zero: u64,
 }
 
+/// Where converted data goes.
+enum Out {
+    /// An image opened through the library.
+    Image(Image),
+    /// A new streamOptimized vmdk, written with grains compressed on several threads.
+    Stream(StreamOut),
+}
+
 /// One chunk from the reader: `None` data means "reads as zeroes".
 struct Chunk {
     offset: u64,
@@ -95,29 +103,66 @@ pub fn convert(
     let mut source = Image::open(src, o.src_format, &sopen)?;
     let size = source.size();
     check_compress(o)?;
-    let mut target = open_target(dst, size, o)?;
+    let stream = !o.existing
+        && o.dst_format == Format::Vmdk
+        && o.create.vmdk_subformat == Subformat::StreamOptimized;
+    let mut target = if stream {
+        Out::Stream(StreamOut::create(dst, size).map_err(|e| e.with_path(dst))?)
+    } else {
+        Out::Image(open_target(dst, size, o)?)
+    };
     let granule = granule(o, &target);
     let chunk = match &target {
         // Compressed writes cover whole clusters: chunks must not split one.
-        Image::Qcow2 { image, .. } => {
+        Out::Image(Image::Qcow2 { image, .. }) => {
             o.chunk_size.div_ceil(image.cluster_size()) * image.cluster_size()
         }
-        _ => o.chunk_size,
+        Out::Stream(_) => o.chunk_size.div_ceil(GRAIN) * GRAIN,
+        Out::Image(_) => o.chunk_size,
     };
-    let mut w = Writer {
-        target: &mut target,
-        zero_init: !o.existing,
-        compress: o.compress && o.dst_format == Format::Qcow2,
-        granule,
-        stats: ConvertStats {
-            total: size,
-            ..Default::default()
-        },
+    let mut stats = ConvertStats {
+        total: size,
+        ..Default::default()
     };
+    match &mut target {
+        Out::Stream(out) => run_stream(&mut source, out, chunk, &mut stats, progress)?,
+        Out::Image(image) => {
+            let mut w = Writer {
+                target: image,
+                zero_init: !o.existing,
+                compress: o.compress && o.dst_format == Format::Qcow2,
+                granule,
+                stats,
+            };
+            run_image(&mut source, &mut w, chunk, progress)?;
+            stats = w.stats;
+        }
+    }
+    if size == 0 {
+        progress(0, 0);
+    }
+    // Raw writes went straight to the file; like qemu-img's default cache mode for
+    // convert, they are not forced to stable storage. Other formats must write metadata.
+    match target {
+        Out::Stream(s) => s.finish().map_err(|e| e.with_path(dst))?,
+        Out::Image(Image::Raw(_)) => {}
+        Out::Image(mut i) => i.disk().flush()?,
+    }
+    Ok(stats)
+}
+
+/// Image output: reader thread -> this thread, which detects zeroes and writes.
+fn run_image(
+    source: &mut Image,
+    w: &mut Writer,
+    chunk: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let size = source.size();
     let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS + 2);
     std::thread::scope(|s| -> Result<()> {
-        s.spawn(move || read_all(&mut source, chunk, &tx, &free_rx));
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS));
         let mut done = 0u64;
         for msg in rx.iter() {
             let c = msg?;
@@ -132,16 +177,7 @@ pub fn convert(
             return Err(Error::new(ErrorKind::Io, "the reader stopped early"));
         }
         Ok(())
-    })?;
-    if size == 0 {
-        progress(0, 0);
-    }
-    // Raw writes went straight to the file; like qemu-img's default cache mode for
-    // convert, they are not forced to stable storage. Other formats must write metadata.
-    if o.dst_format != Format::Raw {
-        w.target.disk().flush()?;
-    }
-    Ok(w.stats)
+    })
 }
 
 fn check_compress(o: &ConvertOptions) -> Result<()> {
@@ -167,14 +203,14 @@ fn check_compress(o: &ConvertOptions) -> Result<()> {
 }
 
 /// Zero-detection granularity: whole clusters/grains for formats that allocate in them.
-fn granule(o: &ConvertOptions, target: &Image) -> u64 {
+fn granule(o: &ConvertOptions, target: &Out) -> u64 {
     if o.sparse_size == 0 {
         return 0;
     }
     match target {
-        Image::Raw(_) => o.sparse_size,
-        Image::Qcow2 { image, .. } => o.sparse_size.max(image.cluster_size()),
-        Image::Vmdk(_) => o.sparse_size.max(VMDK_GRAIN),
+        Out::Image(Image::Raw(_)) => o.sparse_size,
+        Out::Image(Image::Qcow2 { image, .. }) => o.sparse_size.max(image.cluster_size()),
+        Out::Image(Image::Vmdk(_)) | Out::Stream(_) => o.sparse_size.max(GRAIN),
     }
 }
 
@@ -227,13 +263,14 @@ fn read_all(
     chunk: u64,
     tx: &SyncSender<Result<Chunk>>,
     free: &Receiver<Vec<u8>>,
+    buffers: usize,
 ) {
     let size = source.size();
     let mut allocated = 0usize;
     let mut offset = 0u64;
     while offset < size {
         let len = chunk.min(size - offset);
-        let msg = read_chunk(source, offset, len, &mut allocated, free);
+        let msg = read_chunk(source, offset, len, &mut allocated, buffers, free);
         let failed = msg.is_err();
         if tx.send(msg).is_err() || failed {
             return;
@@ -247,6 +284,7 @@ fn read_chunk(
     offset: u64,
     len: u64,
     allocated: &mut usize,
+    buffers: usize,
     free: &Receiver<Vec<u8>>,
 ) -> Result<Chunk> {
     let runs = source.status(offset, len)?;
@@ -257,7 +295,7 @@ fn read_chunk(
             data: None,
         });
     }
-    let mut buf = if *allocated < BUFFERS {
+    let mut buf = if *allocated < buffers {
         *allocated += 1;
         Vec::new()
     } else {
@@ -366,4 +404,111 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Compression threads for streamOptimized output.
+fn compress_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// A chunk whose non-zero grains are compressed.
+struct Packed {
+    offset: u64,
+    len: u64,
+    grains: Vec<(u64, Vec<u8>)>,
+    zero: u64,
+    buf: Option<Vec<u8>>,
+}
+
+/// A compression thread: takes chunks from the shared queue until it is closed.
+fn compress_worker(
+    capacity: u64,
+    rx: &Mutex<Receiver<Result<Chunk>>>,
+    tx: &SyncSender<Result<Packed>>,
+) {
+    loop {
+        let msg = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok(msg) = msg else { return };
+        let packed = msg.and_then(|c| pack(capacity, c));
+        let failed = packed.is_err();
+        if tx.send(packed).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn pack(capacity: u64, c: Chunk) -> Result<Packed> {
+    let mut p = Packed {
+        offset: c.offset,
+        len: c.len,
+        grains: Vec::new(),
+        zero: 0,
+        buf: None,
+    };
+    let Some(data) = c.data else {
+        p.zero = c.len;
+        return Ok(p);
+    };
+    for (i, g) in data.chunks(GRAIN as usize).enumerate() {
+        if is_zero(g) {
+            p.zero += g.len() as u64;
+        } else {
+            let grain = c.offset / GRAIN + i as u64;
+            p.grains.push((grain, compress_grain(capacity, grain, g)?));
+        }
+    }
+    p.buf = Some(data);
+    Ok(p)
+}
+
+/// Stream output: reader -> compression threads -> this thread, which puts the grains in
+/// order. No thread waits for another unless a queue is empty or full.
+fn run_stream(
+    source: &mut Image,
+    out: &mut StreamOut,
+    chunk: u64,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let size = source.size();
+    let capacity = out.capacity();
+    let threads = compress_threads();
+    let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
+    let rx = Mutex::new(rx);
+    let (ptx, prx) = sync_channel::<Result<Packed>>(BUFFERS);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS * 2 + threads);
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads));
+        for _ in 0..threads {
+            let ptx = ptx.clone();
+            let rx = &rx;
+            s.spawn(move || compress_worker(capacity, rx, &ptx));
+        }
+        drop(ptx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut next = 0u64;
+        for msg in prx.iter() {
+            let p = msg?;
+            waiting.insert(p.offset, p);
+            while let Some(p) = waiting.remove(&next) {
+                for (g, data) in &p.grains {
+                    out.put_grain(*g, data)?;
+                    stats.written += GRAIN.min(size - g * GRAIN);
+                }
+                stats.zero += p.zero;
+                next = p.offset + p.len;
+                progress(next, size);
+                if let Some(buf) = p.buf {
+                    let _ = free_tx.try_send(buf);
+                }
+            }
+        }
+        if next < size {
+            return Err(Error::new(ErrorKind::Io, "the reader stopped early"));
+        }
+        Ok(())
+    })
 }

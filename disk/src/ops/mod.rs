@@ -10,6 +10,7 @@ mod bench;
 mod compare;
 mod convert;
 mod map;
+mod stream;
 
 pub use bench::{bench, BenchOptions, BenchReport};
 pub use compare::{compare, Comparison};
