@@ -34,24 +34,25 @@ fi
 # median of the numbers on stdin
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-# time_cmd OUT CMD...: seconds for one run (OUT is removed first; caches are warm for both)
+# time_cmd OUT CMD...: "wall cpu" seconds for one run (OUT is removed first; the source is
+# in the page cache for both tools). cpu = user + system time of the command.
 time_cmd() {
     local out=$1; shift
     rm -f "$out"
     sync
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" >/dev/null
-    t1=$(date +%s.%N)
-    echo "$t1 - $t0" | bc -l
+    /usr/bin/time -f "%e %U %S" -o "$DIR/time" "$@" >/dev/null
+    awk '{printf "%s %.2f\n", $1, $2 + $3}' "$DIR/time"
 }
 
-# compare NAME OUT "QEMU CMD" "STRATA CMD"
+# compare NAME OUT "QEMU CMD" "STRATA CMD": median wall and cpu seconds of each tool
 compare() {
-    local name=$1 out=$2 qcmd=$3 scmd=$4 q s i
-    q=$(for i in $(seq "$RUNS"); do time_cmd "$out" $qcmd; done | median)
-    s=$(for i in $(seq "$RUNS"); do time_cmd "$out" $scmd; done | median)
-    printf '%-40s qemu-img %8.3f s  strata %8.3f s  ratio %.2f\n' "$name" "$q" "$s" "$(echo "$s / $q" | bc -l)"
+    local name=$1 out=$2 qcmd=$3 scmd=$4 q s i qw qc sw sc
+    q=$(for i in $(seq "$RUNS"); do time_cmd "$out" $qcmd; done)
+    s=$(for i in $(seq "$RUNS"); do time_cmd "$out" $scmd; done)
+    qw=$(echo "$q" | awk '{print $1}' | median); qc=$(echo "$q" | awk '{print $2}' | median)
+    sw=$(echo "$s" | awk '{print $1}' | median); sc=$(echo "$s" | awk '{print $2}' | median)
+    printf '%-38s wall: qemu-img %7.2f s strata %7.2f s ratio %.2f | cpu: qemu-img %7.2f s strata %7.2f s\n' \
+        "$name" "$qw" "$sw" "$(echo "$sw / $qw" | bc -l)" "$qc" "$sc"
 }
 
 # bench lines print "Run completed in X seconds."
@@ -63,6 +64,7 @@ compare_bench() {
     printf '%-40s qemu-img %8.3f s  strata %8.3f s  ratio %.2f\n' "$name" "$q" "$s" "$(echo "$s / $q" | bc -l)"
 }
 
+echo "$(date -u), $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "runs: $RUNS, strata: $STRATA, $(qemu-img --version | head -1)"
 O=$DIR/out
 compare "convert qcow2 -> raw" $O "qemu-img convert -f qcow2 -O raw $DIR/src.qcow2 $O" \
@@ -81,3 +83,4 @@ cp "$DIR/src.qcow2" "$DIR/bench.qcow2"
 STEP=$((7919 * 4096))
 compare_bench "bench qcow2 4k reads (200k)" "-f qcow2 -c 200000 -s 4096 -S $STEP $DIR/bench.qcow2"
 compare_bench "bench qcow2 4k writes (50k)" "-f qcow2 -w -c 50000 -s 4096 -S $STEP $DIR/bench.qcow2"
+echo "done $(date -u), load: $(cut -d' ' -f1-3 /proc/loadavg)"
