@@ -85,6 +85,22 @@ const GUESTS: &[Guest] = &[
         script: "elf.ld",
         output: Output::BzImage("setup.S"),
     },
+    Guest {
+        file: "ring3.elf",
+        source: "ring3.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "smp.elf",
+        source: "smp.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
 ];
 
 fn tool(var: &str, default: &str) -> String {

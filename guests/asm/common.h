@@ -3,7 +3,7 @@
  * assembled both as 32-bit (.code32) and 64-bit (.code64) code.
  *
  * Define BITS64 before including this file for the 64-bit flavour.
- * FN(x) appends the flavour suffix (x32 / x64) so that one image may hold
+ * FN(x) appends the flavour suffix (x_32 / x_64) so that one image may hold
  * both flavours (the ring3 guest does).
  */
 #ifndef STRATA_COMMON_H
@@ -36,7 +36,7 @@
 #define PDI %rdi
 #define PBP %rbp
 #define PSP %rsp
-#define FN(x) CAT(x, 64)
+#define FN(x) CAT(x, _64)
 #else
 #define PAX %eax
 #define PBX %ebx
@@ -46,5 +46,5 @@
 #define PDI %edi
 #define PBP %ebp
 #define PSP %esp
-#define FN(x) CAT(x, 32)
+#define FN(x) CAT(x, _32)
 #endif

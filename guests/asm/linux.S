@@ -49,13 +49,13 @@ startup_64:
 	mov	%rsi, %rbx
 	mov	$str_name, %rsi
 	mov	$str_name, %rdi		/* the protocol is called "linux" too */
-	call	print_header64
+	call	print_header_64
 	/* cmdline: cmd_line_ptr | ext_cmd_line_ptr << 32 */
 	mov	0x228(%rbx), %esi
 	mov	0xc8(%rbx), %eax
 	shl	$32, %rax
 	or	%rax, %rsi
-	call	print_cmdline64
+	call	print_cmdline_64
 	/* e820 table */
 	movzbl	0x1e8(%rbx), %edx
 	cmp	$128, %edx
@@ -64,7 +64,7 @@ startup_64:
 1:	lea	0x2d0(%rbx), %rsi
 2:	test	%edx, %edx
 	jz	3f
-	call	print_mem64
+	call	print_mem_64
 	add	$20, %rsi
 	dec	%edx
 	jmp	2b
@@ -77,9 +77,9 @@ startup_64:
 	shl	$32, %rdx
 	or	%rdx, %rax
 	mov	$str_initrd, %rdi
-	call	print_blob64
-	call	putnl64
-4:	jmp	finish64
+	call	print_blob_64
+	call	putnl_64
+4:	jmp	finish_64
 
 #define BITS64
 #include "common.h"

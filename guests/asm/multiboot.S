@@ -68,22 +68,22 @@ _start:
 	cmp	$MB2_BOOT_MAGIC, %eax
 	je	mb2_main
 	mov	$str_unknown, %edi
-	call	print_header32
+	call	print_header_32
 	mov	$str_bad_magic, %esi
-	call	puts32
+	call	puts_32
 	movl	$1, exit_code
-	jmp	finish32
+	jmp	finish_32
 
 /* multiboot1: EBX -> multiboot_info. */
 mb1_main:
 	mov	$str_mb1, %edi
-	call	print_header32
+	call	print_header_32
 	mov	(%ebx), %ebp		/* flags */
 	xor	%esi, %esi
 	test	$0x4, %ebp
 	jz	1f
 	mov	16(%ebx), %esi		/* cmdline */
-1:	call	print_cmdline32
+1:	call	print_cmdline_32
 	test	$0x40, %ebp
 	jz	3f
 	mov	48(%ebx), %esi		/* mmap_addr */
@@ -92,7 +92,7 @@ mb1_main:
 2:	cmp	%edx, %esi
 	jae	3f
 	add	$4, %esi		/* entry: u32 size; u64 base; u64 len; u32 type */
-	call	print_mem32
+	call	print_mem_32
 	add	-4(%esi), %esi
 	jmp	2b
 3:	test	$0x8, %ebp
@@ -105,7 +105,7 @@ mb1_main:
 	mov	4(%edi), %ecx		/* mod_end */
 	sub	%eax, %ecx
 	mov	8(%edi), %esi		/* string */
-	call	print_module32
+	call	print_module_32
 	add	$16, %edi
 	dec	%edx
 	jmp	4b
@@ -121,12 +121,12 @@ mb1_main:
 	mov	4(%ebx), %eax		/* mem_lower */
 	mov	8(%ebx), %ecx		/* mem_upper */
 7:	call	print_meminfo
-	jmp	finish32
+	jmp	finish_32
 
 /* multiboot2: EBX -> { u32 total_size; u32 reserved; tags... }. */
 mb2_main:
 	mov	$str_mb2, %edi
-	call	print_header32
+	call	print_header_32
 	xor	%esi, %esi
 	mov	$1, %eax		/* cmdline */
 	xor	%edi, %edi
@@ -134,7 +134,7 @@ mb2_main:
 	test	%edi, %edi
 	jz	1f
 	lea	8(%edi), %esi
-1:	call	print_cmdline32
+1:	call	print_cmdline_32
 	mov	$6, %eax		/* memory map */
 	xor	%edi, %edi
 	call	mb2_next
@@ -146,7 +146,7 @@ mb2_main:
 2:	lea	20(%esi), %ecx
 	cmp	%edx, %ecx
 	ja	3f
-	call	print_mem32
+	call	print_mem_32
 	add	8(%edi), %esi		/* entry_size */
 	cmpl	$0, 8(%edi)
 	jne	2b
@@ -159,7 +159,7 @@ mb2_main:
 	mov	12(%edi), %ecx		/* mod_end */
 	sub	%eax, %ecx
 	lea	16(%edi), %esi		/* string */
-	call	print_module32
+	call	print_module_32
 	jmp	4b
 5:	xor	%esi, %esi
 	mov	$2, %eax		/* boot loader name */
@@ -178,7 +178,7 @@ mb2_main:
 	mov	12(%edi), %ecx		/* mem_upper */
 	mov	8(%edi), %eax		/* mem_lower */
 7:	call	print_meminfo
-	jmp	finish32
+	jmp	finish_32
 
 /* mb2_next: EBX -> info, EDI = previous tag or 0, EAX = type; returns EDI
  * -> next tag of that type or 0. Stops at the end tag or total_size. */
@@ -214,22 +214,22 @@ mb2_next:
 print_bootloader:
 	push	%esi
 	mov	$str_bootloader, %esi
-	call	puts32
+	call	puts_32
 	pop	%esi
-	call	puts32
-	jmp	putnl32
+	call	puts_32
+	jmp	putnl_32
 
 /* print_meminfo: EAX = mem_lower, ECX = mem_upper (KiB). */
 print_meminfo:
 	push	%esi
 	mov	$str_meminfo_lo, %esi
-	call	puts32
-	call	print_dec32
+	call	puts_32
+	call	print_dec_32
 	mov	$str_meminfo_up, %esi
-	call	puts32
+	call	puts_32
 	mov	%ecx, %eax
-	call	print_dec32
-	call	putnl32
+	call	print_dec_32
+	call	putnl_32
 	pop	%esi
 	ret
 

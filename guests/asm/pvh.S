@@ -14,9 +14,9 @@ _start:
 	mov	$stack_top, %esp
 	mov	$str_name, %esi
 	mov	$str_proto, %edi
-	call	print_header32
-	call	pvh_report32
-	jmp	finish32
+	call	print_header_32
+	call	pvh_report_32
+	jmp	finish_32
 
 #include "common.S"
 #include "pvh_report.S"

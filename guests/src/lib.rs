@@ -48,6 +48,61 @@ pub fn linux_bzimage() -> &'static Path {
     guest_path!("linux-bzImage")
 }
 
+/// The ring-3 guest: a PVH image that reports, then computes a CRC-32 over
+/// 8 MiB in ring 3 and prints `ring3: cpl=3` and `ring3: result=<hex>`
+/// (see [`ring3_expected_result`]).
+pub fn ring3() -> &'static Path {
+    guest_path!("ring3.elf")
+}
+
+/// The standard IEEE (zlib) CRC-32 table, as the guests use it.
+const CRC32_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut n = 0;
+    while n < 256 {
+        let mut c = n as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[n] = c;
+        n += 1;
+    }
+    table
+};
+
+/// Feeds `bytes` into a running CRC-32 state (start with 0xffff_ffff,
+/// finish with `!state`).
+fn crc32_update(state: u32, bytes: impl IntoIterator<Item = u8>) -> u32 {
+    bytes.into_iter().fold(state, |crc, b| {
+        CRC32_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
+    })
+}
+
+/// The IEEE (zlib) CRC-32 of `data`: what the guests print as `crc32=`
+/// for a module or initrd.
+pub fn crc32(data: &[u8]) -> u32 {
+    !crc32_update(0xffff_ffff, data.iter().copied())
+}
+
+/// The value the ring-3 guest prints as `ring3: result=`: the IEEE CRC-32
+/// of the 8 MiB buffer `buf[i] = (i * 0x9e3779b1 mod 2^32) >> 24`.
+pub fn ring3_expected_result() -> u32 {
+    let bytes = (0..0x80_0000u32).map(|i| (i.wrapping_mul(0x9e37_79b1) >> 24) as u8);
+    !crc32_update(0xffff_ffff, bytes)
+}
+
+/// The SMP guest: a PVH image whose BSP finds the CPUs in the MP table,
+/// starts the APs with INIT-SIPI-SIPI and has each print `cpu <id> up`.
+pub fn smp() -> &'static Path {
+    guest_path!("smp.elf")
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
@@ -59,6 +114,8 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("multiboot2", multiboot2()),
             ("linux-vmlinux", linux_vmlinux()),
             ("linux-bzimage", linux_bzimage()),
+            ("ring3", ring3()),
+            ("smp", smp()),
         ]
     })
 }
@@ -73,7 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_all_built_guests_exist() {
+    fn test_all_every_guest_built() {
         // Arrange
         let guests = all();
 
@@ -81,8 +138,20 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert!(!guests.is_empty());
+        assert_eq!(guests.len(), 8);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
+    }
+
+    #[test]
+    fn test_ring3_expected_result_matches_reference_value() {
+        // Computed independently with Python's zlib.crc32.
+        assert_eq!(ring3_expected_result(), 0x9125_6322);
+    }
+
+    #[test]
+    fn test_crc32_known_vectors_match_zlib() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
     }
 
     #[test]

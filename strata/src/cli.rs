@@ -22,19 +22,56 @@ struct OptionSpec {
 }
 
 const OPTIONS: &[OptionSpec] = &[
-    OptionSpec { name: "kernel", path: &["payload", "kernel"], primary: None },
-    OptionSpec { name: "initrd", path: &["payload", "initramfs"], primary: None },
-    OptionSpec { name: "cmdline", path: &["payload", "cmdline"], primary: None },
-    OptionSpec { name: "cpus", path: &["cpus"], primary: Some("boot") },
-    OptionSpec { name: "memory", path: &["memory"], primary: Some("size") },
-    OptionSpec { name: "serial", path: &["serial"], primary: Some("mode") },
-    OptionSpec { name: "vga", path: &["vga"], primary: Some("mode") },
-    OptionSpec { name: "timeout", path: &["timeout"], primary: None },
-    OptionSpec { name: "emulation-fallback", path: &["emulation_fallback"], primary: None },
+    OptionSpec {
+        name: "kernel",
+        path: &["payload", "kernel"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "initrd",
+        path: &["payload", "initramfs"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "cmdline",
+        path: &["payload", "cmdline"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "cpus",
+        path: &["cpus"],
+        primary: Some("boot"),
+    },
+    OptionSpec {
+        name: "memory",
+        path: &["memory"],
+        primary: Some("size"),
+    },
+    OptionSpec {
+        name: "serial",
+        path: &["serial"],
+        primary: Some("mode"),
+    },
+    OptionSpec {
+        name: "vga",
+        path: &["vga"],
+        primary: Some("mode"),
+    },
+    OptionSpec {
+        name: "timeout",
+        path: &["timeout"],
+        primary: None,
+    },
+    OptionSpec {
+        name: "emulation-fallback",
+        path: &["emulation_fallback"],
+        primary: None,
+    },
 ];
 
 /// The usage text of `strata run`.
-pub const RUN_USAGE: &str = "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
+pub const RUN_USAGE: &str =
+    "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
                   [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
                   [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]";
 
@@ -53,7 +90,10 @@ fn key_values(spec: &OptionSpec, primary: &str, value: &str) -> Result<Value, Co
             Some((k, v)) => (k, v),
             None => (primary, item),
         };
-        if map.insert(k.to_string(), Value::String(v.to_string())).is_some() {
+        if map
+            .insert(k.to_string(), Value::String(v.to_string()))
+            .is_some()
+        {
             return Err(option_error(spec.name, format!("'{k}' given twice")));
         }
     }
@@ -161,8 +201,19 @@ mod tests {
     #[test]
     fn test_parse_run_args_key_values() {
         let c = parse_run_args(&args(&[
-            "--kernel=k", "--cpus", "boot=2", "--memory", "size=64M", "--serial", "file=/tmp/x",
-            "--cmdline", "a=b c", "--timeout", "5", "--emulation-fallback", "off",
+            "--kernel=k",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=64M",
+            "--serial",
+            "file=/tmp/x",
+            "--cmdline",
+            "a=b c",
+            "--timeout",
+            "5",
+            "--emulation-fallback",
+            "off",
         ]))
         .unwrap();
         assert_eq!(c.cpus.boot_vcpus, 2);
@@ -178,13 +229,19 @@ mod tests {
     fn test_parse_run_args_unknown_key_names_option() {
         let e = parse_run_args(&args(&["--kernel", "k", "--cpus", "bogus=1"])).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("invalid value for --cpus: unknown field `bogus`"), "{msg}");
+        assert!(
+            msg.starts_with("invalid value for --cpus: unknown field `bogus`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn test_parse_run_args_unknown_option() {
         let e = parse_run_args(&args(&["--kernal", "k"])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown option --kernal (see strata run --help)");
+        assert_eq!(
+            e.to_string(),
+            "unknown option --kernal (see strata run --help)"
+        );
     }
 
     #[test]

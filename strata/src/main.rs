@@ -37,11 +37,17 @@ fn run(args: &[String]) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    if outcome.emulated.total() > 0 {
+        eprintln!("strata: {}", outcome.emulated);
+    }
     if outcome.timed_out {
         for report in &outcome.reports {
             eprint!("{report}");
         }
-        eprintln!("strata: timeout: stopped the guest after {} s", config.timeout.unwrap_or(0));
+        eprintln!(
+            "strata: timeout: stopped the guest after {} s",
+            config.timeout.unwrap_or(0)
+        );
     } else if outcome.stop.is_fatal() {
         let culprit = outcome
             .reports

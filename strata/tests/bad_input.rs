@@ -9,9 +9,18 @@ use common::{elf64, pseudo_random, scratch, strata};
 fn assert_clean_error(args: &[&str], needles: &[&str]) {
     let run = strata(args);
     assert_eq!(run.status, Some(1), "args {args:?}: {run:?}");
-    assert!(!run.stderr.contains("panicked"), "panic for {args:?}: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked"),
+        "panic for {args:?}: {}",
+        run.stderr
+    );
     let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line for {args:?}, got {:?}", run.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line for {args:?}, got {:?}",
+        run.stderr
+    );
     for needle in needles {
         assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
     }
@@ -26,7 +35,10 @@ fn write(dir: &std::path::Path, name: &str, data: &[u8]) -> String {
 
 #[test]
 fn test_run_missing_kernel_file_names_it() {
-    assert_clean_error(&["run", "--kernel", "/nonexistent/vmlinux"], &["/nonexistent/vmlinux", "No such file"]);
+    assert_clean_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        &["/nonexistent/vmlinux", "No such file"],
+    );
 }
 
 #[test]
@@ -80,29 +92,44 @@ fn test_run_truncated_bzimage_refused() {
 fn test_run_segment_in_mmio_hole_refused() {
     let d = scratch("hole");
     let p = write(&d, "hole.elf", &elf64(0xc000_0000, &[0xf4; 16]));
-    assert_clean_error(&["run", "--kernel", &p, "--memory", "size=4G"], &[&p, "0xc0000000"]);
+    assert_clean_error(
+        &["run", "--kernel", &p, "--memory", "size=4G"],
+        &[&p, "0xc0000000"],
+    );
 }
 
 #[test]
 fn test_run_segment_beyond_ram_refused() {
     let d = scratch("beyond");
     let p = write(&d, "beyond.elf", &elf64(0x1000_0000, &[0xf4; 16]));
-    assert_clean_error(&["run", "--kernel", &p, "--memory", "size=128M"], &[&p, "0x10000000"]);
+    assert_clean_error(
+        &["run", "--kernel", &p, "--memory", "size=128M"],
+        &[&p, "0x10000000"],
+    );
 }
 
 #[test]
 fn test_run_memory_zero_refused() {
-    assert_clean_error(&["run", "--kernel", "k", "--memory", "size=0"], &["memory", "minimum"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--memory", "size=0"],
+        &["memory", "minimum"],
+    );
 }
 
 #[test]
 fn test_run_memory_more_than_host_refused() {
-    assert_clean_error(&["run", "--kernel", "k", "--memory", "size=64T"], &["memory", "more than this host"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--memory", "size=64T"],
+        &["memory", "more than this host"],
+    );
 }
 
 #[test]
 fn test_run_cpus_zero_refused() {
-    assert_clean_error(&["run", "--kernel", "k", "--cpus", "boot=0"], &["cpus", "at least 1"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--cpus", "boot=0"],
+        &["cpus", "at least 1"],
+    );
 }
 
 #[test]
@@ -110,31 +137,48 @@ fn test_run_cpus_above_kvm_max_refused() {
     if !common::kvm_available() {
         return;
     }
-    assert_clean_error(&["run", "--kernel", "k", "--cpus", "boot=255"], &["cpus", "maximum"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--cpus", "boot=255"],
+        &["cpus", "maximum"],
+    );
 }
 
 #[test]
 fn test_run_cpus_not_a_number_refused() {
-    assert_clean_error(&["run", "--kernel", "k", "--cpus", "boot=many"], &["--cpus", "many"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--cpus", "boot=many"],
+        &["--cpus", "many"],
+    );
 }
 
 #[test]
 fn test_run_unknown_config_key_refused() {
     let d = scratch("cfg");
-    let p = write(&d, "vm.json", br#"{"payload":{"kernel":"k"},"cpus":{"boot_vcpus":1,"turbo":true}}"#);
+    let p = write(
+        &d,
+        "vm.json",
+        br#"{"payload":{"kernel":"k"},"cpus":{"boot_vcpus":1,"turbo":true}}"#,
+    );
     assert_clean_error(&["run", "--config", &p], &[&p, "unknown field `turbo`"]);
 }
 
 #[test]
 fn test_run_unknown_toml_key_refused() {
     let d = scratch("cfg-toml");
-    let p = write(&d, "vm.toml", b"[payload]\nkernel = \"k\"\nkernal = \"x\"\n");
+    let p = write(
+        &d,
+        "vm.toml",
+        b"[payload]\nkernel = \"k\"\nkernal = \"x\"\n",
+    );
     assert_clean_error(&["run", "--config", &p], &[&p, "unknown field `kernal`"]);
 }
 
 #[test]
 fn test_run_unknown_option_refused() {
-    assert_clean_error(&["run", "--kernel", "k", "--frobnicate", "1"], &["unknown option --frobnicate"]);
+    assert_clean_error(
+        &["run", "--kernel", "k", "--frobnicate", "1"],
+        &["unknown option --frobnicate"],
+    );
 }
 
 #[test]
@@ -143,5 +187,8 @@ fn test_run_missing_initrd_names_it() {
         return;
     }
     let k = test_guests::pvh().to_string_lossy().into_owned();
-    assert_clean_error(&["run", "--kernel", &k, "--initrd", "/nonexistent/initrd"], &["/nonexistent/initrd"]);
+    assert_clean_error(
+        &["run", "--kernel", &k, "--initrd", "/nonexistent/initrd"],
+        &["/nonexistent/initrd"],
+    );
 }

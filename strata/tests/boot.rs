@@ -55,7 +55,11 @@ fn test_boot_pvh_guest_sees_cmdline_memmap_module() {
     }
     let (run, crc) = boot_with_module("pvh", test_guests::pvh(), "hello pvh exit=5");
     let module = format!("module: 0x07fff000 0x00000bb8 crc32={crc:08x} ");
-    assert_output(&run, &expected("pvh", "pvh", "hello pvh exit=5", &[module]), 5);
+    assert_output(
+        &run,
+        &expected("pvh", "pvh", "hello pvh exit=5", &[module]),
+        5,
+    );
 }
 
 #[test]
@@ -81,7 +85,12 @@ fn test_boot_multiboot1_elf_guest_sees_info() {
         return;
     }
     let (run, crc) = boot_with_module("mb1elf", test_guests::multiboot1_elf(), "mb1 elf exit=11");
-    let want = expected("multiboot1-elf", "multiboot1", "mb1 elf exit=11", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot1-elf",
+        "multiboot1",
+        "mb1 elf exit=11",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 11);
 }
 
@@ -91,7 +100,12 @@ fn test_boot_multiboot1_aout_kludge_guest_sees_info() {
         return;
     }
     let (run, crc) = boot_with_module("mb1aout", test_guests::multiboot1_aout(), "aout");
-    let want = expected("multiboot1-aout", "multiboot1", "aout", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot1-aout",
+        "multiboot1",
+        "aout",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 0);
 }
 
@@ -101,7 +115,12 @@ fn test_boot_multiboot2_guest_prefers_multiboot2() {
         return;
     }
     let (run, crc) = boot_with_module("mb2", test_guests::multiboot2(), "two exit=2");
-    let want = expected("multiboot2", "multiboot2", "two exit=2", &multiboot_tail(crc));
+    let want = expected(
+        "multiboot2",
+        "multiboot2",
+        "two exit=2",
+        &multiboot_tail(crc),
+    );
     assert_output(&run, &want, 2);
 }
 
@@ -110,9 +129,17 @@ fn test_boot_linux_vmlinux_guest_sees_zero_page() {
     if !kvm_available() {
         return;
     }
-    let (run, crc) = boot_with_module("vmlinux", test_guests::linux_vmlinux(), "console=ttyS0 exit=9");
+    let (run, crc) = boot_with_module(
+        "vmlinux",
+        test_guests::linux_vmlinux(),
+        "console=ttyS0 exit=9",
+    );
     let initrd = format!("initrd: 0x07fff000 0x00000bb8 crc32={crc:08x}");
-    assert_output(&run, &expected("linux", "linux", "console=ttyS0 exit=9", &[initrd]), 9);
+    assert_output(
+        &run,
+        &expected("linux", "linux", "console=ttyS0 exit=9", &[initrd]),
+        9,
+    );
 }
 
 #[test]
@@ -122,7 +149,11 @@ fn test_boot_linux_bzimage_guest_sees_zero_page() {
     }
     let (run, crc) = boot_with_module("bzimage", test_guests::linux_bzimage(), "root=/dev/vda");
     let initrd = format!("initrd: 0x07fff000 0x00000bb8 crc32={crc:08x}");
-    assert_output(&run, &expected("linux", "linux", "root=/dev/vda", &[initrd]), 0);
+    assert_output(
+        &run,
+        &expected("linux", "linux", "root=/dev/vda", &[initrd]),
+        0,
+    );
 }
 
 #[test]
@@ -130,7 +161,13 @@ fn test_boot_pvh_guest_large_memory_two_slots() {
     if !kvm_available() {
         return;
     }
-    let run = strata(&["run", "--kernel", &test_guests::pvh().to_string_lossy(), "--memory", "size=5G"]);
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &test_guests::pvh().to_string_lossy(),
+        "--memory",
+        "size=5G",
+    ]);
     let want: Vec<String> = [
         "strata-test-guest pvh",
         "protocol: pvh",
@@ -168,6 +205,52 @@ fn test_boot_serial_to_file_and_config_file() {
     assert_eq!(run.status, Some(0), "{run:?}");
     assert_eq!(run.stdout, "");
     let serial = std::fs::read_to_string(&out).expect("serial log");
-    assert!(serial.starts_with("strata-test-guest pvh\nprotocol: pvh\ncmdline: from toml\n"), "{serial}");
+    assert!(
+        serial.starts_with("strata-test-guest pvh\nprotocol: pvh\ncmdline: from toml\n"),
+        "{serial}"
+    );
     assert!(serial.ends_with("done\n"), "{serial}");
+}
+
+#[test]
+fn test_boot_ring3_guest_runs_work_loop_in_user_mode() {
+    if !kvm_available() {
+        return;
+    }
+    // The guest's work: CRC-32 of buf[i] = (i * 0x9e3779b1 mod 2^32) >> 24, 8 MiB (ring3.S).
+    let buf: Vec<u8> = (0..0x80_0000u32)
+        .map(|i| (i.wrapping_mul(0x9e37_79b1) >> 24) as u8)
+        .collect();
+    let run = strata(&["run", "--kernel", &test_guests::ring3().to_string_lossy()]);
+    let tail = ["ring3: cpl=3".to_string(), format!("ring3: result={:08x}", crc32(&buf))];
+    assert_output(&run, &expected("ring3", "pvh", "", &tail), 0);
+}
+
+fn smp_lines(cpus: u8) -> Vec<String> {
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &test_guests::smp().to_string_lossy(),
+        "--cpus",
+        &format!("boot={cpus}"),
+    ]);
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "");
+    let mut lines: Vec<String> = run.lines().iter().map(|s| s.to_string()).collect();
+    // APs report in whatever order they win the lock; sort their lines.
+    let first_cpu = lines.iter().position(|l| l.starts_with("cpu ")).expect("cpu lines");
+    lines[first_cpu..first_cpu + usize::from(cpus)].sort();
+    lines
+}
+
+#[test]
+fn test_boot_smp_guest_every_vcpu_reports() {
+    if !kvm_available() {
+        return;
+    }
+    for cpus in [1u8, 2, 4] {
+        let mut tail: Vec<String> = (0..cpus).map(|i| format!("cpu {i} up")).collect();
+        tail.push(format!("cpus: {cpus}"));
+        assert_eq!(smp_lines(cpus), expected("smp", "pvh", "", &tail), "with {cpus} vCPUs");
+    }
 }

@@ -21,13 +21,28 @@ fn test_run_timeout_prints_registers_and_exits_124() {
     let run = strata(&["run", "--kernel", &k, "--timeout", "1"]);
     assert_eq!(run.status, Some(124), "{run:?}");
     assert!(
-        run.stderr.contains("vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [eb fe"),
+        run.stderr.contains(
+            "vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [eb fe"
+        ),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("rip=0000000000100000"), "{}", run.stderr);
-    assert!(run.stderr.contains("rsi=0000000000007000"), "{}", run.stderr);
-    assert!(run.stderr.ends_with("strata: timeout: stopped the guest after 1 s\n"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rip=0000000000100000"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rsi=0000000000007000"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("strata: timeout: stopped the guest after 1 s\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -38,7 +53,11 @@ fn test_run_timeout_reports_every_vcpu() {
     let k = guest("timeout-smp", &[0xeb, 0xfe]);
     let run = strata(&["run", "--kernel", &k, "--timeout", "1", "--cpus", "boot=2"]);
     assert_eq!(run.status, Some(124), "{run:?}");
-    assert!(run.stderr.contains("vCPU 0: 64-bit long mode"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("vCPU 0: 64-bit long mode"),
+        "{}",
+        run.stderr
+    );
     // The second vCPU never got INIT-SIPI-SIPI: it is still at its reset state, in real mode.
     assert!(run.stderr.contains("vCPU 1: real mode"), "{}", run.stderr);
 }
@@ -65,7 +84,15 @@ fn test_run_emulation_failure_without_fallback_reports_insn() {
     // popcnt rax, rbx: KVM's emulator lacks it on PVM hosts; on hosts with VT-x/AMD-V the CPU
     // runs it and the guest spins into the timeout instead.
     let k = guest("popcnt", &[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xeb, 0xfe]);
-    let run = strata(&["run", "--kernel", &k, "--emulation-fallback", "off", "--timeout", "5"]);
+    let run = strata(&[
+        "run",
+        "--kernel",
+        &k,
+        "--emulation-fallback",
+        "off",
+        "--timeout",
+        "5",
+    ]);
     match run.status {
         Some(1) => assert!(
             run.stderr.contains("KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1): vCPU 0: 64-bit long mode, paging, CPL 0, RIP 0x100000, instruction bytes [f3 48 0f b8 c3"),
@@ -75,4 +102,28 @@ fn test_run_emulation_failure_without_fallback_reports_insn() {
         Some(124) => assert!(run.stderr.contains("RIP 0x100005"), "{}", run.stderr),
         other => panic!("unexpected status {other:?}: {run:?}"),
     }
+}
+
+#[test]
+fn test_run_emulation_fallback_runs_popcnt_and_counts_it() {
+    if !kvm_available() {
+        return;
+    }
+    // mov rbx, 0xff00ff; popcnt rax, rbx; mov dx, 0xf4; out dx, al; jmp $
+    let k = guest(
+        "popcnt-fallback",
+        &[
+            0x48, 0xc7, 0xc3, 0xff, 0x00, 0xff, 0x00, 0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0x66, 0xba,
+            0xf4, 0x00, 0xee, 0xeb, 0xfe,
+        ],
+    );
+    let run = strata(&["run", "--kernel", &k, "--timeout", "20"]);
+    // popcount(0xff00ff) = 16, written to the debug-exit port.
+    assert_eq!(run.status, Some(16), "{run:?}");
+    // On a PVM host KVM hands popcnt to Strata, which counts it; with VT-x/AMD-V the CPU runs it.
+    assert!(
+        run.stderr.is_empty() || run.stderr == "strata: emulated: total 1 (popcnt 1)\n",
+        "{}",
+        run.stderr
+    );
 }

@@ -302,7 +302,7 @@ impl VmConfig {
                 reason: format!("size {} is below the minimum of 2 MiB", self.memory.size),
             });
         }
-        if self.memory.size % 4096 != 0 {
+        if !self.memory.size.is_multiple_of(4096) {
             return Err(ConfigError::Invalid {
                 field: "memory",
                 reason: format!("size {} is not a multiple of 4 KiB", self.memory.size),

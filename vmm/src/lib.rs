@@ -9,6 +9,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod emulate;
 pub mod kvm;
 pub mod memory;
 pub mod vm;

@@ -69,6 +69,9 @@ mod tests {
     #[test]
     fn test_create_guest_memory_beyond_host_refused() {
         let e = create_guest_memory(1 << 50).unwrap_err();
-        assert!(e.to_string().contains("more than this host can give"), "{e}");
+        assert!(
+            e.to_string().contains("more than this host can give"),
+            "{e}"
+        );
     }
 }

@@ -14,7 +14,8 @@ use crate::arch::x86_64::{layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
 use crate::devices::{self, DebugconTarget, LegacyConfig, LegacyDevices, PioBus};
-use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VcpuReport, VcpuStop, VmError};
+use crate::emulate::EmulationStats;
+use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuEnd, VcpuError, VcpuReport, VcpuStop, VmError};
 use crate::memory::{self, MemoryError};
 
 /// Errors building or running a VM.
@@ -83,6 +84,8 @@ pub struct VmOutcome {
     pub reports: Vec<VcpuReport>,
     /// The report of the vCPU that ended the VM, if one did.
     pub culprit: Option<u8>,
+    /// Instructions the fallback emulator ran, by mnemonic, over all vCPUs.
+    pub emulated: EmulationStats,
 }
 
 impl VmOutcome {
@@ -100,8 +103,8 @@ impl VmOutcome {
     }
 }
 
-/// What happened to one vCPU thread.
-struct VcpuEnd {
+/// A vCPU thread's notice to the main thread that it stopped.
+struct StopNotice {
     id: u8,
     stop: VcpuStop,
 }
@@ -212,6 +215,7 @@ impl Vm {
             mem,
             pio,
             stop: Arc::new(AtomicBool::new(false)),
+            emulation_fallback: config.emulation_fallback,
         };
         let cpuid = kvm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(cpu_count));
@@ -238,8 +242,8 @@ impl Vm {
             register_signal_handler(libc::SIGUSR1, vga_dump_handler)
                 .map_err(VmmError::SignalHandler)?;
         }
-        let (tx, rx) = mpsc::channel::<VcpuEnd>();
-        let mut handles: Vec<JoinHandle<Option<VcpuReport>>> = Vec::new();
+        let (tx, rx) = mpsc::channel::<StopNotice>();
+        let mut handles: Vec<JoinHandle<VcpuEnd>> = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             let tx = tx.clone();
             let id = vcpu.id();
@@ -247,9 +251,12 @@ impl Vm {
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
-                    let (stop, report) = vcpu.run();
-                    let _ = tx.send(VcpuEnd { id, stop });
-                    report
+                    let end = vcpu.run();
+                    let _ = tx.send(StopNotice {
+                        id,
+                        stop: end.stop.clone(),
+                    });
+                    end
                 })
                 .map_err(|source| VmmError::SpawnThread { name, source })?;
             handles.push(handle);
@@ -273,10 +280,12 @@ impl Vm {
         let timed_out = first.is_none();
         self.ctx.stop.store(true, Ordering::Release);
         kick_until_finished(&handles);
-        let reports = handles
-            .into_iter()
-            .filter_map(|h| h.join().ok().flatten())
-            .collect();
+        let mut reports = Vec::new();
+        let mut emulated = EmulationStats::default();
+        for end in handles.into_iter().filter_map(|h| h.join().ok()) {
+            emulated.merge(&end.stats);
+            reports.extend(end.report);
+        }
         self.devices.flush_output();
         if self.vga.mode == VgaMode::Text {
             self.render_vga()?;
@@ -290,6 +299,7 @@ impl Vm {
             timed_out,
             reports,
             culprit,
+            emulated,
         })
     }
 }
@@ -302,7 +312,10 @@ impl Vm {
                 let mut f = create_output("VGA text", path)?;
                 self.devices.vga.dump(&self.ctx.mem, &mut f)?;
             }
-            None => self.devices.vga.dump(&self.ctx.mem, &mut std::io::stderr())?,
+            None => self
+                .devices
+                .vga
+                .dump(&self.ctx.mem, &mut std::io::stderr())?,
         }
         Ok(())
     }

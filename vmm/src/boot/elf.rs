@@ -27,6 +27,8 @@ const MAX_PHDRS: usize = 256;
 pub(super) struct Segment {
     /// Guest-physical load address (`p_paddr`).
     pub paddr: u64,
+    /// Virtual address (`p_vaddr`).
+    pub vaddr: u64,
     /// File offset.
     pub offset: u64,
     /// Bytes in the file.
@@ -46,6 +48,17 @@ pub(super) struct ElfImage {
     pub segments: Vec<Segment>,
     /// The PVH entry point from a `XEN_ELFNOTE_PHYS32_ENTRY` note.
     pub pvh_entry: Option<u64>,
+}
+
+impl ElfImage {
+    /// The entry point as a physical address: a virtual `e_entry` inside a segment is
+    /// translated through that segment, as GRUB does for multiboot kernels.
+    pub(super) fn entry_paddr(&self) -> u64 {
+        self.segments
+            .iter()
+            .find(|s| self.entry >= s.vaddr && self.entry - s.vaddr < s.memsz)
+            .map_or(self.entry, |s| s.paddr.saturating_add(self.entry - s.vaddr))
+    }
 }
 
 /// Whether `bytes` start with the ELF magic.
@@ -139,6 +152,7 @@ fn parse_phdr(b: &[u8], ph: &[u8], class64: bool, image: &mut ElfImage) -> Resul
     let p_type = read_u32(ph, 0).unwrap_or(0);
     let seg = Segment {
         offset: field(4, 8),
+        vaddr: field(8, 16),
         paddr: field(12, 24),
         filesz: field(16, 32),
         memsz: field(20, 40),

@@ -58,8 +58,9 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
     };
     let setup_size = (usize::from(sects) + 1) * 512;
     let payload = bytes.len().saturating_sub(setup_size) as u64;
+    // syssize counts 16-byte paragraphs, rounded up.
     let syssize = u64::from(hdr.syssize) * 16;
-    if payload == 0 || payload < syssize {
+    if payload == 0 || payload.next_multiple_of(16) < syssize {
         return Err(ctx.kernel.invalid(format!(
             "truncated bzImage: {} bytes, but the setup header announces {setup_size} bytes of \
              setup code and {syssize} bytes of kernel",
@@ -67,12 +68,18 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
         )));
     }
     let load = u64::from(hdr.code32_start);
-    let span = payload.max(u64::from(hdr.init_size));
-    ctx.check_ram("bzImage kernel (load address to init_size)", load, span)?;
+    ctx.check_ram("bzImage protected-mode kernel", load, payload)?;
+    let (run, run_size) = (runtime_start(&hdr, load), u64::from(hdr.init_size));
+    ctx.check_ram(
+        "bzImage decompression area (runtime start address + init_size)",
+        run,
+        run_size,
+    )?;
     let limit = usize::try_from(hdr.cmdline_size).unwrap_or(usize::MAX);
     let cmdline_len = ctx.write_cmdline(limit, Protocol::LinuxBzImage)?;
     let initrd_max = u64::from(hdr.initrd_addr_max).saturating_add(1);
-    let initrd = ctx.load_initrd(&initrd_placement(vec![(load, load + span)], initrd_max))?;
+    let used = vec![(load, load + payload), (run, run + run_size)];
+    let initrd = ctx.load_initrd(&initrd_placement(used, initrd_max))?;
 
     let mut file = File::open(&ctx.kernel.path).map_err(|source| BootError::Open {
         path: ctx.kernel.path.clone(),
@@ -87,6 +94,18 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
     finish_params(ctx, &mut params, cmdline_len, initrd.as_ref())?;
     write_zero_page(ctx, &params)?;
     Ok(entry(Protocol::LinuxBzImage, load + ENTRY_64_OFFSET))
+}
+
+/// Where the kernel decompresses itself (arch/x86/boot/compressed/head_64.S): the load
+/// address rounded up to `kernel_alignment` but not below `pref_address` (= LOAD_PHYSICAL_ADDR)
+/// for a relocatable kernel, `pref_address` otherwise. It needs `init_size` bytes from there.
+fn runtime_start(hdr: &setup_header, load: u64) -> u64 {
+    let pref = hdr.pref_address;
+    if hdr.relocatable_kernel == 0 {
+        return pref;
+    }
+    let align = u64::from(hdr.kernel_alignment).max(1);
+    load.div_ceil(align).saturating_mul(align).max(pref)
 }
 
 /// Reads and checks the setup header of a bzImage.
@@ -210,5 +229,155 @@ fn entry(protocol: Protocol, rip: u64) -> BootEntry {
         rax: 0,
         rbx: 0,
         rsi: ZERO_PAGE_START.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_images::*;
+    use super::*;
+    use crate::arch::x86_64::layout::CMDLINE_START;
+
+    const ZP: u64 = ZERO_PAGE_START.0;
+
+    /// The e820 table the 64 MiB test machine gets: (addr, size, type).
+    const E820: [(u64, u64, u32); 3] = [
+        (0, 0x9_fc00, 1),
+        (0x9_fc00, 0x400, 2),
+        (0x10_0000, RAM - 0x10_0000, 1),
+    ];
+
+    fn assert_e820(guest: &Guest) {
+        assert_eq!(guest.read(ZP + 0x1e8, 1), vec![3], "e820_entries");
+        for (i, (addr, size, ty)) in E820.iter().enumerate() {
+            let at = ZP + 0x2d0 + 20 * i as u64;
+            assert_eq!(guest.u64_at(at), *addr, "e820[{i}].addr");
+            assert_eq!(guest.u64_at(at + 8), *size, "e820[{i}].size");
+            assert_eq!(guest.u32_at(at + 16), *ty, "e820[{i}].type");
+        }
+    }
+
+    #[test]
+    fn test_load_vmlinux_zero_page_bytes() {
+        let guest = Guest::new();
+        let kernel = TempFile::new("vmlinux", &small_elf(true, false));
+        let initrd = TempFile::new("initrd.img", &[0x5a; 5000]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), " console=ttyS0 ")
+            .unwrap();
+
+        let initrd_addr = RAM - 0x2000;
+        assert_eq!(
+            entry,
+            BootEntry {
+                protocol: Protocol::LinuxElf,
+                mode: EntryMode::Long64,
+                rip: 0x10_0000,
+                rsp: 0x8ff0,
+                rax: 0,
+                rbx: 0,
+                rsi: ZP,
+            }
+        );
+        assert_eq!(guest.read(0x10_0000, 16), CODE);
+        assert_eq!(guest.read(0x10_0010, 0xff0), vec![0; 0xff0], "bss zeroed");
+        assert_eq!(guest.read(ZP + 0x1fe, 2), vec![0x55, 0xaa], "boot_flag");
+        assert_eq!(guest.read(ZP + 0x202, 4), b"HdrS");
+        assert_eq!(guest.read(ZP + 0x210, 1), vec![0xff], "type_of_loader");
+        assert_eq!(
+            guest.u32_at(ZP + 0x218),
+            initrd_addr as u32,
+            "ramdisk_image"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x21c), 5000, "ramdisk_size");
+        assert_eq!(
+            guest.u32_at(ZP + 0x228),
+            CMDLINE_START.0 as u32,
+            "cmd_line_ptr"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x230), 0x100_0000, "kernel_alignment");
+        assert_eq!(guest.u32_at(ZP + 0x238), 13, "cmdline_size");
+        assert_eq!(guest.read(CMDLINE_START.0, 14), b"console=ttyS0\0");
+        assert_eq!(guest.read(initrd_addr, 5000), vec![0x5a; 5000]);
+        assert_e820(&guest);
+    }
+
+    #[test]
+    fn test_load_bzimage_zero_page_bytes() {
+        let guest = Guest::new();
+        let spec = BzImageSpec {
+            initrd_addr_max: 0x1ff_ffff,
+            pref_address: 0x100_0000,
+            ..Default::default()
+        };
+        let image = bzimage(&spec);
+        let kernel = TempFile::new("bzImage", &image);
+        let initrd = TempFile::new("initrd.img", &[0xa5; 100]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), "quiet")
+            .unwrap();
+
+        assert_eq!(entry.protocol, Protocol::LinuxBzImage);
+        assert_eq!(entry.mode, EntryMode::Long64);
+        assert_eq!(entry.rip, 0x10_0200, "64-bit entry = load address + 0x200");
+        assert_eq!((entry.rsp, entry.rsi), (0x8ff0, ZP));
+        assert_eq!(guest.read(0x10_0000, 0x2000), vec![0x90; 0x2000]);
+        // The setup header is the image's, with the loader's fields filled in.
+        let hdr = guest.read(ZP + 0x1f1, 0x7b);
+        assert_eq!(hdr[..0x1f], image[0x1f1..0x210], "up to type_of_loader");
+        assert_eq!(hdr[0x1f], 0xff, "type_of_loader");
+        assert_eq!(
+            hdr[0x20..0x27],
+            image[0x211..0x218],
+            "loadflags..code32_start"
+        );
+        assert_eq!(
+            guest.u32_at(ZP + 0x218),
+            0x1ff_f000,
+            "initrd below initrd_addr_max"
+        );
+        assert_eq!(guest.u32_at(ZP + 0x21c), 100);
+        assert_eq!(guest.u32_at(ZP + 0x228), CMDLINE_START.0 as u32);
+        assert_eq!(guest.u32_at(ZP + 0x22c), 0x1ff_ffff, "initrd_addr_max kept");
+        assert_eq!(guest.read(ZP + 0x236, 2), vec![1, 0], "xloadflags kept");
+        assert_eq!(guest.read(0x1ff_f000, 100), vec![0xa5; 100]);
+        assert_e820(&guest);
+    }
+
+    #[test]
+    fn test_load_bzimage_initrd_kept_clear_of_kernel() {
+        // 4 MiB of RAM: the kernel's decompression area must stay free.
+        let guest = Guest::with_ram(4 << 20);
+        let kernel = TempFile::new("bzImage", &bzimage(&BzImageSpec::default()));
+        // Relocatable, 2 MiB aligned: it decompresses at 2 MiB..2 MiB + 64 KiB.
+        let fits = TempFile::new("initrd.img", &vec![1; (2 << 20) - 0x10_000]);
+        let too_big = TempFile::new("initrd.img", &vec![1; (2 << 20) - 0xf_000]);
+
+        let entry = guest.boot(kernel.path(), Some(fits.path()), "");
+        let initrd_addr = guest.u32_at(ZP + 0x218);
+        let err = guest.boot(kernel.path(), Some(too_big.path()), "");
+
+        assert_eq!(entry.unwrap().rip, 0x10_0200);
+        assert_eq!(initrd_addr, 0x21_0000);
+        assert!(matches!(err, Err(BootError::NoRoom { .. })));
+    }
+
+    #[test]
+    fn test_load_bzimage_decompression_area_beyond_ram_refused() {
+        // Debian 6.1's numbers: relocatable, pref_address 16 MiB, init_size 0x3378000.
+        let guest = Guest::new();
+        let spec = BzImageSpec {
+            pref_address: 0x100_0000,
+            init_size: 0x337_8000,
+            ..Default::default()
+        };
+
+        let err = guest.boot_bytes(&bzimage(&spec), "").unwrap_err();
+
+        assert!(matches!(err, BootError::OutsideRam { .. }), "{err}");
+        assert!(err.to_string().contains("decompression area"), "{err}");
+        assert!(err.to_string().contains("0x1000000..0x4378000"), "{err}");
     }
 }

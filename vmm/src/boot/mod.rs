@@ -18,6 +18,7 @@ mod elf;
 mod linux;
 mod multiboot1;
 mod multiboot2;
+mod place;
 mod pvh;
 #[cfg(test)]
 mod test_images;
@@ -30,9 +31,9 @@ use std::path::{Path, PathBuf};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::x86_64::layout::{
-    MemoryRegion, RegionKind, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_HOLE_START,
-};
+use crate::arch::x86_64::layout::{MemoryRegion, CMDLINE_MAX_SIZE, CMDLINE_START};
+use place::{low_ram_limit, mem_lower_upper, Direction};
+use place::{ram_regions, Placement};
 
 /// The boot protocols Strata speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,12 +307,13 @@ fn detect(kernel: &KernelImage) -> Result<Detected, BootError> {
     if linux::is_bzimage(bytes) {
         return Ok(Detected::BzImage);
     }
-    let elf = if elf::is_elf(bytes) {
-        Some(elf::parse(bytes).map_err(|reason| kernel.invalid(reason))?)
-    } else {
-        None
-    };
-    if let Some(image) = elf.as_ref().filter(|e| e.pvh_entry.is_some()) {
+    // A malformed ELF may still boot through a multiboot header's load addresses, so its
+    // error is reported only if no multiboot header is found either.
+    let elf = elf::is_elf(bytes).then(|| elf::parse(bytes));
+    if let Some(Ok(image)) = elf
+        .as_ref()
+        .filter(|e| matches!(e, Ok(i) if i.pvh_entry.is_some()))
+    {
         return Ok(Detected::Pvh(image.clone()));
     }
     if let Some(offset) = multiboot2::find_header(bytes) {
@@ -321,8 +323,9 @@ fn detect(kernel: &KernelImage) -> Result<Detected, BootError> {
         return Ok(Detected::Multiboot1(offset));
     }
     match elf {
-        Some(image) if image.class64 => Ok(Detected::Vmlinux(image)),
-        Some(_) => Err(kernel.invalid(
+        Some(Err(reason)) => Err(kernel.invalid(reason)),
+        Some(Ok(image)) if image.class64 => Ok(Detected::Vmlinux(image)),
+        Some(Ok(_)) => Err(kernel.invalid(
             "32-bit ELF image without a PVH note or multiboot header; Strata boots 32-bit \
              ELF kernels only through PVH or multiboot"
                 .into(),
@@ -461,8 +464,10 @@ impl LoadContext<'_> {
         }
     }
 
-    /// Builds the command line, refusing one longer than `limit` bytes (without the NUL).
+    /// Builds the command line, refusing one longer than `limit` bytes (without the NUL) or
+    /// than the command line area.
     fn cmdline(&self, limit: usize, protocol: Protocol) -> Result<Cmdline, BootError> {
+        let limit = limit.min(CMDLINE_MAX_SIZE - 1);
         let raw = &self.source.cmdline;
         let invalid = |reason: String| BootError::InvalidCmdline {
             path: self.kernel.path.clone(),
@@ -480,7 +485,7 @@ impl LoadContext<'_> {
                 protocol,
             });
         }
-        Cmdline::try_from(raw, CMDLINE_MAX_SIZE.max(limit + 1)).map_err(|e| invalid(e.to_string()))
+        Cmdline::try_from(raw, CMDLINE_MAX_SIZE).map_err(|e| invalid(e.to_string()))
     }
 
     /// Builds the command line and writes it at [`CMDLINE_ADDR`]; returns its length.
@@ -544,111 +549,6 @@ struct Module {
     size: u64,
     /// File name (without directories), passed to multiboot kernels as the module string.
     name: String,
-}
-
-/// Which end of free memory a module goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
-    /// Highest fitting address (Linux initrd, PVH).
-    TopDown,
-    /// Lowest fitting address (multiboot modules, after the kernel as GRUB does).
-    BottomUp,
-}
-
-/// Where a module may go: below `limit`, `align`ed, clear of the `used` ranges.
-struct Placement {
-    used: Vec<(u64, u64)>,
-    limit: u64,
-    align: u64,
-    direction: Direction,
-}
-
-impl Placement {
-    fn find(&self, machine: &BootMachine, size: u64) -> Option<u64> {
-        let mut regions: Vec<(u64, u64)> = ram_regions(machine)
-            .filter_map(|(s, e)| {
-                let e = e.min(self.limit);
-                (e > s).then_some((s, e))
-            })
-            .collect();
-        if self.direction == Direction::TopDown {
-            regions.reverse();
-        }
-        regions.into_iter().find_map(|r| self.find_in(r, size))
-    }
-
-    fn find_in(&self, (start, end): (u64, u64), size: u64) -> Option<u64> {
-        let (mut lo, mut hi) = (start, end);
-        loop {
-            let cand = match self.direction {
-                Direction::TopDown => align_down(hi.checked_sub(size)?, self.align),
-                Direction::BottomUp => align_up(lo, self.align)?,
-            };
-            let cand_end = cand.checked_add(size)?;
-            if cand < start || cand_end > end {
-                return None;
-            }
-            match self
-                .used
-                .iter()
-                .find(|&&(us, ue)| cand < ue && us < cand_end)
-            {
-                None => return Some(cand),
-                Some(&(us, ue)) => match self.direction {
-                    Direction::TopDown => hi = us,
-                    Direction::BottomUp => lo = ue,
-                },
-            }
-        }
-    }
-}
-
-fn align_down(x: u64, align: u64) -> u64 {
-    x & !(align - 1)
-}
-
-fn align_up(x: u64, align: u64) -> Option<u64> {
-    Some(x.checked_add(align - 1)? & !(align - 1))
-}
-
-/// Usable RAM ranges `(start, end)` from the memory map, adjacent ones merged, with the
-/// VMM's boot data (below [`BOOT_DATA_END`]) cut out.
-fn ram_regions(machine: &BootMachine) -> impl Iterator<Item = (u64, u64)> {
-    let mut ram: Vec<(u64, u64)> = machine
-        .memory_map
-        .iter()
-        .filter(|r| r.kind == RegionKind::Ram)
-        .filter_map(|r| Some((r.base.0, r.base.0.checked_add(r.size)?)))
-        .collect();
-    ram.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in ram {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    merged.into_iter().filter_map(|(s, e)| {
-        let s = s.max(BOOT_DATA_END.0);
-        (e > s).then_some((s, e))
-    })
-}
-
-/// End of RAM below the 32-bit MMIO hole, the limit for anything a 32-bit kernel must reach.
-fn low_ram_limit() -> u64 {
-    MMIO_HOLE_START.0
-}
-
-/// Multiboot `mem_lower` and `mem_upper` in KiB: the RAM at 0 and the RAM at 1 MiB.
-fn mem_lower_upper(machine: &BootMachine) -> (u32, u32) {
-    let region_at = |base: u64| {
-        machine
-            .memory_map
-            .iter()
-            .find(|r| r.kind == RegionKind::Ram && r.base.0 == base)
-            .map_or(0, |r| u32::try_from(r.size / 1024).unwrap_or(u32::MAX))
-    };
-    (region_at(0), region_at(HIMEM_START.0))
 }
 
 /// Little-endian field access on byte slices; `None` past the end.

@@ -126,8 +126,9 @@ pub(super) fn load_elf(
         )));
     }
     let image = elf::parse(bytes).map_err(|reason| ctx.kernel.invalid(reason))?;
-    check_entry(ctx, image.entry)?;
-    Ok((elf::load(ctx, &image)?, image.entry))
+    let entry = image.entry_paddr();
+    check_entry(ctx, entry)?;
+    Ok((elf::load(ctx, &image)?, entry))
 }
 
 /// The entry point must be 32-bit addressable and in RAM.
@@ -338,4 +339,97 @@ fn write_info(ctx: &LoadContext<'_>, module: Option<&Module>) -> Result<(), Boot
         info.set_u32(mods_off + 8, s as u32);
     }
     info.write(ctx, "multiboot information", MULTIBOOT_INFO_END.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_images::*;
+    use super::*;
+
+    const INFO: u64 = MULTIBOOT_INFO_START.0;
+
+    #[test]
+    fn test_load_multiboot1_kludge_info_bytes() {
+        let guest = Guest::new();
+        let kernel = TempFile::new("kernel", &multiboot1_kludge(3, 0x1000));
+        let initrd = TempFile::new("initrd.img", &[9; 100]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), "console=ttyS0")
+            .unwrap();
+
+        assert_eq!(
+            entry,
+            BootEntry {
+                protocol: Protocol::Multiboot1,
+                mode: EntryMode::Protected32,
+                rip: 0x10_0020,
+                rsp: 0,
+                rax: 0x2bad_b002,
+                rbx: INFO,
+                rsi: 0,
+            }
+        );
+        // The whole file is loaded at header_addr, then the bss is zero.
+        assert_eq!(guest.read(0x10_0020, 16), CODE);
+        assert_eq!(guest.u32_at(0x10_0000), HEADER_MAGIC);
+        let fields: Vec<u32> = (0..17).map(|i| guest.u32_at(INFO + 4 * i)).collect();
+        #[rustfmt::skip]
+        let want = [
+            0x24d,            // flags: mem, cmdline, mods, mmap, boot loader name
+            639, 64512,       // mem_lower, mem_upper (KiB)
+            0,                // boot_device (not provided)
+            0x2_0000,         // cmdline
+            1, 0xd078,        // mods_count, mods_addr
+            0, 0, 0, 0,       // syms
+            72, 0xd088,       // mmap_length, mmap_addr
+            0, 0, 0,          // drives_length, drives_addr, config_table
+            0xd0d0,           // boot_loader_name
+        ];
+        assert_eq!(fields, want);
+        let module: Vec<u32> = (0..4).map(|i| guest.u32_at(0xd078 + 4 * i)).collect();
+        assert_eq!(module, [0x10_2000, 0x10_2064, 0xd0d7, 0]);
+        let map = [
+            (0, 0x9_fc00, 1),
+            (0x9_fc00, 0x400, 2),
+            (0x10_0000, RAM - 0x10_0000, 1),
+        ];
+        for (i, (base, len, ty)) in map.iter().enumerate() {
+            let at = 0xd088 + 24 * i as u64;
+            assert_eq!(guest.u32_at(at), 20, "mmap[{i}].size");
+            assert_eq!(guest.u64_at(at + 4), *base, "mmap[{i}].base_addr");
+            assert_eq!(guest.u64_at(at + 12), *len, "mmap[{i}].length");
+            assert_eq!(guest.u32_at(at + 20), *ty, "mmap[{i}].type");
+        }
+        assert_eq!(guest.read(0xd0d0, 18), b"strata\0initrd.img\0");
+        assert_eq!(guest.read(0x2_0000, 14), b"console=ttyS0\0");
+        assert_eq!(guest.read(0x10_2000, 100), vec![9; 100]);
+    }
+
+    #[test]
+    fn test_load_multiboot1_elf_uses_elf_entry() {
+        let guest = Guest::new();
+        let mut image = small_elf(false, false);
+        add_multiboot1_header(&mut image, FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO);
+
+        let entry = guest.boot_bytes(&image, "").unwrap();
+
+        assert_eq!(entry.protocol, Protocol::Multiboot1);
+        assert_eq!((entry.rip, entry.rax), (0x10_0000, 0x2bad_b002));
+        assert_eq!(guest.read(0x10_0000, 16), CODE);
+        assert_eq!(guest.u32_at(INFO + 20), 0, "no modules");
+    }
+
+    #[test]
+    fn test_find_header_ignores_unaligned_and_late_headers() {
+        let mut unaligned = vec![0u8; 2];
+        add_multiboot1_header(&mut unaligned, 0);
+        let shifted: Vec<u8> = [&[0u8; 2][..], &unaligned[4..]].concat();
+        let mut late = vec![0u8; SEARCH_LIMIT];
+        add_multiboot1_header(&mut late, 0);
+
+        assert_eq!(find_header(&unaligned), Some(4));
+        assert_eq!(find_header(&shifted), None);
+        assert_eq!(find_header(&late), None);
+    }
 }

@@ -256,3 +256,106 @@ fn write_info(
     info.set_u32(0, total);
     info.write(ctx, "multiboot 2 information", MULTIBOOT_INFO_END.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_images::*;
+    use super::*;
+
+    const INFO: u64 = MULTIBOOT_INFO_START.0;
+
+    fn le(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn test_load_multiboot2_info_bytes() {
+        let guest = Guest::new();
+        let image = multiboot2_flat(&[mb2_tag(1, 0, &[1, 3, 4, 6]), mb2_tag(6, 0, &[])]);
+        let kernel = TempFile::new("kernel", &image);
+        let initrd = TempFile::new("initrd.img", &[3; 100]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), "console=ttyS0")
+            .unwrap();
+
+        // Header: 16 + info request (24) + module align (8) + address (24) + entry (16)
+        // + end (8) = 96 bytes; the code follows it.
+        assert_eq!(
+            entry,
+            BootEntry {
+                protocol: Protocol::Multiboot2,
+                mode: EntryMode::Protected32,
+                rip: 0x10_0060,
+                rsp: 0,
+                rax: 0x36d7_6289,
+                rbx: INFO,
+                rsi: 0,
+            }
+        );
+        assert_eq!(guest.read(0x10_0060, 16), CODE);
+        let mut want = le(&[192, 0]);
+        want.extend(le(&[1, 22]));
+        want.extend(b"console=ttyS0\0\0\0");
+        want.extend(le(&[2, 15]));
+        want.extend(b"strata\0\0");
+        want.extend(le(&[3, 27, 0x10_2000, 0x10_2064]));
+        want.extend(b"initrd.img\0\0\0\0\0\0");
+        want.extend(le(&[4, 16, 639, 64512]));
+        want.extend(le(&[6, 16 + 3 * 24, 24, 0]));
+        want.extend(le(&[0, 0, 0x9_fc00, 0, 1, 0]));
+        want.extend(le(&[0x9_fc00, 0, 0x400, 0, 2, 0]));
+        want.extend(le(&[0x10_0000, 0, (RAM - 0x10_0000) as u32, 0, 1, 0]));
+        want.extend(le(&[0, 8]));
+        assert_eq!(want.len(), 192);
+        assert_eq!(guest.read(INFO, want.len()), want);
+        assert_eq!(guest.read(0x10_2000, 100), vec![3; 100]);
+    }
+
+    #[test]
+    fn test_load_multiboot2_elf_without_address_tag() {
+        let guest = Guest::new();
+        let mut image = small_elf(true, false);
+        image.resize(image.len().next_multiple_of(8), 0);
+        image.extend(mb2_header(&[mb2_tag(4, 0, &[0])]));
+
+        let entry = guest.boot_bytes(&image, "").unwrap();
+
+        assert_eq!(entry.protocol, Protocol::Multiboot2);
+        assert_eq!(entry.rip, 0x10_0000, "ELF entry");
+        assert_eq!(guest.read(0x10_0000, 16), CODE);
+    }
+
+    #[test]
+    fn test_load_multiboot2_address_tag_without_entry_refused() {
+        let guest = Guest::new();
+        let image = mb2_header(&[mb2_tag(2, 0, &[0x10_0000, 0x10_0000, 0, 0])]);
+
+        let err = guest.boot_bytes(&image, "").unwrap_err();
+
+        assert!(err.to_string().contains("no entry address tag"), "{err}");
+    }
+
+    #[test]
+    fn test_load_multiboot2_bad_tag_size_refused() {
+        let guest = Guest::new();
+        let mut tag = mb2_tag(4, 0, &[0]);
+        tag[4] = 200; // size past the header
+        let image = mb2_header(&[tag]);
+
+        let err = guest.boot_bytes(&image, "").unwrap_err();
+
+        assert!(err.to_string().contains("outside the header"), "{err}");
+    }
+
+    #[test]
+    fn test_load_multiboot2_other_architecture_refused() {
+        let guest = Guest::new();
+        let magic = HEADER_MAGIC;
+        let image = le(&[magic, 4, 24, 0u32.wrapping_sub(magic + 4 + 24), 0, 8]);
+
+        let err = guest.boot_bytes(&image, "").unwrap_err();
+
+        assert!(err.to_string().contains("architecture 4"), "{err}");
+    }
+}

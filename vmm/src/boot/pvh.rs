@@ -115,3 +115,96 @@ fn info_layout(ctx: &LoadContext<'_>) -> Result<InfoLayout, BootError> {
     }
     Ok(InfoLayout { modlist, memmap })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_images::*;
+    use super::*;
+
+    const SI: u64 = PVH_INFO_START.0;
+
+    fn check_start_info(class64: bool) {
+        let guest = Guest::new();
+        let kernel = TempFile::new("kernel", &small_elf(class64, true));
+        let initrd = TempFile::new("initrd.img", &[7; 3000]);
+
+        let entry = guest
+            .boot(kernel.path(), Some(initrd.path()), "root=/dev/vda")
+            .unwrap();
+
+        let initrd_addr = RAM - 0x1000;
+        assert_eq!(
+            entry,
+            BootEntry {
+                protocol: Protocol::Pvh,
+                mode: EntryMode::Protected32,
+                rip: 0x10_0004,
+                rsp: 0,
+                rax: 0,
+                rbx: SI,
+                rsi: 0,
+            }
+        );
+        assert_eq!(guest.read(0x10_0000, 16), CODE);
+        // hvm_start_info.
+        assert_eq!(guest.u32_at(SI), 0x336e_c578, "magic");
+        assert_eq!(guest.u32_at(SI + 4), 1, "version");
+        assert_eq!(guest.u32_at(SI + 8), 0, "flags");
+        assert_eq!(guest.u32_at(SI + 12), 1, "nr_modules");
+        assert_eq!(guest.u64_at(SI + 16), SI + 56, "modlist_paddr");
+        assert_eq!(guest.u64_at(SI + 24), CMDLINE_ADDR.0, "cmdline_paddr");
+        assert_eq!(guest.u64_at(SI + 32), 0, "rsdp_paddr");
+        assert_eq!(guest.u64_at(SI + 40), SI + 56 + 32, "memmap_paddr");
+        assert_eq!(guest.u32_at(SI + 48), 3, "memmap_entries");
+        // Module 0: the initrd, no command line.
+        assert_eq!(guest.u64_at(SI + 56), initrd_addr, "module paddr");
+        assert_eq!(guest.u64_at(SI + 64), 3000, "module size");
+        assert_eq!(guest.u64_at(SI + 72), 0, "module cmdline_paddr");
+        // Memory map.
+        let map = [
+            (0, 0x9_fc00, 1),
+            (0x9_fc00, 0x400, 2),
+            (0x10_0000, RAM - 0x10_0000, 1),
+        ];
+        for (i, (addr, size, ty)) in map.iter().enumerate() {
+            let at = SI + 88 + 24 * i as u64;
+            assert_eq!(
+                (
+                    guest.u64_at(at),
+                    guest.u64_at(at + 8),
+                    guest.u32_at(at + 16)
+                ),
+                (*addr, *size, *ty),
+                "memmap[{i}]"
+            );
+        }
+        assert_eq!(guest.read(CMDLINE_ADDR.0, 14), b"root=/dev/vda\0");
+        assert_eq!(guest.read(initrd_addr, 3000), vec![7; 3000]);
+    }
+
+    #[test]
+    fn test_load_pvh_elf64_start_info_bytes() {
+        check_start_info(true);
+    }
+
+    #[test]
+    fn test_load_pvh_elf32_start_info_bytes() {
+        check_start_info(false);
+    }
+
+    #[test]
+    fn test_load_pvh_without_initrd_has_no_modules() {
+        let guest = Guest::new();
+        let kernel = TempFile::new("kernel", &small_elf(false, true));
+
+        guest.boot(kernel.path(), None, "").unwrap();
+
+        assert_eq!(guest.u32_at(SI + 12), 0, "nr_modules");
+        assert_eq!(guest.u64_at(SI + 16), 0, "modlist_paddr");
+        assert_eq!(
+            guest.u64_at(SI + 40),
+            SI + 56,
+            "memmap right after start info"
+        );
+    }
+}

@@ -199,6 +199,8 @@ pub struct BzImageSpec {
     pub payload: usize,
     pub cmdline_size: u32,
     pub initrd_addr_max: u32,
+    pub pref_address: u64,
+    pub init_size: u32,
 }
 
 impl Default for BzImageSpec {
@@ -209,11 +211,14 @@ impl Default for BzImageSpec {
             payload: 0x2000,
             cmdline_size: 2047,
             initrd_addr_max: 0x7fff_ffff,
+            pref_address: 0x20_0000,
+            init_size: 0x1_0000,
         }
     }
 }
 
-/// A bzImage: one setup sector after the boot sector, then `payload` bytes of 0x90.
+/// A relocatable bzImage (2 MiB aligned): one setup sector after the boot sector, then
+/// `payload` bytes of 0x90.
 pub fn bzimage(spec: &BzImageSpec) -> Vec<u8> {
     let mut b = vec![0u8; 1024];
     let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
@@ -228,7 +233,9 @@ pub fn bzimage(spec: &BzImageSpec) -> Vec<u8> {
     put(0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
     put(0x236, &spec.xloadflags.to_le_bytes());
     put(0x238, &spec.cmdline_size.to_le_bytes());
-    put(0x260, &0x10_000u32.to_le_bytes()); // init_size
+    put(0x234, &[1]); // relocatable_kernel
+    put(0x258, &spec.pref_address.to_le_bytes());
+    put(0x260, &spec.init_size.to_le_bytes());
     b.resize(1024 + spec.payload, 0x90);
     b
 }

@@ -401,3 +401,117 @@ fn test_load_every_truncation_errors_without_panic() {
         assert!(guest.boot_bytes(image, "console=ttyS0").is_ok());
     }
 }
+
+#[test]
+fn test_load_multiboot1_higher_half_elf_entry_translated() {
+    let guest = Guest::new();
+    let seg = Seg {
+        paddr: 0x10_0000,
+        data: CODE,
+        memsz: 0x1000,
+    };
+    let mut image = elf(false, 0xc010_0008, &[seg], None);
+    // Give the segment a higher-half virtual address (p_vaddr of the first phdr).
+    image[52 + 8..52 + 12].copy_from_slice(&0xc010_0000u32.to_le_bytes());
+    add_multiboot1_header(&mut image, 0);
+
+    let entry = guest.boot_bytes(&image, "").unwrap();
+
+    assert_eq!(entry.rip, 0x10_0008);
+}
+
+#[test]
+fn test_load_broken_elf_with_multiboot_kludge_boots_through_kludge() {
+    let guest = Guest::new();
+    let mut image = multiboot1_kludge(0, 0);
+    // An ELF magic in front of a kludge header: the ELF is garbage, the kludge is not.
+    let mut broken = b"\x7fELF".to_vec();
+    broken.resize(32, 0);
+    broken.extend_from_slice(&image[..]);
+    image = broken;
+    // Header now at offset 32: header_addr, load_addr, load_end_addr, bss_end_addr, entry.
+    let fields = [
+        0x10_0020u32,
+        0x10_0000,
+        0x10_0000 + image.len() as u32,
+        0,
+        0x10_0040,
+    ];
+    for (i, v) in fields.iter().enumerate() {
+        image[32 + 12 + 4 * i..32 + 16 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+
+    let entry = guest.boot_bytes(&image, "");
+
+    assert_eq!(entry.unwrap().rip, 0x10_0040);
+    assert_eq!(guest.read(0x10_0000, 4), b"\x7fELF");
+    assert_eq!(guest.read(0x10_0040, 16), CODE);
+}
+
+#[test]
+fn test_load_broken_elf_without_other_header_reports_elf_error() {
+    let guest = Guest::new();
+    let mut image = small_elf(true, false);
+    image[54] = 40; // e_phentsize
+
+    let msg = err_text(guest.boot_bytes(&image, ""));
+
+    assert!(msg.contains("invalid ELF program header size 40"), "{msg}");
+}
+
+#[test]
+fn test_load_bzimage_cmdline_capped_at_cmdline_area() {
+    let guest = Guest::new();
+    let spec = BzImageSpec {
+        cmdline_size: u32::MAX,
+        ..Default::default()
+    };
+
+    let err = guest
+        .boot_bytes(&bzimage(&spec), &"a".repeat(CMDLINE_MAX_SIZE))
+        .unwrap_err();
+
+    assert!(
+        matches!(err, BootError::CmdlineTooLong { limit, .. } if limit == CMDLINE_MAX_SIZE - 1),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_load_mutated_headers_error_without_panic() {
+    let guest = Guest::new();
+    let mut mb1_elf = small_elf(false, false);
+    add_multiboot1_header(&mut mb1_elf, 3);
+    let images = [
+        bzimage(&BzImageSpec::default()),
+        small_elf(true, true),
+        small_elf(false, true),
+        mb1_elf,
+        multiboot1_kludge(3, 0x100),
+        multiboot2_flat(&[mb2_tag(1, 0, &[1, 6]), mb2_tag(6, 0, &[])]),
+        small_elf(true, false),
+    ];
+    let mut x = 0x9e37_79b9u32;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut refused = 0;
+
+    for image in &images {
+        // Mutate bytes in the headers (the first 0x300 bytes), where the parsers look.
+        let span = image.len().min(0x300) as u32;
+        for _ in 0..150 {
+            let mut m = image.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % span) as usize;
+                m[at] = next() as u8;
+            }
+            refused += usize::from(guest.boot_bytes(&m, "x").is_err());
+        }
+    }
+
+    assert!(refused > 0, "some mutations must be refused");
+}

@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::boot::BootEntry;
 use crate::devices::{PioAction, PioBus};
+use crate::emulate::EmulationStats;
 
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct VcpuContext {
     pub pio: PioBus,
     /// Set when every vCPU must stop; the VMM also kicks the threads out of KVM_RUN.
     pub stop: Arc<AtomicBool>,
+    /// Emulate in userspace what KVM's instruction emulator cannot (PVM hosts).
+    pub emulation_fallback: bool,
 }
 
 /// Why a vCPU stopped.
@@ -86,6 +89,10 @@ pub enum VcpuStop {
         /// Hardware entry failure reason.
         reason: u64,
     },
+    /// The fallback emulator does not know the instruction KVM could not emulate.
+    Unemulated(String),
+    /// The fallback emulator could not complete the instruction.
+    EmulationFailed(String),
     /// An exit this VMM does not handle.
     UnexpectedExit(String),
     /// KVM_RUN itself failed.
@@ -112,12 +119,17 @@ impl fmt::Display for VcpuStop {
             VcpuStop::Shutdown => write!(f, "triple fault (KVM_EXIT_SHUTDOWN)"),
             VcpuStop::Halted => write!(f, "vCPU halted"),
             VcpuStop::InternalError { suberror: 1 } => {
-                write!(f, "KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1)")
+                write!(
+                    f,
+                    "KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1)"
+                )
             }
             VcpuStop::InternalError { suberror } => {
                 write!(f, "KVM internal error (suberror {suberror})")
             }
             VcpuStop::FailEntry { reason } => write!(f, "VM entry failed (reason {reason:#x})"),
+            VcpuStop::Unemulated(what) => write!(f, "KVM could not emulate an instruction and neither can Strata: {what}"),
+            VcpuStop::EmulationFailed(why) => write!(f, "emulating an instruction KVM could not failed: {why}"),
             VcpuStop::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
             VcpuStop::RunFailed(errno) => write!(
                 f,
@@ -193,7 +205,11 @@ impl VcpuReport {
     /// One line: vCPU, mode, CPL, RIP and instruction bytes.
     pub fn summary(&self) -> String {
         let bytes: Vec<String> = self.insn_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let paging = if self.sregs.cr0 & 0x8000_0000 != 0 { "paging" } else { "no paging" };
+        let paging = if self.sregs.cr0 & 0x8000_0000 != 0 {
+            "paging"
+        } else {
+            "no paging"
+        };
         format!(
             "vCPU {}: {}, {}, CPL {}, RIP {:#x}, instruction bytes [{}]",
             self.id,
@@ -211,10 +227,26 @@ impl fmt::Display for VcpuReport {
         let r = &self.regs;
         let s = &self.sregs;
         writeln!(f, "{}", self.summary())?;
-        writeln!(f, "  rax={:016x} rbx={:016x} rcx={:016x} rdx={:016x}", r.rax, r.rbx, r.rcx, r.rdx)?;
-        writeln!(f, "  rsi={:016x} rdi={:016x} rbp={:016x} rsp={:016x}", r.rsi, r.rdi, r.rbp, r.rsp)?;
-        writeln!(f, "  r8 ={:016x} r9 ={:016x} r10={:016x} r11={:016x}", r.r8, r.r9, r.r10, r.r11)?;
-        writeln!(f, "  r12={:016x} r13={:016x} r14={:016x} r15={:016x}", r.r12, r.r13, r.r14, r.r15)?;
+        writeln!(
+            f,
+            "  rax={:016x} rbx={:016x} rcx={:016x} rdx={:016x}",
+            r.rax, r.rbx, r.rcx, r.rdx
+        )?;
+        writeln!(
+            f,
+            "  rsi={:016x} rdi={:016x} rbp={:016x} rsp={:016x}",
+            r.rsi, r.rdi, r.rbp, r.rsp
+        )?;
+        writeln!(
+            f,
+            "  r8 ={:016x} r9 ={:016x} r10={:016x} r11={:016x}",
+            r.r8, r.r9, r.r10, r.r11
+        )?;
+        writeln!(
+            f,
+            "  r12={:016x} r13={:016x} r14={:016x} r15={:016x}",
+            r.r12, r.r13, r.r14, r.r15
+        )?;
         writeln!(f, "  rip={:016x} rflags={:08x}", r.rip, r.rflags)?;
         writeln!(
             f,
@@ -227,8 +259,19 @@ impl fmt::Display for VcpuReport {
 /// One vCPU.
 pub struct Vcpu {
     id: u8,
-    fd: VcpuFd,
-    ctx: VcpuContext,
+    pub(super) fd: VcpuFd,
+    pub(super) ctx: VcpuContext,
+    pub(super) stats: EmulationStats,
+}
+
+/// What a vCPU's run loop ends with.
+pub struct VcpuEnd {
+    /// Why it stopped.
+    pub stop: VcpuStop,
+    /// Its state at that point (None if the registers could not be read).
+    pub report: Option<VcpuReport>,
+    /// Instructions the fallback emulator ran, by mnemonic.
+    pub stats: EmulationStats,
 }
 
 /// The states of the run loop.
@@ -240,7 +283,12 @@ enum VcpuState {
 impl Vcpu {
     /// Wraps a created KVM vCPU.
     pub fn new(id: u8, fd: VcpuFd, ctx: VcpuContext) -> Vcpu {
-        Vcpu { id, fd, ctx }
+        Vcpu {
+            id,
+            fd,
+            ctx,
+            stats: EmulationStats::default(),
+        }
     }
 
     fn setup_err(&self, op: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
@@ -257,9 +305,14 @@ impl Vcpu {
     ) -> Result<(), VcpuError> {
         let mut cpuid = base_cpuid.clone();
         cpuid::adjust_cpuid(&mut cpuid, self.id, cpu_count);
-        self.fd.set_cpuid2(&cpuid).map_err(self.setup_err("set CPUID"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.setup_err("set CPUID"))?;
         let msrs = msr::boot_msrs();
-        let set = self.fd.set_msrs(&msrs).map_err(self.setup_err("set MSRs"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.setup_err("set MSRs"))?;
         if set != msrs.as_slice().len() {
             return Err(VcpuError::PartialMsrs {
                 id: self.id,
@@ -267,15 +320,25 @@ impl Vcpu {
                 wanted: msrs.as_slice().len(),
             });
         }
-        self.fd.set_fpu(&regs::boot_fpu()).map_err(self.setup_err("set FPU"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.setup_err("set FPU"))?;
         let mut lapic = self.fd.get_lapic().map_err(self.setup_err("get LAPIC"))?;
         interrupts::set_lint(&mut lapic);
-        self.fd.set_lapic(&lapic).map_err(self.setup_err("set LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.setup_err("set LAPIC"))?;
         if let Some(entry) = entry {
             let sregs = self.fd.get_sregs().map_err(self.setup_err("get sregs"))?;
-            let sregs = regs::setup_sregs(&self.ctx.mem, entry.mode, sregs)
-                .map_err(|source| VcpuError::Regs { id: self.id, source })?;
-            self.fd.set_sregs(&sregs).map_err(self.setup_err("set sregs"))?;
+            let sregs = regs::setup_sregs(&self.ctx.mem, entry.mode, sregs).map_err(|source| {
+                VcpuError::Regs {
+                    id: self.id,
+                    source,
+                }
+            })?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(self.setup_err("set sregs"))?;
             self.fd
                 .set_regs(&regs::boot_regs(entry))
                 .map_err(self.setup_err("set regs"))?;
@@ -283,15 +346,19 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until it stops; returns why and its state at that point.
-    pub fn run(mut self) -> (VcpuStop, Option<VcpuReport>) {
+    /// Runs the vCPU until it stops; returns why, its state at that point and what the
+    /// fallback emulator did.
+    pub fn run(mut self) -> VcpuEnd {
         let mut state = VcpuState::Running;
         loop {
             state = match state {
                 VcpuState::Running => self.running(),
                 VcpuState::Exited(stop) => {
-                    let report = self.report();
-                    return (stop, report);
+                    return VcpuEnd {
+                        stop,
+                        report: self.report(),
+                        stats: std::mem::take(&mut self.stats),
+                    };
                 }
             }
         }
@@ -331,19 +398,13 @@ impl Vcpu {
                     other => VcpuStop::UnexpectedExit(format!("system event {other}")),
                 }),
                 VcpuExit::FailEntry(reason, _) => Some(VcpuStop::FailEntry { reason }),
-                VcpuExit::InternalError => Some(self.internal_error()),
+                VcpuExit::InternalError => self.handle_internal_error(),
                 other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
             };
             if let Some(stop) = stop {
                 return VcpuState::Exited(stop);
             }
         }
-    }
-
-    fn internal_error(&mut self) -> VcpuStop {
-        // SAFETY: after KVM_EXIT_INTERNAL_ERROR, KVM filled the `internal` member of the union.
-        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-        VcpuStop::InternalError { suberror }
     }
 
     /// Reads the vCPU's registers and the instruction bytes at CS:RIP.
@@ -377,7 +438,12 @@ impl Vcpu {
             };
             let in_page = (0x1000 - (addr & 0xfff)) as usize;
             let mut chunk = vec![0u8; in_page.min(len - out.len())];
-            if self.ctx.mem.read_slice(&mut chunk, GuestAddress(phys)).is_err() {
+            if self
+                .ctx
+                .mem
+                .read_slice(&mut chunk, GuestAddress(phys))
+                .is_err()
+            {
                 break;
             }
             out.extend_from_slice(&chunk);

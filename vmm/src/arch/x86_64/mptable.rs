@@ -121,12 +121,18 @@ mod tests {
         assert_eq!(cfg.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         assert_eq!(u16::from_le_bytes([cfg[34], cfg[35]]), 2 + 3 + 24 + 2);
         // Second processor entry: APIC ID 1, enabled, not BSP.
-        assert_eq!(&cfg[44 + 20..44 + 24], &[MP_PROCESSOR, 1, APIC_VERSION, CPU_ENABLED]);
+        assert_eq!(
+            &cfg[44 + 20..44 + 24],
+            &[MP_PROCESSOR, 1, APIC_VERSION, CPU_ENABLED]
+        );
     }
 
     #[test]
     fn test_build_zero_cpus_rejected() {
-        assert!(matches!(build(MPTABLE_START, 0), Err(MptableError::TooManyCpus(0))));
+        assert!(matches!(
+            build(MPTABLE_START, 0),
+            Err(MptableError::TooManyCpus(0))
+        ));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a GDT entry into the hidden segment state KVM wants.
 pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {
@@ -182,7 +182,10 @@ mod tests {
     #[test]
     fn test_gdt_entry_roundtrip_long_code() {
         let seg = kvm_segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((seg.l, seg.db, seg.present, seg.s, seg.type_), (1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (seg.l, seg.db, seg.present, seg.s, seg.type_),
+            (1, 0, 1, 1, 0xb)
+        );
         assert_eq!(seg.limit, 0xffff_ffff);
         assert_eq!(seg.selector, 8);
     }
@@ -204,7 +207,10 @@ mod tests {
         let s = setup_sregs(&m, EntryMode::Protected32, kvm_sregs::default()).unwrap();
         assert_eq!(s.cr0 & X86_CR0_PG, 0);
         assert_eq!(s.cr0 & X86_CR0_PE, 1);
-        assert_eq!((s.cs.db, s.cs.l, s.cs.limit, s.cs.base), (1, 0, 0xffff_ffff, 0));
+        assert_eq!(
+            (s.cs.db, s.cs.l, s.cs.limit, s.cs.base),
+            (1, 0, 0xffff_ffff, 0)
+        );
         assert_eq!(s.ss.type_, 3);
         assert_eq!(s.efer, 0);
     }

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Build a tiny Linux 6.1 guest kernel for Strata's "kernels no one here wrote" tests.
+#
+# Source: Debian's linux-source-6.1 package (/usr/src/linux-source-6.1.tar.xz).
+# Config: `make tinyconfig` plus what is needed to boot to "Run /init as init process" on a
+# 16550 serial console (ttyS0, port 0x3f8): 64BIT, PRINTK, TTY, SERIAL_8250(+CONSOLE),
+# BINFMT_ELF, BLK_DEV_INITRD, an embedded initramfs (INITRAMFS_SOURCE) holding a tiny static
+# /init, PVH (so vmlinux carries a XEN_ELFNOTE_PHYS32_ENTRY note), KVM_GUEST.
+#
+# Variants:
+#   --int3-patch     (default) arch/x86/kernel/alternative.c is patched so int3_selftest()
+#                    returns at once: the selftest executes `int3` in ring 0, which the KVM
+#                    instruction emulator on this (PVM) host does not implement.
+#   --no-int3-patch  pristine source: reproduces the emulation-fallback failure.
+#
+# Output (cached outside the checkout, idempotent):
+#   ${STRATA_CACHE:-$HOME/.cache/strata}/linux-6.1-<variant>/
+#     bzImage         Linux boot protocol image (LZ4-compressed payload)
+#     vmlinux         ELF, PVH entry note; initramfs embedded
+#     initramfs.cpio  separate (uncompressed newc) initramfs whose /init prints a different
+#                     marker, to prove an external initrd was loaded (it overrides the embedded one)
+#     config          the .config used
+# /init (embedded) prints "STRATA-INIT: hello from embedded /init" and then calls
+# reboot(RESTART); with `reboot=k` the kernel then writes 0xfe to port 0x64 (i8042 reset).
+# The external initramfs /init prints "STRATA-INIT: hello from external initrd /init".
+#
+# The int3 patch is scripts/linux-6.1-skip-int3-selftest.patch.
+#
+# Usage: scripts/build-linux.sh [--int3-patch|--no-int3-patch] [--jobs N] [--force]
+set -euo pipefail
+
+variant=int3-patch
+jobs=$(nproc)
+force=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --int3-patch) variant=int3-patch ;;
+        --no-int3-patch) variant=no-int3-patch ;;
+        --jobs) jobs="$2"; shift ;;
+        --force) force=1 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+cache="${STRATA_CACHE:-$HOME/.cache/strata}"
+tarball=/usr/src/linux-source-6.1.tar.xz
+src="$cache/src/linux-source-6.1"          # pristine extracted tree (shared by the variants)
+tree="$cache/src/linux-6.1-$variant"         # hard-linked copy, patched per variant
+build="$cache/build/linux-6.1-$variant"      # O= object directory
+out="$cache/linux-6.1-$variant"              # final artefacts
+here=$(cd "$(dirname "$0")" && pwd)
+script_hash=$(cat "$0" "$here/linux-6.1-skip-int3-selftest.patch" | sha256sum | cut -c1-16)
+
+log() { echo "build-linux: $*" >&2; }
+
+print_outputs() {
+    echo "bzImage=$out/bzImage"
+    echo "vmlinux=$out/vmlinux"
+    echo "initramfs=$out/initramfs.cpio"
+    echo "config=$out/config"
+}
+
+if [[ $force == 0 && -f "$out/stamp" && "$(cat "$out/stamp")" == "$script_hash" ]]; then
+    log "up to date ($out)"
+    print_outputs
+    exit 0
+fi
+
+# --- host packages -------------------------------------------------------------------------
+need_pkgs=()
+for pair in gcc:build-essential make:build-essential flex:flex bison:bison bc:bc cpio:cpio \
+            xz:xz-utils lz4:lz4 perl:perl patch:patch; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
+done
+[[ -f /usr/include/libelf.h ]] || need_pkgs+=(libelf-dev)
+[[ -f /usr/include/openssl/ssl.h ]] || need_pkgs+=(libssl-dev)
+[[ -f $tarball ]] || need_pkgs+=(linux-source-6.1)
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then
+    mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
+    if [[ $(id -u) == 0 ]]; then
+        log "installing: ${need_pkgs[*]}"
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need_pkgs[@]}" >&2 || {
+            apt-get update -q >&2
+            apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need_pkgs[@]}" >&2
+        }
+    else
+        echo "missing packages; run as root: apt-get install -y ${need_pkgs[*]}" >&2
+        exit 1
+    fi
+fi
+
+mkdir -p "$cache/src" "$build" "$out"
+
+# --- source ----------------------------------------------------------------------------------
+if [[ ! -f "$src/.strata-extracted" ]]; then
+    log "extracting $tarball"
+    rm -rf "$src" "$src.tmp"
+    mkdir -p "$src.tmp"
+    tar -xJf "$tarball" -C "$src.tmp" --strip-components=1
+    touch "$src.tmp/.strata-extracted"
+    mv "$src.tmp" "$src"
+fi
+if [[ ! -f "$tree/.strata-tree" ]]; then
+    rm -rf "$tree"
+    cp -al "$src" "$tree"     # hard links: cheap; files we patch are replaced, not edited in place
+    alt="$tree/arch/x86/kernel/alternative.c"
+    if [[ $variant == int3-patch ]]; then
+        # Break the hard link first so the pristine copy stays untouched.
+        cp "$alt" "$alt.tmp" && mv "$alt.tmp" "$alt"
+        patch -s -p1 -d "$tree" <"$here/linux-6.1-skip-int3-selftest.patch"
+    fi
+    touch "$tree/.strata-tree"
+fi
+
+# --- the tiny /init programs ------------------------------------------------------------------
+mkinit() { # $1 = output binary, $2 = message
+    local s="$build/$(basename "$1").S"
+    cat >"$s" <<EOF
+	.globl _start
+	.text
+_start:
+	mov	\$1, %eax		/* write(1, msg, len) */
+	mov	\$1, %edi
+	lea	msg(%rip), %rsi
+	mov	\$len, %edx
+	syscall
+	mov	\$169, %eax		/* reboot(MAGIC1, MAGIC2, LINUX_REBOOT_CMD_RESTART) */
+	mov	\$0xfee1dead, %edi
+	mov	\$672274793, %esi
+	mov	\$0x01234567, %edx
+	syscall
+1:	mov	\$34, %eax		/* pause() forever if reboot returned */
+	syscall
+	jmp	1b
+	.section .rodata
+msg:	.ascii "$2\n"
+	len = . - msg
+EOF
+    gcc -nostdlib -static -no-pie -Wl,--build-id=none -o "$1" "$s"
+}
+mkinit "$build/init-embedded" "STRATA-INIT: hello from embedded /init"
+mkinit "$build/init-external" "STRATA-INIT: hello from external initrd /init"
+cpio_list() { # $1 = init binary
+    printf 'dir /dev 0755 0 0\nnod /dev/console 0600 0 0 c 5 1\nfile /init %s 0755 0 0\n' "$1"
+}
+cpio_list "$build/init-embedded" >"$build/initramfs-embedded.list"
+cpio_list "$build/init-external" >"$build/initramfs-external.list"
+
+# --- config ----------------------------------------------------------------------------------
+kmake() { make -C "$tree" O="$build" ARCH=x86_64 -j"$jobs" "$@"; }
+log "configuring ($variant)"
+kmake tinyconfig >/dev/null
+cfg="$tree/scripts/config --file $build/.config"
+$cfg -e 64BIT -e PRINTK -e EARLY_PRINTK -e TTY -e SERIAL_8250 -e SERIAL_8250_CONSOLE \
+     -e BINFMT_ELF -e BLK_DEV_INITRD -e HYPERVISOR_GUEST -e PARAVIRT -e KVM_GUEST -e PVH \
+     -d KERNEL_XZ -d KERNEL_GZIP -e KERNEL_LZ4 \
+     -d RD_GZIP -d RD_BZIP2 -d RD_LZMA -d RD_XZ -d RD_LZO -d RD_LZ4 -d RD_ZSTD \
+     --set-str INITRAMFS_SOURCE "$build/initramfs-embedded.list" \
+     -e INITRAMFS_COMPRESSION_NONE \
+     --set-str LOCALVERSION "-strata-$variant" -d LOCALVERSION_AUTO
+kmake olddefconfig >/dev/null
+for opt in 64BIT PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE BINFMT_ELF BLK_DEV_INITRD PVH KERNEL_LZ4; do
+    grep -q "^CONFIG_$opt=y" "$build/.config" || { echo "CONFIG_$opt did not stick" >&2; exit 1; }
+done
+
+# --- build -----------------------------------------------------------------------------------
+log "building with -j$jobs (several minutes)"
+kmake bzImage >"$build/build.log" 2>&1 || { tail -40 "$build/build.log" >&2; exit 1; }
+"$build/usr/gen_init_cpio" "$build/initramfs-external.list" >"$out/initramfs.cpio"
+cp "$build/arch/x86/boot/bzImage" "$out/bzImage"
+cp "$build/vmlinux" "$out/vmlinux"
+cp "$build/.config" "$out/config"
+echo "$script_hash" >"$out/stamp"
+log "done"
+print_outputs

@@ -1,0 +1,64 @@
+//! The emulation-failure exit: hands the instruction KVM could not emulate to the userspace
+//! fallback emulator (`crate::emulate`) and writes its result back into the vCPU. Only this
+//! exit pays for it; every other exit is untouched.
+
+use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+
+use super::vcpu::{Vcpu, VcpuStop};
+use crate::emulate::{self, CpuState, Outcome};
+
+impl Vcpu {
+    /// Handles KVM_EXIT_INTERNAL_ERROR. Returns None when the guest may resume.
+    pub(super) fn handle_internal_error(&mut self) -> Option<VcpuStop> {
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR, KVM filled the `internal` member of the union,
+        // plain integers valid for any bit pattern.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        if suberror != KVM_INTERNAL_ERROR_EMULATION || !self.ctx.emulation_fallback {
+            return Some(VcpuStop::InternalError { suberror });
+        }
+        match self.emulate_failed_instruction() {
+            Ok(()) => None,
+            Err(stop) => Some(stop),
+        }
+    }
+
+    fn emulate_failed_instruction(&mut self) -> Result<(), VcpuStop> {
+        let kvm_err = |op: &'static str| {
+            move |e: kvm_ioctls::Error| VcpuStop::EmulationFailed(format!("{op}: {e}"))
+        };
+        let bytes = emulate::exit_instruction_bytes(self.fd.get_kvm_run());
+        let regs = self.fd.get_regs().map_err(kvm_err("get regs"))?;
+        let sregs = self.fd.get_sregs().map_err(kvm_err("get sregs"))?;
+        let fpu = self.fd.get_fpu().map_err(kvm_err("get FPU"))?;
+        let mut events = self.fd.get_vcpu_events().map_err(kvm_err("get events"))?;
+        emulate::discard_emulation_failure_ud(&mut events);
+        let mut state = CpuState::new(regs, sregs, fpu);
+        let outcome = emulate::emulate(&mut state, &self.ctx.mem, bytes.as_deref(), &mut self.stats)
+            .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
+        match outcome {
+            Outcome::Emulated(wb) => {
+                self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;
+                if wb.sregs {
+                    self.fd.set_sregs(&state.sregs).map_err(kvm_err("set sregs"))?;
+                }
+                if wb.fpu {
+                    self.fd.set_fpu(&state.fpu).map_err(kvm_err("set FPU"))?;
+                }
+                if wb.nmi_unblocked {
+                    events.nmi.masked = 0;
+                }
+            }
+            Outcome::Inject(inj) => {
+                // Software interrupts advanced RIP; faults left the state untouched.
+                self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;
+                if inj.apply_to_events(&mut events, &mut state.sregs) {
+                    self.fd.set_sregs(&state.sregs).map_err(kvm_err("set sregs"))?;
+                }
+            }
+            unsupported @ Outcome::Unsupported { .. } => {
+                return Err(VcpuStop::Unemulated(unsupported.to_string()));
+            }
+        }
+        self.fd.set_vcpu_events(&events).map_err(kvm_err("set events"))
+    }
+}
