@@ -148,3 +148,38 @@ pub fn is_zero(buf: &[u8]) -> bool {
     }
     chunks.remainder().iter().all(|&b| b == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_is_zero_detects_single_nonzero_byte_anywhere() {
+        let mut buf = vec![0u8; 4096 + 13];
+        assert!(is_zero(&buf));
+        for at in [0, 63, 64, 4095, 4096 + 12] {
+            buf[at] = 1;
+            assert!(!is_zero(&buf), "byte {at}");
+            buf[at] = 0;
+        }
+        assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn test_push_run_merges_contiguous_same_status_only() {
+        let mut runs = Vec::new();
+        push_run(&mut runs, 0, 10, Status::Zero);
+        push_run(&mut runs, 10, 5, Status::Zero);
+        push_run(&mut runs, 15, 5, Status::Data);
+        push_run(&mut runs, 30, 5, Status::Data);
+        push_run(&mut runs, 35, 0, Status::Zero);
+        assert_eq!(
+            runs,
+            vec![
+                (0, 15, Status::Zero),
+                (15, 5, Status::Data),
+                (30, 5, Status::Data)
+            ]
+        );
+    }
+}
