@@ -107,7 +107,7 @@ fn read(img: &mut Image, buf: &mut [u8], offset: u64) -> Result<bool> {
         let r = (at - offset) as usize..(at - offset + n) as usize;
         match s {
             Status::Zero => buf[r].fill(0),
-            Status::Data => img.disk().read_at(&mut buf[r], at)?,
+            Status::Data => img.read(&mut buf[r], at)?,
         }
     }
     Ok(false)

@@ -246,6 +246,7 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
             Ok(Image::Qcow2 {
                 image: Box::new(Qcow2::open(dst, &rw)?),
                 has_backing: false,
+                host: None,
             })
         }
         Format::Vmdk => {
@@ -307,7 +308,7 @@ fn read_chunk(
         let range = (at - offset) as usize..(at - offset + n) as usize;
         match s {
             Status::Zero => buf[range].fill(0),
-            Status::Data => source.disk().read_at(&mut buf[range], at)?,
+            Status::Data => source.read(&mut buf[range], at)?,
         }
     }
     Ok(Chunk {

@@ -17,12 +17,14 @@ pub use compare::{compare, Comparison};
 pub use convert::{convert, ConvertOptions, ConvertStats};
 pub use map::{frag_info, map, FragInfo, MapEntry};
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::qcow2::Mapping;
 use crate::raw::RawDisk;
 use crate::vmdk::{self, Vmdk};
-use crate::{Disk, DiskSize, Format, OpenOptions, Qcow2, Result};
+use crate::{Disk, DiskSize, Error, Format, OpenOptions, Qcow2, ReadAt, Result};
 
 /// What a range of a virtual disk holds, as far as the metadata tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +46,9 @@ pub enum Image {
         image: Box<Qcow2>,
         /// Whether the image has a backing file.
         has_backing: bool,
+        /// The image file opened again read-only, for coalesced reads of contiguous
+        /// clusters (None for images opened for writing).
+        host: Option<File>,
     },
     /// A vmdk image.
     Vmdk(Box<Vmdk>),
@@ -56,9 +61,18 @@ impl Image {
             Format::Raw => Image::Raw(RawDisk::open(path, options)?),
             Format::Qcow2 => {
                 let has_backing = crate::info(path, Format::Qcow2)?.backing_file.is_some();
+                let image = Box::new(Qcow2::open(path, options)?);
+                let host = if options.read_only {
+                    let f = File::open(path)
+                        .map_err(|e| Error::io(e, "cannot open image").with_path(path))?;
+                    Some(f)
+                } else {
+                    None
+                };
                 Image::Qcow2 {
-                    image: Box::new(Qcow2::open(path, options)?),
+                    image,
                     has_backing,
+                    host,
                 }
             }
             Format::Vmdk => Image::Vmdk(Box::new(vmdk::open(path, options)?)),
@@ -99,7 +113,9 @@ impl Image {
                     push_run(&mut out, e.offset, e.len, s);
                 }
             }
-            Image::Qcow2 { image, has_backing } => {
+            Image::Qcow2 {
+                image, has_backing, ..
+            } => {
                 let cs = image.cluster_size();
                 let mut pos = offset;
                 while pos < end {
@@ -122,6 +138,77 @@ impl Image {
         }
         Ok(out)
     }
+}
+
+impl Image {
+    /// Reads `buf.len()` bytes at `offset` like [`crate::ReadAt::read_at`]; for read-only
+    /// qcow2 images, runs of clusters stored next to each other in the file are read with
+    /// one system call instead of one per cluster.
+    pub fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let Image::Qcow2 {
+            image,
+            host: Some(file),
+            ..
+        } = self
+        else {
+            return self.disk().read_at(buf, offset);
+        };
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > image.size())
+        {
+            return image.read_at(buf, offset);
+        }
+        let cs = image.cluster_size();
+        // Pending run: (position in buf, host offset, length).
+        let mut run: Option<(usize, u64, usize)> = None;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let guest = offset + pos as u64;
+            let n = ((cs - guest % cs) as usize).min(buf.len() - pos);
+            match image.lookup(guest / cs)? {
+                Mapping::Normal { host: h, .. } => {
+                    let h = h + guest % cs;
+                    run = match run {
+                        Some((p, rh, len)) if rh + len as u64 == h => Some((p, rh, len + n)),
+                        other => {
+                            if let Some((p, rh, len)) = other {
+                                read_host(file, &mut buf[p..p + len], rh)?;
+                            }
+                            Some((pos, h, n))
+                        }
+                    };
+                }
+                _ => {
+                    if let Some((p, rh, len)) = run.take() {
+                        read_host(file, &mut buf[p..p + len], rh)?;
+                    }
+                    image.read_at(&mut buf[pos..pos + n], guest)?;
+                }
+            }
+            pos += n;
+        }
+        if let Some((p, rh, len)) = run {
+            read_host(file, &mut buf[p..p + len], rh)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads host bytes, zero-filling past the end of the file (as the qcow2 reader does).
+fn read_host(file: &File, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file
+            .read_at(&mut buf[done..], offset + done as u64)
+            .map_err(|e| Error::io(e, "host I/O failed").with_offset(offset + done as u64))?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// Appends a run, merging it with the previous one when contiguous and of the same kind.
