@@ -7,7 +7,7 @@
 # choice) and a qcow2 copy, then times each command RUNS times for both tools and prints
 # the medians and the strata/qemu-img ratio. Environment: RUNS (default 5), DIR (scratch,
 # default /tmp/strata-img-bench), STRATA (default target/release/strata or
-# $CARGO_TARGET_DIR/release/strata).
+# $CARGO_TARGET_DIR/release/strata), SKIP_CONVERT (set: only the bench comparisons).
 set -euo pipefail
 
 RUNS=${RUNS:-5}
@@ -55,8 +55,12 @@ compare() {
         "$name" "$qw" "$sw" "$(echo "$sw / $qw" | bc -l)" "$qc" "$sc"
 }
 
-# bench lines print "Run completed in X seconds."
-bench_time() { "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p'; }
+# bench lines print "Run completed in X seconds."; every run starts from a fresh copy of the
+# source image, so write runs allocate the same clusters for both tools.
+bench_time() {
+    cp "$DIR/src.qcow2" "$DIR/bench.qcow2"
+    "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p'
+}
 compare_bench() {
     local name=$1 args=$2 q s i
     q=$(for i in $(seq "$RUNS"); do bench_time qemu-img bench $args; done | median)
@@ -67,6 +71,7 @@ compare_bench() {
 echo "$(date -u), $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "runs: $RUNS, strata: $STRATA, $(qemu-img --version | head -1)"
 O=$DIR/out
+if [ -z "${SKIP_CONVERT:-}" ]; then
 compare "convert qcow2 -> raw" $O "qemu-img convert -f qcow2 -O raw $DIR/src.qcow2 $O" \
     "$STRATA img convert -f qcow2 -O raw $DIR/src.qcow2 $O"
 compare "convert raw -> qcow2" $O "qemu-img convert -f raw -O qcow2 $DIR/src.raw $O" \
@@ -77,9 +82,10 @@ compare "convert raw -> vmdk streamOptimized" $O \
     "qemu-img convert -f raw -O vmdk -o subformat=streamOptimized $DIR/src.raw $O" \
     "$STRATA img convert -f raw -O vmdk -o subformat=streamOptimized $DIR/src.raw $O"
 
+fi
+
 # 4 KiB requests spread over the image: a large odd step (7919 * 4 KiB) wraps around the
 # 2 GiB image, so consecutive requests land far apart (qemu-img bench has no random mode).
-cp "$DIR/src.qcow2" "$DIR/bench.qcow2"
 STEP=$((7919 * 4096))
 compare_bench "bench qcow2 4k reads (200k)" "-f qcow2 -c 200000 -s 4096 -S $STEP $DIR/bench.qcow2"
 compare_bench "bench qcow2 4k writes (50k)" "-f qcow2 -w -c 50000 -s 4096 -S $STEP $DIR/bench.qcow2"

@@ -83,7 +83,9 @@ fn test_img_unknown_format_and_option_fail() {
 fn test_img_nonexistent_file_fails() {
     // Arrange
     let dir = scratch("bad-missing");
-    let verbs: [&[&str]; 5] = [
+    let verbs: [&[&str]; 7] = [
+        &["bench", "-f", "qcow2", "nope.qcow2"],
+        &["resize", "-f", "raw", "nope.raw", "1M"],
         &["info", "-f", "qcow2", "nope.qcow2"],
         &["check", "-f", "qcow2", "nope.qcow2"],
         &["map", "-f", "raw", "nope.raw"],

@@ -326,3 +326,43 @@ fn test_img_convert_stream_optimized_many_grain_tables_and_partial_last_grain() 
         "{info}"
     );
 }
+
+#[test]
+fn test_img_convert_qemu_sparse_vmdk_written_by_qemu_io_byte_exact() {
+    // Arrange
+    let dir = scratch("convert-sparse-vmdk");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "vmdk", "q.vmdk", "5M"]);
+    qemu_io(
+        &dir,
+        "vmdk",
+        "q.vmdk",
+        &[
+            "write -P 0x31 0 4k",
+            "write -P 0x32 1M 200k",
+            "write -P 0x33 5177344 65536",
+        ],
+    );
+
+    // Act
+    strata_ok(
+        &dir,
+        &["convert", "-f", "vmdk", "-O", "raw", "q.vmdk", "out.raw"],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "qcow2",
+            "q.vmdk",
+            "out.qcow2",
+        ],
+    );
+
+    // Assert
+    assert_identical(&dir, "vmdk", "q.vmdk", "raw", "out.raw");
+    assert_identical(&dir, "vmdk", "q.vmdk", "qcow2", "out.qcow2");
+    assert_qemu_check(&dir, "qcow2", "out.qcow2");
+}

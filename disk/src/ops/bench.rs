@@ -58,12 +58,14 @@ pub struct BenchReport {
     pub elapsed: Duration,
 }
 
-/// Runs the benchmark on `path` (format `format`).
+/// Runs the benchmark on `path` (format `format`); `started` is called once the image is
+/// open and the parameters are checked, just before the timed requests.
 pub fn bench(
     path: &Path,
     format: Format,
     o: &BenchOptions,
     open: &OpenOptions,
+    started: &mut dyn FnMut(),
 ) -> Result<BenchReport> {
     if o.direct && format != Format::Raw {
         return Err(Error::new(
@@ -91,6 +93,7 @@ pub fn bench(
     let mut buf = vec![o.pattern; o.bufsize as usize];
     let disk = img.disk();
     let mut offset = o.offset % size;
+    started();
     let start = Instant::now();
     for i in 0..o.count {
         if offset + o.bufsize > size {

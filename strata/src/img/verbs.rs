@@ -519,20 +519,22 @@ pub fn bench(argv: &[String]) -> VerbResult {
         },
     };
     let step = if o.step == 0 { o.bufsize } else { o.step };
-    println!(
-        "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
-        o.count,
-        if o.write { "write" } else { "read" },
-        o.bufsize,
-        o.depth,
-        o.offset,
-        step
-    );
+    let mut started = || {
+        println!(
+            "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
+            o.count,
+            if o.write { "write" } else { "read" },
+            o.bufsize,
+            o.depth,
+            o.offset,
+            step
+        )
+    };
     let open = OpenOptions {
         allow_backing: true,
         ..Default::default()
     };
-    let r = ops::bench(Path::new(file), format, &o, &open)?;
+    let r = ops::bench(Path::new(file), format, &o, &open, &mut started)?;
     println!("Run completed in {:.3} seconds.", r.elapsed.as_secs_f64());
     Ok(0)
 }
