@@ -27,7 +27,12 @@
 # PTYs (registering their hundreds of devices took minutes), LZ4 payload.
 # /init (embedded) prints "STRATA-INIT: hello from embedded /init" and then calls
 # reboot(RESTART); with `reboot=k` the kernel then writes 0xfe to port 0x64 (i8042 reset).
-# /init uses int $0x80 (IA32_EMULATION), not SYSCALL, which is broken on the PVM host.
+# /init uses int $0x80 (IA32_EMULATION), not SYSCALL. On the PVM test host neither works from
+# guest ring 3 (SYSCALL lands at LSTAR still in user mode: SIGSEGV; int $0x80 raises #UD), so
+# there the kernel prints "traps: init[1] trap invalid opcode ip:401014 ..." for the embedded
+# /init and "... ip:401024 ..." for the external one (16 leading nops), then panics.
+# After the panic (panic=-1, reboot=k) the kernel polls port 0x64 until bit 1 is clear and
+# writes 0xfe to port 0x64.
 # The external initramfs /init prints "STRATA-INIT: hello from external initrd /init".
 #
 # The int3 patch is scripts/linux-6.1-skip-int3-selftest.patch.
@@ -122,12 +127,13 @@ if [[ ! -f "$tree/.strata-tree" ]]; then
 fi
 
 # --- the tiny /init programs ------------------------------------------------------------------
-mkinit() { # $1 = output binary, $2 = message
+mkinit() { # $1 = output binary, $2 = message, $3 = number of leading nops
     local s="$build/$(basename "$1").S"
     cat >"$s" <<EOF
 	.globl _start
 	.text
 _start:
+	.fill	$3, 1, 0x90	/* nops: give each /init its own int 0x80 address (see above) */
 	/*
 	 * 32-bit system calls through "int 0x80" (CONFIG_IA32_EMULATION): on the PVM test host a
 	 * SYSCALL from guest ring 3 jumps to LSTAR without leaving user mode (init then dies with
@@ -151,8 +157,8 @@ msg:	.ascii "$2\n"
 EOF
     gcc -nostdlib -static -no-pie -Wl,--build-id=none -o "$1" "$s"
 }
-mkinit "$build/init-embedded" "STRATA-INIT: hello from embedded /init"
-mkinit "$build/init-external" "STRATA-INIT: hello from external initrd /init"
+mkinit "$build/init-embedded" "STRATA-INIT: hello from embedded /init" 0
+mkinit "$build/init-external" "STRATA-INIT: hello from external initrd /init" 16
 cpio_list() { # $1 = init binary
     printf 'dir /dev 0755 0 0\nnod /dev/console 0600 0 0 c 5 1\nfile /init %s 0755 0 0\n' "$1"
 }

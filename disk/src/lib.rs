@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod ops;
 pub mod qcow2;
 pub mod raw;
 pub mod vmdk;
@@ -97,6 +98,8 @@ pub struct CreateOptions {
     pub version: Qcow2Version,
     /// Set the lazy-refcounts compatible feature (version 3).
     pub lazy_refcounts: bool,
+    /// vmdk layout (`-o subformat=`).
+    pub vmdk_subformat: vmdk::Subformat,
 }
 
 /// What `qemu-img info` reports about an image.
@@ -160,11 +163,7 @@ pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Box<dy
     match format {
         Format::Raw => Ok(Box::new(RawDisk::open(path, options)?)),
         Format::Qcow2 => Ok(Box::new(Qcow2::open(path, options)?)),
-        Format::Vmdk => Err(
-            Error::new(ErrorKind::Unsupported, "vmdk is not yet wired up")
-                .with_path(path)
-                .with_operation("open"),
-        ),
+        Format::Vmdk => Ok(Box::new(vmdk::open(path, options)?)),
     }
 }
 
@@ -173,9 +172,12 @@ pub fn create(path: &Path, format: Format, size: u64, options: &CreateOptions) -
     match format {
         Format::Raw => RawDisk::create(path, size),
         Format::Qcow2 => qcow2::create(path, size, options).map_err(|e| e.with_path(path)),
-        Format::Vmdk => Err(Error::new(ErrorKind::Unsupported, "creating vmdk images")
-            .with_path(path)
-            .with_operation("create")),
+        Format::Vmdk => {
+            let o = vmdk::VmdkCreateOptions {
+                subformat: options.vmdk_subformat,
+            };
+            vmdk::create(path, size, &o)?.flush()
+        }
     }
 }
 
@@ -183,7 +185,20 @@ pub fn create(path: &Path, format: Format, size: u64, options: &CreateOptions) -
 pub fn info(path: &Path, format: Format) -> Result<ImageInfo> {
     match format {
         Format::Qcow2 => qcow2::info(path),
-        Format::Raw | Format::Vmdk => {
+        Format::Vmdk => {
+            let v = vmdk::open(
+                path,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )?;
+            let mut i = info(path, Format::Raw)?;
+            i.format = Format::Vmdk;
+            i.virtual_size = v.size();
+            Ok(i)
+        }
+        Format::Raw => {
             let meta = std::fs::metadata(path)
                 .map_err(|e| Error::io(e, "cannot stat image").with_path(path))?;
             Ok(ImageInfo {

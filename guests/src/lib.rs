@@ -155,6 +155,12 @@ mod tests {
     }
 
     #[test]
+    fn test_crc32_matches_the_ieee_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
     fn test_by_name_unknown_returns_none() {
         assert_eq!(by_name("no-such-guest"), None);
         assert_eq!(by_name("pvh"), Some(pvh()));

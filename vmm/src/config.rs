@@ -125,9 +125,9 @@ impl Default for MemoryConfig {
 /// Where a console's output goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleMode {
-    /// The device is absent.
+    /// No output. The UART stays on the bus, as on a PC, so guests that probe it do not stall.
     Off,
-    /// The device exists; its output is discarded.
+    /// The device exists; its output is discarded (same as `Off` for the 16550).
     Null,
     /// Standard output (Cloud Hypervisor calls this `Tty`).
     #[default]

@@ -20,21 +20,8 @@ pub fn kvm_available() -> bool {
     ok
 }
 
-/// IEEE CRC-32 (zlib), bitwise.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                0xedb8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+/// IEEE CRC-32 (zlib), the checksum the guests print.
+pub use test_guests::crc32;
 
 /// A scratch directory for the files of one test.
 pub fn scratch(test: &str) -> PathBuf {

@@ -16,10 +16,7 @@ impl Vcpu {
         if suberror != KVM_INTERNAL_ERROR_EMULATION || !self.ctx.emulation_fallback {
             return Some(VcpuStop::InternalError { suberror });
         }
-        match self.emulate_failed_instruction() {
-            Ok(()) => None,
-            Err(stop) => Some(stop),
-        }
+        self.emulate_failed_instruction().err()
     }
 
     fn emulate_failed_instruction(&mut self) -> Result<(), VcpuStop> {
