@@ -175,7 +175,7 @@ fn test_gnu_mach_boots_to_bootstrap_panic_without_modules() {
         "--memory",
         "size=64M",
         "--timeout",
-        "90",
+        "75",
     ]);
 
     // Lines end in "\r\n" and start with a stray "\r".
