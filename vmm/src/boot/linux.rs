@@ -76,7 +76,7 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
         run_size,
     )?;
     let limit = usize::try_from(hdr.cmdline_size).unwrap_or(usize::MAX);
-    let cmdline_len = ctx.write_cmdline(limit, Protocol::LinuxBzImage)?;
+    ctx.write_cmdline(limit, Protocol::LinuxBzImage)?;
     let initrd_max = u64::from(hdr.initrd_addr_max).saturating_add(1);
     let used = vec![(load, load + payload), (run, run + run_size)];
     let initrd = ctx.load_initrd(&initrd_placement(used, initrd_max))?;
@@ -91,7 +91,11 @@ pub(super) fn load_bzimage(ctx: &LoadContext<'_>) -> Result<BootEntry, BootError
         hdr: loaded.setup_header.unwrap_or(hdr),
         ..Default::default()
     };
-    finish_params(ctx, &mut params, cmdline_len, initrd.as_ref())?;
+    // cmdline_size stays the kernel's value: the boot protocol makes it a field the kernel
+    // sets (the longest command line it accepts). memtest86+ parses exactly that many bytes
+    // and only acts on the last option when it reaches the terminating NUL, so overwriting it
+    // with the command line's length silently dropped `console=ttyS0` when it came last.
+    finish_params(ctx, &mut params, initrd.as_ref())?;
     write_zero_page(ctx, &params)?;
     Ok(entry(Protocol::LinuxBzImage, load + ENTRY_64_OFFSET))
 }
@@ -164,7 +168,9 @@ pub(super) fn load_vmlinux(
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS_MAGIC;
     params.hdr.kernel_alignment = KERNEL_ALIGNMENT;
-    finish_params(ctx, &mut params, cmdline_len, initrd.as_ref())?;
+    // No setup header in a vmlinux: report the command line's length.
+    params.hdr.cmdline_size = cmdline_len as u32;
+    finish_params(ctx, &mut params, initrd.as_ref())?;
     write_zero_page(ctx, &params)?;
     Ok(entry(Protocol::LinuxElf, image.entry))
 }
@@ -183,12 +189,10 @@ fn initrd_placement(used: Vec<(u64, u64)>, max: u64) -> Placement {
 fn finish_params(
     ctx: &LoadContext<'_>,
     params: &mut boot_params,
-    cmdline_len: usize,
     initrd: Option<&Module>,
 ) -> Result<(), BootError> {
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = super::CMDLINE_ADDR.0 as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
     if let Some(m) = initrd {
         // The placement limit keeps the initrd below 4 GiB.
         params.hdr.ramdisk_image = m.addr as u32;
@@ -297,7 +301,11 @@ mod tests {
             "cmd_line_ptr"
         );
         assert_eq!(guest.u32_at(ZP + 0x230), 0x100_0000, "kernel_alignment");
-        assert_eq!(guest.u32_at(ZP + 0x238), 13, "cmdline_size");
+        assert_eq!(
+            guest.u32_at(ZP + 0x238),
+            13,
+            "cmdline_size (no setup header: the length)"
+        );
         assert_eq!(guest.read(CMDLINE_START.0, 14), b"console=ttyS0\0");
         assert_eq!(guest.read(initrd_addr, 5000), vec![0x5a; 5000]);
         assert_e820(&guest);

@@ -515,3 +515,21 @@ fn test_load_mutated_headers_error_without_panic() {
 
     assert!(refused > 0, "some mutations must be refused");
 }
+
+#[test]
+fn test_load_bzimage_cmdline_size_keeps_kernel_value() {
+    let guest = Guest::new();
+    let spec = BzImageSpec {
+        cmdline_size: 255,
+        ..Default::default()
+    };
+
+    guest.boot_bytes(&bzimage(&spec), "console=ttyS0").unwrap();
+
+    // The kernel's limit, not the command line's length (13): memtest86+ parses
+    // cmdline_size bytes and drops a last option that the NUL does not end.
+    assert_eq!(
+        guest.u32_at(crate::arch::x86_64::layout::ZERO_PAGE_START.0 + 0x238),
+        255
+    );
+}

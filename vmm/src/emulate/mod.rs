@@ -57,6 +57,7 @@ mod paging;
 mod sse;
 mod stats;
 mod x87;
+mod x87_arith;
 
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic};
 use kvm_bindings::{kvm_run, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION};
@@ -410,6 +411,7 @@ fn dispatch<M: GuestMemoryAccess + ?Sized>(ctx: &mut Ctx<'_, M>) -> Result<(), S
         | Mn::Rdsspd
         | Mn::Rdsspq => control::emulate(ctx),
         Mn::Ud0 | Mn::Ud1 | Mn::Ud2 => Err(Fault::UD.into()),
+        _ if x87_arith::handles(ctx.instr.code()) => x87_arith::emulate(ctx),
         _ if sse::handles(ctx.instr.code()) => sse::emulate(ctx),
         _ => Err(Stop::Unsupported(
             "not in the fallback emulator's instruction set",
