@@ -4,17 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{kvm_available, scratch, strata};
-
-fn require(path: &str, package: &str) -> String {
-    assert!(
-        Path::new(path).is_file(),
-        "{path} is missing: install the Debian package {package} (.ci/run does)"
-    );
-    path.to_string()
-}
+use common::{kvm_available, require, scratch, strata};
 
 #[test]
 fn test_grub_invaders_draws_the_game_on_vga() {

@@ -15,15 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{kvm_available, scratch, strata, Run};
-
-fn require(path: &str, package: &str) -> String {
-    assert!(
-        Path::new(path).is_file(),
-        "{path} is missing: install the Debian package {package} (.ci/run does)"
-    );
-    path.to_string()
-}
+use common::{kvm_available, require, scratch, strata, Run};
 
 /// Gunzips a packaged kernel into a scratch directory.
 fn gunzip(path: &str, package: &str, test: &str) -> String {

@@ -86,6 +86,16 @@ pub fn run_command(cmd: &mut Command) -> Run {
     }
 }
 
+/// A file a Debian package provides: a missing one fails the test naming the package (.ci/run
+/// installs it), never skips it.
+pub fn require(path: &str, package: &str) -> String {
+    assert!(
+        Path::new(path).is_file(),
+        "{path} is missing: install the Debian package {package} (.ci/run does)"
+    );
+    path.to_string()
+}
+
 /// A scratch directory unique to this process and test.
 pub fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("strata-test-{}-{test}", std::process::id()));
