@@ -8,8 +8,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: strata run [OPTIONS]      boot a VM (strata run --help)
        strata img COMMAND ...   manage disk images (strata img --help)";
 
-/// Prints an error and its whole cause chain on one line.
-fn fail(err: &dyn std::error::Error) -> ExitCode {
+/// An error and its sources on one line, without repeating text.
+fn error_chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -20,7 +20,12 @@ fn fail(err: &dyn std::error::Error) -> ExitCode {
         }
         source = s.source();
     }
-    eprintln!("strata: {msg}");
+    msg
+}
+
+/// Prints an error and its whole cause chain on one line.
+fn fail(err: &dyn std::error::Error) -> ExitCode {
+    eprintln!("strata: {}", error_chain(err));
     ExitCode::from(1)
 }
 

@@ -4,6 +4,8 @@
 //! `disk` (create, info, check) and `disk::ops` (convert, compare, map, bench). Image formats
 //! are never guessed: every verb that opens an image needs `-f`.
 
+use crate::error_chain as chain;
+
 mod args;
 mod convert;
 mod info;
@@ -68,21 +70,6 @@ impl From<disk::Error> for Failure {
     fn from(e: disk::Error) -> Failure {
         Failure::new(chain(&e))
     }
-}
-
-/// An error and its sources on one line, without repeating text.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// What a verb returns: its exit status, or a failure.
