@@ -366,3 +366,54 @@ fn test_img_convert_qemu_sparse_vmdk_written_by_qemu_io_byte_exact() {
     assert_identical(&dir, "vmdk", "q.vmdk", "qcow2", "out.qcow2");
     assert_qemu_check(&dir, "qcow2", "out.qcow2");
 }
+
+#[test]
+fn test_img_convert_every_cache_mode_output_passes_qemu_check_and_compare() {
+    // Arrange
+    let dir = scratch("convert-cache");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "in.raw", "4M"]);
+    qemu_io(
+        &dir,
+        "raw",
+        "in.raw",
+        &["write -P 0x33 64k 1M", "write -P 9 3M 8k"],
+    );
+    for t in ["unsafe", "writeback", "none", "directsync", "writethrough"] {
+        for fmt in ["qcow2", "raw"] {
+            let out = format!("out-{t}.{fmt}");
+
+            // Act
+            strata_ok(
+                &dir,
+                &[
+                    "convert", "-t", t, "-T", "none", "-f", "raw", "-O", fmt, "in.raw", &out,
+                ],
+            );
+
+            // Assert
+            assert_identical(&dir, "raw", "in.raw", fmt, &out);
+            if fmt == "qcow2" {
+                assert_qemu_check(&dir, fmt, &out);
+            }
+        }
+    }
+}
+
+#[test]
+fn test_img_convert_unknown_cache_mode_is_error() {
+    // Arrange
+    let dir = scratch("convert-cache-bad");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "in.raw", "1M"]);
+
+    // Act
+    let run = strata(
+        &dir,
+        &[
+            "convert", "-t", "fast", "-f", "raw", "-O", "qcow2", "in.raw", "o.qcow2",
+        ],
+    );
+
+    // Assert
+    assert_ne!(run.status, 0);
+    assert!(run.stderr.contains("cache mode"), "{}", run.stderr);
+}

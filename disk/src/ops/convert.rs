@@ -14,7 +14,7 @@ use super::stream::{compress_grain, StreamOut, GRAIN};
 use super::{is_zero, Image, Status};
 use crate::raw::RawDisk;
 use crate::vmdk::{self, Subformat, VmdkCreateOptions};
-use crate::{CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result};
+use crate::{CacheMode, CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result};
 
 /// Default transfer size.
 pub const DEFAULT_CHUNK: u64 = 2 << 20;
@@ -40,6 +40,9 @@ pub struct ConvertOptions {
     pub existing: bool,
     /// Transfer size.
     pub chunk_size: u64,
+    /// Cache mode of the target (`-t`); `Unsafe` by default, as qemu-img convert: nothing is
+    /// synced, so an interrupted conversion leaves an image to throw away.
+    pub dst_cache: CacheMode,
 }
 
 impl Default for ConvertOptions {
@@ -53,6 +56,7 @@ impl Default for ConvertOptions {
             sparse_size: 4096,
             existing: false,
             chunk_size: DEFAULT_CHUNK,
+            dst_cache: CacheMode::Unsafe,
         }
     }
 }
@@ -141,11 +145,9 @@ pub fn convert(
     if size == 0 {
         progress(0, 0);
     }
-    // Raw writes went straight to the file; like qemu-img's default cache mode for
-    // convert, they are not forced to stable storage. Other formats must write metadata.
+    // Flushing writes cached metadata; it syncs unless the cache mode is `Unsafe`.
     match target {
         Out::Stream(s) => s.finish().map_err(|e| e.with_path(dst))?,
-        Out::Image(Image::Raw(_)) => {}
         Out::Image(mut i) => i.disk().flush()?,
     }
     Ok(stats)
@@ -215,7 +217,10 @@ fn granule(o: &ConvertOptions, target: &Out) -> u64 {
 }
 
 fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
-    let rw = OpenOptions::default();
+    let rw = OpenOptions {
+        cache: o.dst_cache,
+        ..Default::default()
+    };
     if o.existing {
         let t = Image::open(dst, o.dst_format, &rw)?;
         if t.size() < size {
@@ -238,11 +243,12 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
     }
     match o.dst_format {
         Format::Raw => {
-            RawDisk::create(dst, size)?;
+            RawDisk::create_cached(dst, size, o.dst_cache)?;
             Ok(Image::Raw(RawDisk::open(dst, &rw)?))
         }
         Format::Qcow2 => {
-            crate::create(dst, Format::Qcow2, size, &o.create)?;
+            crate::qcow2::create_cached(dst, size, &o.create, o.dst_cache)
+                .map_err(|e| e.with_path(dst))?;
             Ok(Image::Qcow2 {
                 image: Box::new(Qcow2::open(dst, &rw)?),
                 has_backing: false,
