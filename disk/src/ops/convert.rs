@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use super::stream::{compress_grain, StreamOut, GRAIN};
 use super::{is_zero, Image, Status};
+use crate::qcow2::compress_cluster;
 use crate::raw::RawDisk;
 use crate::vmdk::{self, Subformat, VmdkCreateOptions};
 use crate::{CacheMode, CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result};
@@ -130,11 +131,13 @@ pub fn convert(
     };
     match &mut target {
         Out::Stream(out) => run_stream(&mut source, out, chunk, &mut stats, progress)?,
+        Out::Image(Image::Qcow2 { image, .. }) if o.compress => {
+            run_qcow2_compressed(&mut source, image, chunk, &mut stats, progress)?
+        }
         Out::Image(image) => {
             let mut w = Writer {
                 target: image,
                 zero_init: !o.existing,
-                compress: o.compress && o.dst_format == Format::Qcow2,
                 granule,
                 stats,
             };
@@ -328,7 +331,6 @@ fn read_chunk(
 struct Writer<'a> {
     target: &'a mut Image,
     zero_init: bool,
-    compress: bool,
     granule: u64,
     stats: ConvertStats,
 }
@@ -338,9 +340,6 @@ impl Writer<'_> {
         let Some(data) = &c.data else {
             return self.zero(c.offset, c.len);
         };
-        if self.compress {
-            return self.put_compressed(c.offset, data);
-        }
         if self.granule == 0 {
             return self.data(c.offset, data);
         }
@@ -391,67 +390,33 @@ impl Writer<'_> {
         self.stats.written += data.len() as u64;
         self.target.disk().write_at(data, offset)
     }
-
-    /// Compressed qcow2 output: one `write_compressed` per non-zero cluster.
-    fn put_compressed(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let cs = match self.target {
-            Image::Qcow2 { image, .. } => image.cluster_size() as usize,
-            _ => return self.data(offset, data),
-        };
-        for (i, piece) in data.chunks(cs).enumerate() {
-            let at = offset + (i * cs) as u64;
-            if is_zero(piece) {
-                self.zero(at, piece.len() as u64)?;
-                continue;
-            }
-            self.stats.written += piece.len() as u64;
-            if let Image::Qcow2 { image, .. } = self.target {
-                image.write_compressed(at, piece)?;
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Compression threads for streamOptimized output.
+/// Compression threads for compressed output.
 fn compress_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// A chunk whose non-zero grains are compressed.
-struct Packed {
+/// A chunk whose non-zero units (grains or clusters) are compressed.
+struct Packed<T> {
     offset: u64,
     len: u64,
-    grains: Vec<(u64, Vec<u8>)>,
+    items: Vec<T>,
     zero: u64,
     buf: Option<Vec<u8>>,
 }
 
-/// A compression thread: takes chunks from the shared queue until it is closed.
-fn compress_worker(
-    capacity: u64,
-    rx: &Mutex<Receiver<Result<Chunk>>>,
-    tx: &SyncSender<Result<Packed>>,
-) {
-    loop {
-        let msg = match rx.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
-        };
-        let Ok(msg) = msg else { return };
-        let packed = msg.and_then(|c| pack(capacity, c));
-        let failed = packed.is_err();
-        if tx.send(packed).is_err() || failed {
-            return;
-        }
-    }
-}
-
-fn pack(capacity: u64, c: Chunk) -> Result<Packed> {
+/// Splits a chunk into `unit`-sized pieces (chunks start on a unit boundary) and compresses
+/// the non-zero ones with `f(guest_offset, piece)`.
+fn pack<T>(
+    c: Chunk,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+) -> Result<Packed<T>> {
     let mut p = Packed {
         offset: c.offset,
         len: c.len,
-        grains: Vec::new(),
+        items: Vec::new(),
         zero: 0,
         buf: None,
     };
@@ -459,40 +424,60 @@ fn pack(capacity: u64, c: Chunk) -> Result<Packed> {
         p.zero = c.len;
         return Ok(p);
     };
-    for (i, g) in data.chunks(GRAIN as usize).enumerate() {
+    for (i, g) in data.chunks(unit as usize).enumerate() {
         if is_zero(g) {
             p.zero += g.len() as u64;
         } else {
-            let grain = c.offset / GRAIN + i as u64;
-            p.grains.push((grain, compress_grain(capacity, grain, g)?));
+            p.items.push(f(c.offset + i as u64 * unit, g)?);
         }
     }
     p.buf = Some(data);
     Ok(p)
 }
 
-/// Stream output: reader -> compression threads -> this thread, which puts the grains in
-/// order. No thread waits for another unless a queue is empty or full.
-fn run_stream(
+/// A compression thread: takes chunks from the shared queue until it is closed.
+fn compress_worker<T>(
+    rx: &Mutex<Receiver<Result<Chunk>>>,
+    tx: &SyncSender<Result<Packed<T>>>,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+) {
+    loop {
+        let msg = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok(msg) = msg else { return };
+        let packed = msg.and_then(|c| pack(c, unit, f));
+        let failed = packed.is_err();
+        if tx.send(packed).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Reader -> compression threads -> this thread, which hands chunks to `put` in order.
+/// No thread waits for another unless a queue is empty or full.
+fn run_pipeline<T: Send>(
     source: &mut Image,
-    out: &mut StreamOut,
     chunk: u64,
-    stats: &mut ConvertStats,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+    put: &mut dyn FnMut(&Packed<T>) -> Result<()>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let size = source.size();
-    let capacity = out.capacity();
     let threads = compress_threads();
     let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
     let rx = Mutex::new(rx);
-    let (ptx, prx) = sync_channel::<Result<Packed>>(BUFFERS);
+    let (ptx, prx) = sync_channel::<Result<Packed<T>>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS * 2 + threads);
     std::thread::scope(|s| -> Result<()> {
         s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads));
         for _ in 0..threads {
             let ptx = ptx.clone();
             let rx = &rx;
-            s.spawn(move || compress_worker(capacity, rx, &ptx));
+            s.spawn(move || compress_worker(rx, &ptx, unit, f));
         }
         drop(ptx);
         let mut waiting = std::collections::BTreeMap::new();
@@ -501,11 +486,7 @@ fn run_stream(
             let p = msg?;
             waiting.insert(p.offset, p);
             while let Some(p) = waiting.remove(&next) {
-                for (g, data) in &p.grains {
-                    out.put_grain(*g, data)?;
-                    stats.written += GRAIN.min(size - g * GRAIN);
-                }
-                stats.zero += p.zero;
+                put(&p)?;
                 next = p.offset + p.len;
                 progress(next, size);
                 if let Some(buf) = p.buf {
@@ -518,4 +499,59 @@ fn run_stream(
         }
         Ok(())
     })
+}
+
+/// Stream output: grains compressed on several threads, put in order.
+fn run_stream(
+    source: &mut Image,
+    out: &mut StreamOut,
+    chunk: u64,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let size = source.size();
+    let capacity = out.capacity();
+    let f = |at: u64, g: &[u8]| -> Result<(u64, Vec<u8>)> {
+        let grain = at / GRAIN;
+        Ok((grain, compress_grain(capacity, grain, g)?))
+    };
+    let mut put = |p: &Packed<(u64, Vec<u8>)>| -> Result<()> {
+        for (g, data) in &p.items {
+            out.put_grain(*g, data)?;
+            stats.written += GRAIN.min(size - g * GRAIN);
+        }
+        stats.zero += p.zero;
+        Ok(())
+    };
+    run_pipeline(source, chunk, GRAIN, &f, &mut put, progress)
+}
+
+/// Compressed qcow2 output: clusters compressed on several threads, written in order
+/// (uncompressible ones as normal clusters). The target is new, so zero clusters are skipped.
+fn run_qcow2_compressed(
+    source: &mut Image,
+    image: &mut Qcow2,
+    chunk: u64,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let (ty, cs) = (image.compression_type(), image.cluster_size());
+    let f = |at: u64, g: &[u8]| -> Result<(u64, Option<Vec<u8>>)> {
+        Ok((at, compress_cluster(ty, cs, g)))
+    };
+    let mut put = |p: &Packed<(u64, Option<Vec<u8>>)>| -> Result<()> {
+        let Some(buf) = &p.buf else {
+            stats.zero += p.zero;
+            return Ok(());
+        };
+        for (at, c) in &p.items {
+            let start = (at - p.offset) as usize;
+            let piece = &buf[start..(start + cs as usize).min(buf.len())];
+            image.write_precompressed(*at, piece, c.as_deref())?;
+            stats.written += piece.len() as u64;
+        }
+        stats.zero += p.zero;
+        Ok(())
+    };
+    run_pipeline(source, chunk, cs, &f, &mut put, progress)
 }

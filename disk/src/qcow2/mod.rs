@@ -24,6 +24,7 @@ mod write;
 pub use check::CheckReport;
 pub use header::CompressionType;
 pub use info::{Qcow2Info, SnapshotInfo};
+pub use write::compress_cluster;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
