@@ -460,3 +460,61 @@ fn test_img_convert_compressed_many_chunks_mixed_data_matches_qemu() {
         assert!(!check.contains(" 0.00% compressed"), "{check}");
     }
 }
+
+#[test]
+fn test_img_convert_zero_runs_inside_chunks_with_reused_buffers_match_qemu() {
+    // Arrange: every 2 MiB chunk mixes data and unallocated clusters, and there are more
+    // chunks than reader buffers, so buffers are reused and hold stale bytes in zero runs.
+    let dir = scratch("convert-zero-runs");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "qcow2", "in.qcow2", "24M"]);
+    let cmds: Vec<String> = (0..24)
+        .map(|i| format!("write -P {} {} 256k", i + 1, (i << 20) + (512 << 10)))
+        .collect();
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&dir, "qcow2", "in.qcow2", &cmds);
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "old.raw", "24M"]);
+    qemu_io(&dir, "raw", "old.raw", &["write -P 0xee 0 24M"]);
+
+    // Act
+    strata_ok(
+        &dir,
+        &["convert", "-f", "qcow2", "-O", "raw", "in.qcow2", "out.raw"],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "in.qcow2",
+            "out.qcow2",
+        ],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert", "-n", "-f", "qcow2", "-O", "raw", "in.qcow2", "old.raw",
+        ],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert", "-S", "0", "-f", "qcow2", "-O", "raw", "in.qcow2", "full.raw",
+        ],
+    );
+
+    // Assert
+    for out in ["out.raw", "old.raw", "full.raw"] {
+        assert_identical(&dir, "qcow2", "in.qcow2", "raw", out);
+    }
+    assert_identical(&dir, "qcow2", "in.qcow2", "qcow2", "out.qcow2");
+    assert_qemu_check(&dir, "qcow2", "out.qcow2");
+    let full = std::fs::metadata(dir.join("full.raw")).expect("stat");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::blocks(&full) * 512,
+        24 << 20,
+        "-S 0 must allocate every byte"
+    );
+}

@@ -86,6 +86,9 @@ struct Chunk {
     offset: u64,
     len: u64,
     data: Option<Vec<u8>>,
+    /// Ranges (relative to `offset`) the source's metadata says read as zeroes; unless the
+    /// reader was asked to fill them, `data` holds stale bytes there.
+    zero_runs: Vec<std::ops::Range<usize>>,
 }
 
 /// Converts `src` into `dst`, calling `progress(done, total)` after every chunk.
@@ -166,8 +169,10 @@ fn run_image(
     let size = source.size();
     let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS + 2);
+    // -S 0 writes zeroes as data: they must be in the buffer.
+    let fill = w.granule == 0;
     std::thread::scope(|s| -> Result<()> {
-        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS));
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS, fill));
         let mut done = 0u64;
         for msg in rx.iter() {
             let c = msg?;
@@ -267,20 +272,28 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
     }
 }
 
-/// The reader thread: sends chunks in order until the end or the first error.
+/// The reader thread: sends chunks in order until the end or the first error. With
+/// `fill_zeroes`, ranges that read as zeroes are zeroed in the buffer (else left stale and
+/// only listed in `Chunk::zero_runs`).
 fn read_all(
     source: &mut Image,
     chunk: u64,
     tx: &SyncSender<Result<Chunk>>,
     free: &Receiver<Vec<u8>>,
     buffers: usize,
+    fill_zeroes: bool,
 ) {
     let size = source.size();
     let mut allocated = 0usize;
     let mut offset = 0u64;
     while offset < size {
         let len = chunk.min(size - offset);
-        let msg = read_chunk(source, offset, len, &mut allocated, buffers, free);
+        let pool = Pool {
+            allocated: &mut allocated,
+            buffers,
+            free,
+        };
+        let msg = read_chunk(source, offset, len, pool, fill_zeroes);
         let failed = msg.is_err();
         if tx.send(msg).is_err() || failed {
             return;
@@ -289,13 +302,19 @@ fn read_all(
     }
 }
 
+/// The reader's buffers: up to `buffers` are allocated, then they come back on `free`.
+struct Pool<'a> {
+    allocated: &'a mut usize,
+    buffers: usize,
+    free: &'a Receiver<Vec<u8>>,
+}
+
 fn read_chunk(
     source: &mut Image,
     offset: u64,
     len: u64,
-    allocated: &mut usize,
-    buffers: usize,
-    free: &Receiver<Vec<u8>>,
+    pool: Pool,
+    fill_zeroes: bool,
 ) -> Result<Chunk> {
     let runs = source.status(offset, len)?;
     if runs.iter().all(|r| r.2 == Status::Zero) {
@@ -303,20 +322,24 @@ fn read_chunk(
             offset,
             len,
             data: None,
+            zero_runs: Vec::new(),
         });
     }
-    let mut buf = if *allocated < buffers {
-        *allocated += 1;
+    let mut buf = if *pool.allocated < pool.buffers {
+        *pool.allocated += 1;
         Vec::new()
     } else {
-        free.recv()
+        pool.free
+            .recv()
             .map_err(|_| Error::new(ErrorKind::Io, "the writer stopped"))?
     };
     buf.resize(len as usize, 0);
+    let mut zero_runs = Vec::new();
     for (at, n, s) in runs {
         let range = (at - offset) as usize..(at - offset + n) as usize;
         match s {
-            Status::Zero => buf[range].fill(0),
+            Status::Zero if fill_zeroes => buf[range].fill(0),
+            Status::Zero => zero_runs.push(range),
             Status::Data => source.read(&mut buf[range], at)?,
         }
     }
@@ -324,6 +347,7 @@ fn read_chunk(
         offset,
         len,
         data: Some(buf),
+        zero_runs,
     })
 }
 
@@ -340,8 +364,23 @@ impl Writer<'_> {
         let Some(data) = &c.data else {
             return self.zero(c.offset, c.len);
         };
+        // Known zero runs are not scanned (their bytes are stale); data between them is.
+        let mut pos = 0usize;
+        for z in &c.zero_runs {
+            self.put_data(c.offset + pos as u64, &data[pos..z.start])?;
+            self.zero(c.offset + z.start as u64, z.len() as u64)?;
+            pos = z.end;
+        }
+        self.put_data(c.offset + pos as u64, &data[pos..])
+    }
+
+    /// Writes `data` at `offset`, leaving out granules that are all zero.
+    fn put_data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         if self.granule == 0 {
-            return self.data(c.offset, data);
+            return self.data(offset, data);
         }
         let g = self.granule as usize;
         let mut run_start = 0usize;
@@ -349,18 +388,18 @@ impl Writer<'_> {
         let mut pos = 0usize;
         while pos < data.len() {
             // Granules are aligned to the disk, not to the chunk.
-            let abs = c.offset + pos as u64;
-            let next = (abs / self.granule + 1) * self.granule - c.offset;
+            let abs = offset + pos as u64;
+            let next = (abs / self.granule + 1) * self.granule - offset;
             let end = (next as usize).min(data.len()).min(pos + g);
             let z = is_zero(&data[pos..end]);
             if run_zero != Some(z) {
-                self.flush_run(c.offset, data, run_start, pos, run_zero)?;
+                self.flush_run(offset, data, run_start, pos, run_zero)?;
                 run_start = pos;
                 run_zero = Some(z);
             }
             pos = end;
         }
-        self.flush_run(c.offset, data, run_start, data.len(), run_zero)
+        self.flush_run(offset, data, run_start, data.len(), run_zero)
     }
 
     fn flush_run(
@@ -473,7 +512,7 @@ fn run_pipeline<T: Send>(
     let (ptx, prx) = sync_channel::<Result<Packed<T>>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS * 2 + threads);
     std::thread::scope(|s| -> Result<()> {
-        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads));
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads, true));
         for _ in 0..threads {
             let ptx = ptx.clone();
             let rx = &rx;
