@@ -219,10 +219,7 @@ fn test_boot_ring3_guest_runs_work_loop_in_user_mode() {
     }
     // The guest's work: CRC-32 of buf[i] = (i * 0x9e3779b1 mod 2^32) >> 24, 8 MiB (ring3.S).
     let run = strata(&["run", "--kernel", &test_guests::ring3().to_string_lossy()]);
-    let tail = [
-        "ring3: cpl=3".to_string(),
-        format!("ring3: result={:08x}", test_guests::ring3_expected_result()),
-    ];
+    let tail = ["ring3: cpl=3".to_string(), format!("ring3: result={:08x}", test_guests::ring3_expected_result())];
     assert_output(&run, &expected("ring3", "pvh", "", &tail), 0);
 }
 
@@ -238,10 +235,7 @@ fn smp_lines(cpus: u8) -> Vec<String> {
     assert_eq!(run.stderr, "");
     let mut lines: Vec<String> = run.lines().iter().map(|s| s.to_string()).collect();
     // APs report in whatever order they win the lock; sort their lines.
-    let first_cpu = lines
-        .iter()
-        .position(|l| l.starts_with("cpu "))
-        .expect("cpu lines");
+    let first_cpu = lines.iter().position(|l| l.starts_with("cpu ")).expect("cpu lines");
     lines[first_cpu..first_cpu + usize::from(cpus)].sort();
     lines
 }
@@ -254,10 +248,6 @@ fn test_boot_smp_guest_every_vcpu_reports() {
     for cpus in [1u8, 2, 4] {
         let mut tail: Vec<String> = (0..cpus).map(|i| format!("cpu {i} up")).collect();
         tail.push(format!("cpus: {cpus}"));
-        assert_eq!(
-            smp_lines(cpus),
-            expected("smp", "pvh", "", &tail),
-            "with {cpus} vCPUs"
-        );
+        assert_eq!(smp_lines(cpus), expected("smp", "pvh", "", &tail), "with {cpus} vCPUs");
     }
 }

@@ -26,26 +26,16 @@ fn test_grub_invaders_draws_the_game_on_vga() {
     let vga = format!("text,file={}", screen_file.display());
     let run = strata(&["run", "--kernel", &kernel, "--vga", &vga, "--timeout", "3"]);
     assert_eq!(run.status, Some(124), "{run:?}");
-    assert!(
-        run.stderr
-            .contains("vCPU 0: 32-bit protected mode, no paging, CPL 0"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("vCPU 0: 32-bit protected mode, no paging, CPL 0"), "{}", run.stderr);
     let screen = std::fs::read_to_string(&screen_file).expect("VGA text file");
     // The rendering is framed by a header and a footer line around the 25 screen rows.
     let framed: Vec<&str> = screen.lines().collect();
-    assert!(
-        framed[0].starts_with("----- VGA text console (80x25)"),
-        "{screen}"
-    );
+    assert!(framed[0].starts_with("----- VGA text console (80x25)"), "{screen}");
     assert_eq!(framed.len(), 27, "{screen}");
     let rows = &framed[1..26];
     // Five rows of invaders (they march, so their columns vary) on every other line at the
     // top of the screen, and the player's ship at the bottom.
-    let invader_lines: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].contains("-*-"))
-        .collect();
+    let invader_lines: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].contains("-*-")).collect();
     assert_eq!(invader_lines, vec![0, 2, 4, 6, 8], "{screen}");
     for &i in &invader_lines {
         assert!(rows[i].matches("-*-").count() >= 4, "row {i}:\n{screen}");
@@ -69,10 +59,7 @@ fn grub_pvh_image() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("grub_pvh="))
-        .expect("image path");
+    let line = stdout.lines().find_map(|l| l.strip_prefix("grub_pvh=")).expect("image path");
     line.to_string()
 }
 
@@ -85,33 +72,19 @@ fn test_grub_xen_pvh_entry_finds_no_xen_and_halts() {
     let run = strata(&["run", "--kernel", &image, "--timeout", "3"]);
     // GRUB's PVH entry looks for Xen's CPUID signature, prints on the 0xe9 debug console
     // (which Strata merges into the serial output) and halts with interrupts off.
-    assert_eq!(
-        run.stdout, "Found no Xen signature!\nSystem halted!\n",
-        "{run:?}"
-    );
+    assert_eq!(run.stdout, "Found no Xen signature!\nSystem halted!\n", "{run:?}");
     assert_eq!(run.status, Some(124), "{run:?}");
     let summary = run.stderr.lines().next().expect("report");
-    assert!(
-        summary.starts_with("vCPU 0: 32-bit protected mode, no paging, CPL 0, RIP 0x1"),
-        "{summary}"
-    );
+    assert!(summary.starts_with("vCPU 0: 32-bit protected mode, no paging, CPL 0, RIP 0x1"), "{summary}");
     // Stopped in its `cli; hlt; jmp hlt` loop: the bytes at RIP are the jmp back to the hlt.
     assert!(summary.contains("instruction bytes [eb fd"), "{summary}");
     let rflags = run
         .stderr
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("rip=")
-                .and_then(|r| r.split("rflags=").nth(1))
-        })
+        .find_map(|l| l.trim().strip_prefix("rip=").and_then(|r| r.split("rflags=").nth(1)))
         .expect("rflags");
     let rflags = u64::from_str_radix(rflags.trim(), 16).expect("hex rflags");
-    assert_eq!(
-        rflags & 0x200,
-        0,
-        "interrupts should be off in the halt loop"
-    );
+    assert_eq!(rflags & 0x200, 0, "interrupts should be off in the halt loop");
 }
 
 #[test]
@@ -145,12 +118,6 @@ fn test_vga_text_rendered_on_sigusr1_while_running() {
     let still_running = child.try_wait().expect("try_wait").is_none();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        still_running,
-        "strata exited before the rendering was requested"
-    );
-    assert!(
-        screen.contains("-*-"),
-        "no invaders in the on-demand rendering:\n{screen}"
-    );
+    assert!(still_running, "strata exited before the rendering was requested");
+    assert!(screen.contains("-*-"), "no invaders in the on-demand rendering:\n{screen}");
 }

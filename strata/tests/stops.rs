@@ -146,10 +146,7 @@ fn test_run_port_cf9_reset_exits_zero() {
         return;
     }
     // mov dx, 0xcf9; mov al, 6; out dx, al; jmp $
-    let k = guest(
-        "cf9-reset",
-        &[0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xeb, 0xfe],
-    );
+    let k = guest("cf9-reset", &[0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xeb, 0xfe]);
     let run = strata(&["run", "--kernel", &k, "--timeout", "20"]);
     assert_eq!(run.status, Some(0), "{run:?}");
     assert_eq!(run.stderr, "");

@@ -30,16 +30,13 @@ impl Vcpu {
         let mut events = self.fd.get_vcpu_events().map_err(kvm_err("get events"))?;
         emulate::discard_emulation_failure_ud(&mut events);
         let mut state = CpuState::new(regs, sregs, fpu);
-        let outcome =
-            emulate::emulate(&mut state, &self.ctx.mem, bytes.as_deref(), &mut self.stats)
-                .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
+        let outcome = emulate::emulate(&mut state, &self.ctx.mem, bytes.as_deref(), &mut self.stats)
+            .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
         match outcome {
             Outcome::Emulated(wb) => {
                 self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;
                 if wb.sregs {
-                    self.fd
-                        .set_sregs(&state.sregs)
-                        .map_err(kvm_err("set sregs"))?;
+                    self.fd.set_sregs(&state.sregs).map_err(kvm_err("set sregs"))?;
                 }
                 if wb.fpu {
                     self.fd.set_fpu(&state.fpu).map_err(kvm_err("set FPU"))?;
@@ -52,17 +49,13 @@ impl Vcpu {
                 // Software interrupts advanced RIP; faults left the state untouched.
                 self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;
                 if inj.apply_to_events(&mut events, &mut state.sregs) {
-                    self.fd
-                        .set_sregs(&state.sregs)
-                        .map_err(kvm_err("set sregs"))?;
+                    self.fd.set_sregs(&state.sregs).map_err(kvm_err("set sregs"))?;
                 }
             }
             unsupported @ Outcome::Unsupported { .. } => {
                 return Err(VcpuStop::Unemulated(unsupported.to_string()));
             }
         }
-        self.fd
-            .set_vcpu_events(&events)
-            .map_err(kvm_err("set events"))
+        self.fd.set_vcpu_events(&events).map_err(kvm_err("set events"))
     }
 }

@@ -128,13 +128,8 @@ impl fmt::Display for VcpuStop {
                 write!(f, "KVM internal error (suberror {suberror})")
             }
             VcpuStop::FailEntry { reason } => write!(f, "VM entry failed (reason {reason:#x})"),
-            VcpuStop::Unemulated(what) => write!(
-                f,
-                "KVM could not emulate an instruction and neither can Strata: {what}"
-            ),
-            VcpuStop::EmulationFailed(why) => {
-                write!(f, "emulating an instruction KVM could not failed: {why}")
-            }
+            VcpuStop::Unemulated(what) => write!(f, "KVM could not emulate an instruction and neither can Strata: {what}"),
+            VcpuStop::EmulationFailed(why) => write!(f, "emulating an instruction KVM could not failed: {why}"),
             VcpuStop::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
             VcpuStop::RunFailed(errno) => write!(
                 f,
