@@ -69,6 +69,56 @@ pub struct OpenOptions {
     /// Format of the image's immediate backing file when its header does not record one
     /// (formats are never probed; without this such images are refused).
     pub backing_format: Option<Format>,
+    /// Host cache mode; only [`CacheMode::Unsafe`] changes behaviour (flushes skip fdatasync).
+    pub cache: CacheMode,
+}
+
+/// Host cache mode, spelled as qemu-img's `-t`/`-T`.
+///
+/// Every mode except `Unsafe` makes [`WriteAt::flush`] durable (fdatasync). `Unsafe` keeps
+/// the qcow2 write ordering (data, refcounts, L2, L1) but never waits for stable storage, so a
+/// host crash may lose or corrupt the image; it is meant for conversion targets, which are
+/// thrown away if the conversion does not finish (qemu-img convert's default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Page cache, durable flush (the default).
+    #[default]
+    Writeback,
+    /// Treated as `Writeback`: flushes are durable.
+    Writethrough,
+    /// Treated as `Writeback`: flushes are durable.
+    None,
+    /// Treated as `Writeback`: flushes are durable.
+    Directsync,
+    /// Flushes never sync.
+    Unsafe,
+}
+
+impl CacheMode {
+    /// Whether flushes make data durable.
+    pub fn syncs(self) -> bool {
+        self != CacheMode::Unsafe
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<CacheMode> {
+        match s {
+            "writeback" => Ok(CacheMode::Writeback),
+            "writethrough" => Ok(CacheMode::Writethrough),
+            "none" => Ok(CacheMode::None),
+            "directsync" => Ok(CacheMode::Directsync),
+            "unsafe" => Ok(CacheMode::Unsafe),
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "unknown cache mode '{s}' (expected none, writeback, unsafe, directsync \
+                     or writethrough)"
+                ),
+            )),
+        }
+    }
 }
 
 /// qcow2 format version.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FallocateFlags, SeekFrom};
 
 use crate::{
-    Discard, Disk, DiskSize, Error, ErrorKind, OpenOptions, ReadAt, Resize, Result, WriteAt,
+    CacheMode, Discard, Disk, DiskSize, Error, ErrorKind, OpenOptions, ReadAt, Resize, Result,
+    WriteAt,
 };
 
 /// Alignment used for `O_DIRECT` transfers: the largest logical block size in common use.
@@ -39,6 +40,7 @@ pub struct RawDisk {
     size: u64,
     read_only: bool,
     direct: bool,
+    sync_enabled: bool,
 }
 
 impl RawDisk {
@@ -69,15 +71,24 @@ impl RawDisk {
             size,
             read_only: options.read_only,
             direct: options.direct,
+            sync_enabled: options.cache.syncs(),
         })
     }
 
     /// Creates (or truncates) a raw image of `size` bytes; the file is fully sparse.
     pub fn create(path: &Path, size: u64) -> Result<()> {
+        Self::create_cached(path, size, CacheMode::Writeback)
+    }
+
+    /// [`RawDisk::create`], syncing only if `cache` does.
+    pub fn create_cached(path: &Path, size: u64, cache: CacheMode) -> Result<()> {
         let file = File::create(path)
             .map_err(|e| Error::io(e, "cannot create raw image").with_path(path))?;
         file.set_len(size)
             .map_err(|e| Error::io(e, "cannot set size").with_path(path))?;
+        if !cache.syncs() {
+            return Ok(());
+        }
         file.sync_all()
             .map_err(|e| Error::io(e, "cannot sync").with_path(path))
     }
@@ -307,7 +318,7 @@ impl WriteAt for RawDisk {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.read_only {
+        if self.read_only || !self.sync_enabled {
             return Ok(());
         }
         self.file

@@ -366,3 +366,161 @@ fn test_img_convert_qemu_sparse_vmdk_written_by_qemu_io_byte_exact() {
     assert_identical(&dir, "vmdk", "q.vmdk", "qcow2", "out.qcow2");
     assert_qemu_check(&dir, "qcow2", "out.qcow2");
 }
+
+#[test]
+fn test_img_convert_every_cache_mode_output_passes_qemu_check_and_compare() {
+    // Arrange
+    let dir = scratch("convert-cache");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "in.raw", "4M"]);
+    qemu_io(
+        &dir,
+        "raw",
+        "in.raw",
+        &["write -P 0x33 64k 1M", "write -P 9 3M 8k"],
+    );
+    for t in ["unsafe", "writeback", "none", "directsync", "writethrough"] {
+        for fmt in ["qcow2", "raw"] {
+            let out = format!("out-{t}.{fmt}");
+
+            // Act
+            strata_ok(
+                &dir,
+                &[
+                    "convert", "-t", t, "-T", "none", "-f", "raw", "-O", fmt, "in.raw", &out,
+                ],
+            );
+
+            // Assert
+            assert_identical(&dir, "raw", "in.raw", fmt, &out);
+            if fmt == "qcow2" {
+                assert_qemu_check(&dir, fmt, &out);
+            }
+        }
+    }
+}
+
+#[test]
+fn test_img_convert_unknown_cache_mode_is_error() {
+    // Arrange
+    let dir = scratch("convert-cache-bad");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "in.raw", "1M"]);
+
+    // Act
+    let run = strata(
+        &dir,
+        &[
+            "convert", "-t", "fast", "-f", "raw", "-O", "qcow2", "in.raw", "o.qcow2",
+        ],
+    );
+
+    // Assert
+    assert_ne!(run.status, 0);
+    assert!(run.stderr.contains("cache mode"), "{}", run.stderr);
+}
+
+#[test]
+fn test_img_convert_compressed_many_chunks_mixed_data_matches_qemu() {
+    // Arrange: 4k clusters, many 2 MiB chunks in flight on the compression threads,
+    // incompressible and compressible clusters, zero chunks and a partial last cluster.
+    let dir = scratch("convert-compressed-mixed");
+    let size = (9 << 20) + 1536;
+    let mut data = vec![0u8; size];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for (i, b) in data.iter_mut().enumerate() {
+        let region = i >> 20;
+        *b = match region % 3 {
+            0 => {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }
+            1 => (i / 1000) as u8,
+            _ => 0,
+        };
+    }
+    data[size - 100..].fill(0x77);
+    std::fs::write(dir.join("in.raw"), &data).expect("write input");
+    // 64k clusters of random data are recognised as incompressible and stored plainly.
+    for (ty, cs) in [
+        ("zlib", "4k"),
+        ("zstd", "4k"),
+        ("zlib", "64k"),
+        ("zstd", "64k"),
+    ] {
+        let out = format!("mixed-{ty}-{cs}.qcow2");
+        let opt = format!("compression_type={ty},cluster_size={cs}");
+
+        // Act
+        strata_ok(
+            &dir,
+            &[
+                "convert", "-c", "-o", &opt, "-f", "raw", "-O", "qcow2", "in.raw", &out,
+            ],
+        );
+
+        // Assert
+        assert_identical(&dir, "raw", "in.raw", "qcow2", &out);
+        assert_qemu_check(&dir, "qcow2", &out);
+        let check = qemu_img_ok(&dir, &["check", "-f", "qcow2", &out]);
+        assert!(!check.contains(" 0.00% compressed"), "{check}");
+    }
+}
+
+#[test]
+fn test_img_convert_zero_runs_inside_chunks_with_reused_buffers_match_qemu() {
+    // Arrange: every 2 MiB chunk mixes data and unallocated clusters, and there are more
+    // chunks than reader buffers, so buffers are reused and hold stale bytes in zero runs.
+    let dir = scratch("convert-zero-runs");
+    qemu_img_ok(&dir, &["create", "-q", "-f", "qcow2", "in.qcow2", "24M"]);
+    let cmds: Vec<String> = (0..24)
+        .map(|i| format!("write -P {} {} 256k", i + 1, (i << 20) + (512 << 10)))
+        .collect();
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&dir, "qcow2", "in.qcow2", &cmds);
+    qemu_img_ok(&dir, &["create", "-q", "-f", "raw", "old.raw", "24M"]);
+    qemu_io(&dir, "raw", "old.raw", &["write -P 0xee 0 24M"]);
+
+    // Act
+    strata_ok(
+        &dir,
+        &["convert", "-f", "qcow2", "-O", "raw", "in.qcow2", "out.raw"],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "in.qcow2",
+            "out.qcow2",
+        ],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert", "-n", "-f", "qcow2", "-O", "raw", "in.qcow2", "old.raw",
+        ],
+    );
+    strata_ok(
+        &dir,
+        &[
+            "convert", "-S", "0", "-f", "qcow2", "-O", "raw", "in.qcow2", "full.raw",
+        ],
+    );
+
+    // Assert
+    for out in ["out.raw", "old.raw", "full.raw"] {
+        assert_identical(&dir, "qcow2", "in.qcow2", "raw", out);
+    }
+    assert_identical(&dir, "qcow2", "in.qcow2", "qcow2", "out.qcow2");
+    assert_qemu_check(&dir, "qcow2", "out.qcow2");
+    let full = std::fs::metadata(dir.join("full.raw")).expect("stat");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::blocks(&full) * 512,
+        24 << 20,
+        "-S 0 must allocate every byte"
+    );
+}

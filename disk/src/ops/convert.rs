@@ -12,9 +12,10 @@ use std::sync::Mutex;
 
 use super::stream::{compress_grain, StreamOut, GRAIN};
 use super::{is_zero, Image, Status};
+use crate::qcow2::compress_cluster;
 use crate::raw::RawDisk;
 use crate::vmdk::{self, Subformat, VmdkCreateOptions};
-use crate::{CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result};
+use crate::{CacheMode, CreateOptions, Error, ErrorKind, Format, OpenOptions, Qcow2, Result};
 
 /// Default transfer size.
 pub const DEFAULT_CHUNK: u64 = 2 << 20;
@@ -40,6 +41,9 @@ pub struct ConvertOptions {
     pub existing: bool,
     /// Transfer size.
     pub chunk_size: u64,
+    /// Cache mode of the target (`-t`); `Unsafe` by default, as qemu-img convert: nothing is
+    /// synced, so an interrupted conversion leaves an image to throw away.
+    pub dst_cache: CacheMode,
 }
 
 impl Default for ConvertOptions {
@@ -53,6 +57,7 @@ impl Default for ConvertOptions {
             sparse_size: 4096,
             existing: false,
             chunk_size: DEFAULT_CHUNK,
+            dst_cache: CacheMode::Unsafe,
         }
     }
 }
@@ -81,6 +86,9 @@ struct Chunk {
     offset: u64,
     len: u64,
     data: Option<Vec<u8>>,
+    /// Ranges (relative to `offset`) the source's metadata says read as zeroes; unless the
+    /// reader was asked to fill them, `data` holds stale bytes there.
+    zero_runs: Vec<std::ops::Range<usize>>,
 }
 
 /// Converts `src` into `dst`, calling `progress(done, total)` after every chunk.
@@ -126,11 +134,13 @@ pub fn convert(
     };
     match &mut target {
         Out::Stream(out) => run_stream(&mut source, out, chunk, &mut stats, progress)?,
+        Out::Image(Image::Qcow2 { image, .. }) if o.compress => {
+            run_qcow2_compressed(&mut source, image, chunk, &mut stats, progress)?
+        }
         Out::Image(image) => {
             let mut w = Writer {
                 target: image,
                 zero_init: !o.existing,
-                compress: o.compress && o.dst_format == Format::Qcow2,
                 granule,
                 stats,
             };
@@ -141,11 +151,9 @@ pub fn convert(
     if size == 0 {
         progress(0, 0);
     }
-    // Raw writes went straight to the file; like qemu-img's default cache mode for
-    // convert, they are not forced to stable storage. Other formats must write metadata.
+    // Flushing writes cached metadata; it syncs unless the cache mode is `Unsafe`.
     match target {
         Out::Stream(s) => s.finish().map_err(|e| e.with_path(dst))?,
-        Out::Image(Image::Raw(_)) => {}
         Out::Image(mut i) => i.disk().flush()?,
     }
     Ok(stats)
@@ -161,8 +169,10 @@ fn run_image(
     let size = source.size();
     let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS + 2);
+    // -S 0 writes zeroes as data: they must be in the buffer.
+    let fill = w.granule == 0;
     std::thread::scope(|s| -> Result<()> {
-        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS));
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS, fill));
         let mut done = 0u64;
         for msg in rx.iter() {
             let c = msg?;
@@ -215,7 +225,10 @@ fn granule(o: &ConvertOptions, target: &Out) -> u64 {
 }
 
 fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
-    let rw = OpenOptions::default();
+    let rw = OpenOptions {
+        cache: o.dst_cache,
+        ..Default::default()
+    };
     if o.existing {
         let t = Image::open(dst, o.dst_format, &rw)?;
         if t.size() < size {
@@ -238,11 +251,12 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
     }
     match o.dst_format {
         Format::Raw => {
-            RawDisk::create(dst, size)?;
+            RawDisk::create_cached(dst, size, o.dst_cache)?;
             Ok(Image::Raw(RawDisk::open(dst, &rw)?))
         }
         Format::Qcow2 => {
-            crate::create(dst, Format::Qcow2, size, &o.create)?;
+            crate::qcow2::create_cached(dst, size, &o.create, o.dst_cache)
+                .map_err(|e| e.with_path(dst))?;
             Ok(Image::Qcow2 {
                 image: Box::new(Qcow2::open(dst, &rw)?),
                 has_backing: false,
@@ -258,20 +272,28 @@ fn open_target(dst: &Path, size: u64, o: &ConvertOptions) -> Result<Image> {
     }
 }
 
-/// The reader thread: sends chunks in order until the end or the first error.
+/// The reader thread: sends chunks in order until the end or the first error. With
+/// `fill_zeroes`, ranges that read as zeroes are zeroed in the buffer (else left stale and
+/// only listed in `Chunk::zero_runs`).
 fn read_all(
     source: &mut Image,
     chunk: u64,
     tx: &SyncSender<Result<Chunk>>,
     free: &Receiver<Vec<u8>>,
     buffers: usize,
+    fill_zeroes: bool,
 ) {
     let size = source.size();
     let mut allocated = 0usize;
     let mut offset = 0u64;
     while offset < size {
         let len = chunk.min(size - offset);
-        let msg = read_chunk(source, offset, len, &mut allocated, buffers, free);
+        let pool = Pool {
+            allocated: &mut allocated,
+            buffers,
+            free,
+        };
+        let msg = read_chunk(source, offset, len, pool, fill_zeroes);
         let failed = msg.is_err();
         if tx.send(msg).is_err() || failed {
             return;
@@ -280,13 +302,19 @@ fn read_all(
     }
 }
 
+/// The reader's buffers: up to `buffers` are allocated, then they come back on `free`.
+struct Pool<'a> {
+    allocated: &'a mut usize,
+    buffers: usize,
+    free: &'a Receiver<Vec<u8>>,
+}
+
 fn read_chunk(
     source: &mut Image,
     offset: u64,
     len: u64,
-    allocated: &mut usize,
-    buffers: usize,
-    free: &Receiver<Vec<u8>>,
+    pool: Pool,
+    fill_zeroes: bool,
 ) -> Result<Chunk> {
     let runs = source.status(offset, len)?;
     if runs.iter().all(|r| r.2 == Status::Zero) {
@@ -294,20 +322,24 @@ fn read_chunk(
             offset,
             len,
             data: None,
+            zero_runs: Vec::new(),
         });
     }
-    let mut buf = if *allocated < buffers {
-        *allocated += 1;
+    let mut buf = if *pool.allocated < pool.buffers {
+        *pool.allocated += 1;
         Vec::new()
     } else {
-        free.recv()
+        pool.free
+            .recv()
             .map_err(|_| Error::new(ErrorKind::Io, "the writer stopped"))?
     };
     buf.resize(len as usize, 0);
+    let mut zero_runs = Vec::new();
     for (at, n, s) in runs {
         let range = (at - offset) as usize..(at - offset + n) as usize;
         match s {
-            Status::Zero => buf[range].fill(0),
+            Status::Zero if fill_zeroes => buf[range].fill(0),
+            Status::Zero => zero_runs.push(range),
             Status::Data => source.read(&mut buf[range], at)?,
         }
     }
@@ -315,6 +347,7 @@ fn read_chunk(
         offset,
         len,
         data: Some(buf),
+        zero_runs,
     })
 }
 
@@ -322,7 +355,6 @@ fn read_chunk(
 struct Writer<'a> {
     target: &'a mut Image,
     zero_init: bool,
-    compress: bool,
     granule: u64,
     stats: ConvertStats,
 }
@@ -332,11 +364,23 @@ impl Writer<'_> {
         let Some(data) = &c.data else {
             return self.zero(c.offset, c.len);
         };
-        if self.compress {
-            return self.put_compressed(c.offset, data);
+        // Known zero runs are not scanned (their bytes are stale); data between them is.
+        let mut pos = 0usize;
+        for z in &c.zero_runs {
+            self.put_data(c.offset + pos as u64, &data[pos..z.start])?;
+            self.zero(c.offset + z.start as u64, z.len() as u64)?;
+            pos = z.end;
+        }
+        self.put_data(c.offset + pos as u64, &data[pos..])
+    }
+
+    /// Writes `data` at `offset`, leaving out granules that are all zero.
+    fn put_data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
         }
         if self.granule == 0 {
-            return self.data(c.offset, data);
+            return self.data(offset, data);
         }
         let g = self.granule as usize;
         let mut run_start = 0usize;
@@ -344,18 +388,18 @@ impl Writer<'_> {
         let mut pos = 0usize;
         while pos < data.len() {
             // Granules are aligned to the disk, not to the chunk.
-            let abs = c.offset + pos as u64;
-            let next = (abs / self.granule + 1) * self.granule - c.offset;
+            let abs = offset + pos as u64;
+            let next = (abs / self.granule + 1) * self.granule - offset;
             let end = (next as usize).min(data.len()).min(pos + g);
             let z = is_zero(&data[pos..end]);
             if run_zero != Some(z) {
-                self.flush_run(c.offset, data, run_start, pos, run_zero)?;
+                self.flush_run(offset, data, run_start, pos, run_zero)?;
                 run_start = pos;
                 run_zero = Some(z);
             }
             pos = end;
         }
-        self.flush_run(c.offset, data, run_start, data.len(), run_zero)
+        self.flush_run(offset, data, run_start, data.len(), run_zero)
     }
 
     fn flush_run(
@@ -385,67 +429,33 @@ impl Writer<'_> {
         self.stats.written += data.len() as u64;
         self.target.disk().write_at(data, offset)
     }
-
-    /// Compressed qcow2 output: one `write_compressed` per non-zero cluster.
-    fn put_compressed(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let cs = match self.target {
-            Image::Qcow2 { image, .. } => image.cluster_size() as usize,
-            _ => return self.data(offset, data),
-        };
-        for (i, piece) in data.chunks(cs).enumerate() {
-            let at = offset + (i * cs) as u64;
-            if is_zero(piece) {
-                self.zero(at, piece.len() as u64)?;
-                continue;
-            }
-            self.stats.written += piece.len() as u64;
-            if let Image::Qcow2 { image, .. } = self.target {
-                image.write_compressed(at, piece)?;
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Compression threads for streamOptimized output.
+/// Compression threads for compressed output.
 fn compress_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// A chunk whose non-zero grains are compressed.
-struct Packed {
+/// A chunk whose non-zero units (grains or clusters) are compressed.
+struct Packed<T> {
     offset: u64,
     len: u64,
-    grains: Vec<(u64, Vec<u8>)>,
+    items: Vec<T>,
     zero: u64,
     buf: Option<Vec<u8>>,
 }
 
-/// A compression thread: takes chunks from the shared queue until it is closed.
-fn compress_worker(
-    capacity: u64,
-    rx: &Mutex<Receiver<Result<Chunk>>>,
-    tx: &SyncSender<Result<Packed>>,
-) {
-    loop {
-        let msg = match rx.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
-        };
-        let Ok(msg) = msg else { return };
-        let packed = msg.and_then(|c| pack(capacity, c));
-        let failed = packed.is_err();
-        if tx.send(packed).is_err() || failed {
-            return;
-        }
-    }
-}
-
-fn pack(capacity: u64, c: Chunk) -> Result<Packed> {
+/// Splits a chunk into `unit`-sized pieces (chunks start on a unit boundary) and compresses
+/// the non-zero ones with `f(guest_offset, piece)`.
+fn pack<T>(
+    c: Chunk,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+) -> Result<Packed<T>> {
     let mut p = Packed {
         offset: c.offset,
         len: c.len,
-        grains: Vec::new(),
+        items: Vec::new(),
         zero: 0,
         buf: None,
     };
@@ -453,40 +463,60 @@ fn pack(capacity: u64, c: Chunk) -> Result<Packed> {
         p.zero = c.len;
         return Ok(p);
     };
-    for (i, g) in data.chunks(GRAIN as usize).enumerate() {
+    for (i, g) in data.chunks(unit as usize).enumerate() {
         if is_zero(g) {
             p.zero += g.len() as u64;
         } else {
-            let grain = c.offset / GRAIN + i as u64;
-            p.grains.push((grain, compress_grain(capacity, grain, g)?));
+            p.items.push(f(c.offset + i as u64 * unit, g)?);
         }
     }
     p.buf = Some(data);
     Ok(p)
 }
 
-/// Stream output: reader -> compression threads -> this thread, which puts the grains in
-/// order. No thread waits for another unless a queue is empty or full.
-fn run_stream(
+/// A compression thread: takes chunks from the shared queue until it is closed.
+fn compress_worker<T>(
+    rx: &Mutex<Receiver<Result<Chunk>>>,
+    tx: &SyncSender<Result<Packed<T>>>,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+) {
+    loop {
+        let msg = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok(msg) = msg else { return };
+        let packed = msg.and_then(|c| pack(c, unit, f));
+        let failed = packed.is_err();
+        if tx.send(packed).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Reader -> compression threads -> this thread, which hands chunks to `put` in order.
+/// No thread waits for another unless a queue is empty or full.
+fn run_pipeline<T: Send>(
     source: &mut Image,
-    out: &mut StreamOut,
     chunk: u64,
-    stats: &mut ConvertStats,
+    unit: u64,
+    f: &(impl Fn(u64, &[u8]) -> Result<T> + Sync),
+    put: &mut dyn FnMut(&Packed<T>) -> Result<()>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let size = source.size();
-    let capacity = out.capacity();
     let threads = compress_threads();
     let (tx, rx) = sync_channel::<Result<Chunk>>(BUFFERS);
     let rx = Mutex::new(rx);
-    let (ptx, prx) = sync_channel::<Result<Packed>>(BUFFERS);
+    let (ptx, prx) = sync_channel::<Result<Packed<T>>>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS * 2 + threads);
     std::thread::scope(|s| -> Result<()> {
-        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads));
+        s.spawn(move || read_all(source, chunk, &tx, &free_rx, BUFFERS + threads, true));
         for _ in 0..threads {
             let ptx = ptx.clone();
             let rx = &rx;
-            s.spawn(move || compress_worker(capacity, rx, &ptx));
+            s.spawn(move || compress_worker(rx, &ptx, unit, f));
         }
         drop(ptx);
         let mut waiting = std::collections::BTreeMap::new();
@@ -495,11 +525,7 @@ fn run_stream(
             let p = msg?;
             waiting.insert(p.offset, p);
             while let Some(p) = waiting.remove(&next) {
-                for (g, data) in &p.grains {
-                    out.put_grain(*g, data)?;
-                    stats.written += GRAIN.min(size - g * GRAIN);
-                }
-                stats.zero += p.zero;
+                put(&p)?;
                 next = p.offset + p.len;
                 progress(next, size);
                 if let Some(buf) = p.buf {
@@ -512,4 +538,59 @@ fn run_stream(
         }
         Ok(())
     })
+}
+
+/// Stream output: grains compressed on several threads, put in order.
+fn run_stream(
+    source: &mut Image,
+    out: &mut StreamOut,
+    chunk: u64,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let size = source.size();
+    let capacity = out.capacity();
+    let f = |at: u64, g: &[u8]| -> Result<(u64, Vec<u8>)> {
+        let grain = at / GRAIN;
+        Ok((grain, compress_grain(capacity, grain, g)?))
+    };
+    let mut put = |p: &Packed<(u64, Vec<u8>)>| -> Result<()> {
+        for (g, data) in &p.items {
+            out.put_grain(*g, data)?;
+            stats.written += GRAIN.min(size - g * GRAIN);
+        }
+        stats.zero += p.zero;
+        Ok(())
+    };
+    run_pipeline(source, chunk, GRAIN, &f, &mut put, progress)
+}
+
+/// Compressed qcow2 output: clusters compressed on several threads, written in order
+/// (uncompressible ones as normal clusters). The target is new, so zero clusters are skipped.
+fn run_qcow2_compressed(
+    source: &mut Image,
+    image: &mut Qcow2,
+    chunk: u64,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let (ty, cs) = (image.compression_type(), image.cluster_size());
+    let f = |at: u64, g: &[u8]| -> Result<(u64, Option<Vec<u8>>)> {
+        Ok((at, compress_cluster(ty, cs, g)))
+    };
+    let mut put = |p: &Packed<(u64, Option<Vec<u8>>)>| -> Result<()> {
+        let Some(buf) = &p.buf else {
+            stats.zero += p.zero;
+            return Ok(());
+        };
+        for (at, c) in &p.items {
+            let start = (at - p.offset) as usize;
+            let piece = &buf[start..(start + cs as usize).min(buf.len())];
+            image.write_precompressed(*at, piece, c.as_deref())?;
+            stats.written += piece.len() as u64;
+        }
+        stats.zero += p.zero;
+        Ok(())
+    };
+    run_pipeline(source, chunk, cs, &f, &mut put, progress)
 }

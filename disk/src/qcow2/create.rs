@@ -10,7 +10,9 @@ use super::header::{
 };
 use super::refcount::set_entry;
 use super::Qcow2;
-use crate::{CreateOptions, Error, ErrorKind, OpenOptions, Qcow2Version, Resize, Result};
+use crate::{
+    CacheMode, CreateOptions, Error, ErrorKind, OpenOptions, Qcow2Version, Resize, Result,
+};
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unsupported, msg).with_operation("create")
@@ -75,6 +77,16 @@ fn ioerr(e: std::io::Error) -> Error {
 /// Creates a qcow2 image: header, a one-cluster refcount table and block, then an L1 table
 /// sized for `size` (allocated through the normal resize path).
 pub(crate) fn create(path: &Path, size: u64, o: &CreateOptions) -> Result<()> {
+    create_cached(path, size, o, CacheMode::Writeback)
+}
+
+/// [`create`], syncing only if `cache` does (conversion targets under `CacheMode::Unsafe`).
+pub(crate) fn create_cached(
+    path: &Path,
+    size: u64,
+    o: &CreateOptions,
+    cache: CacheMode,
+) -> Result<()> {
     let full = build_header(size, o)?;
     // Serialise once with the backing name to catch names that do not fit.
     full.serialize()?;
@@ -93,9 +105,14 @@ pub(crate) fn create(path: &Path, size: u64, o: &CreateOptions) -> Result<()> {
         set_entry(&mut block, i, full.refcount_order, 1);
     }
     file.write_all_at(&block, 2 * cs).map_err(ioerr)?;
-    file.sync_all().map_err(ioerr)?;
+    if cache.syncs() {
+        file.sync_all().map_err(ioerr)?;
+    }
     drop(file);
-    let opts = OpenOptions::default();
+    let opts = OpenOptions {
+        cache,
+        ..Default::default()
+    };
     let (l1_size, l1_off) = {
         let mut q = Qcow2::open(path, &opts)?;
         q.resize(size)?;
@@ -116,5 +133,8 @@ pub(crate) fn create(path: &Path, size: u64, o: &CreateOptions) -> Result<()> {
     h.refcount_table_offset = super::header::get64(&cur, 0);
     h.refcount_table_clusters = super::header::get32(&cur, 8);
     file.write_all_at(&h.serialize()?, 0).map_err(ioerr)?;
-    file.sync_all().map_err(ioerr)
+    if cache.syncs() {
+        file.sync_all().map_err(ioerr)?;
+    }
+    Ok(())
 }

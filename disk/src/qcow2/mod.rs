@@ -24,6 +24,7 @@ mod write;
 pub use check::CheckReport;
 pub use header::CompressionType;
 pub use info::{Qcow2Info, SnapshotInfo};
+pub use write::compress_cluster;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,7 +37,7 @@ use refcount::{io, Refcounts};
 use crate::{Disk, DiskSize, Error, ErrorKind, Format, OpenOptions, ReadAt, Result};
 
 pub(crate) use check::check;
-pub(crate) use create::create;
+pub(crate) use create::{create, create_cached};
 pub(crate) use info::info;
 
 /// L1/L2 entry flag: the cluster's refcount is exactly 1, so it may be written in place.
@@ -89,6 +90,10 @@ pub struct Qcow2 {
     backing: Option<Box<dyn Disk>>,
     zcache: Option<((u64, u64), Vec<u8>)>,
     need_sync: bool,
+    /// False under [`crate::CacheMode::Unsafe`]: ordering is kept, fdatasync skipped.
+    sync_enabled: bool,
+    /// fdatasync calls made by [`Qcow2::sync`] (observable by tests).
+    syncs: u64,
     compressed_tail: Option<u64>,
 }
 
@@ -167,6 +172,8 @@ impl Qcow2 {
             backing,
             zcache: None,
             need_sync: false,
+            sync_enabled: options.cache.syncs(),
+            syncs: 0,
             compressed_tail: None,
         };
         if !q.read_only {
@@ -432,14 +439,25 @@ impl Qcow2 {
         self.sync()
     }
 
+    /// Makes every write so far durable before any later write (a no-op under
+    /// `CacheMode::Unsafe`, where only the order of writes is kept).
     fn sync(&mut self) -> Result<()> {
         if self.need_sync {
-            self.file
-                .sync_data()
-                .map_err(|e| io(e, "flush", 0).with_path(&self.path))?;
+            if self.sync_enabled {
+                self.file
+                    .sync_data()
+                    .map_err(|e| io(e, "flush", 0).with_path(&self.path))?;
+                self.syncs += 1;
+            }
             self.need_sync = false;
         }
         Ok(())
+    }
+
+    /// How many times this image has been synced to stable storage.
+    #[doc(hidden)]
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
     }
 
     /// The ordered flush: refcounts, then L2 tables, then L1, then deferred frees.
@@ -525,6 +543,7 @@ fn open_backing(
         allow_backing: true,
         allow_outside_extents: options.allow_outside_extents,
         backing_format: None,
+        cache: options.cache,
     };
     let disk: Box<dyn Disk> = match format {
         Format::Qcow2 => {

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use disk::ops::{self, ConvertOptions};
-use disk::OpenOptions;
+use disk::{CacheMode, OpenOptions};
 
 use super::args::{parse_size, split_options, Args, Spec};
 use super::verbs::create_options;
@@ -87,6 +87,15 @@ pub fn convert(argv: &[String]) -> VerbResult {
         Some(s) => parse_size(s)?,
         None => 4096,
     };
+    // As qemu-img: the target defaults to `unsafe` (never synced); the source is only read,
+    // so -T is validated and has no other effect.
+    let dst_cache = match a.get("-t") {
+        Some(t) => t.parse::<CacheMode>()?,
+        None => CacheMode::Unsafe,
+    };
+    if let Some(t) = a.get("-T") {
+        t.parse::<CacheMode>()?;
+    }
     let o = ConvertOptions {
         src_format,
         src_open: OpenOptions {
@@ -100,6 +109,7 @@ pub fn convert(argv: &[String]) -> VerbResult {
         compress: a.has("-c"),
         sparse_size,
         existing: a.has("-n"),
+        dst_cache,
         ..Default::default()
     };
     let mut progress = Progress::new(a.has("-p") && !a.has("-q"));

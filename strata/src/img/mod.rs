@@ -20,7 +20,8 @@ const USAGE: &str = "usage: strata img COMMAND [OPTIONS] ...
 Commands (qemu-img's flags; the image format is always given, never guessed):
   create   -f FMT [-o OPTIONS] [-b BACKING -F BACKING_FMT] FILE [SIZE]
   info     -f FMT [--output human|json] [--backing-chain] FILE
-  convert  -f FMT -O FMT [-c] [-o OPTIONS] [-p] [-S SPARSE_SIZE] [-n] SRC DST
+  convert  -f FMT -O FMT [-c] [-o OPTIONS] [-p] [-S SPARSE_SIZE] [-n] [-t CACHE] SRC DST
+           (CACHE: unsafe (default, never syncs), writeback, none, directsync, writethrough)
   check    -f FMT [-r leaks|all] [--output human|json] FILE
   resize   -f FMT [--shrink] FILE [+|-]SIZE
   snapshot -f qcow2 -l|-c NAME|-a NAME|-d NAME FILE
