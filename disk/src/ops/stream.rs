@@ -12,11 +12,11 @@ use std::path::Path;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
+use crate::vmdk::create::{new_image_params, NewImage};
 use crate::vmdk::descriptor::Descriptor;
 use crate::vmdk::header::{
     Marker, SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST,
-    GD_AT_END, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MAX_CAPACITY_SECTORS,
-    MAX_GD_ENTRIES, SECTOR,
+    GD_AT_END, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR,
 };
 use crate::vmdk::stream::{deflate_grain, GRAIN_SECTORS, GTES_PER_GT};
 use crate::{Error, ErrorKind, Result};
@@ -47,24 +47,11 @@ fn io(e: std::io::Error, what: &str, at: u64) -> Error {
 impl StreamOut {
     /// Creates (truncates) `path` as an empty stream of `size` bytes (rounded up to sectors).
     pub(crate) fn create(path: &Path, size: u64) -> Result<StreamOut> {
-        let sectors = size.div_ceil(SECTOR);
-        let gd_entries = sectors.div_ceil(GRAIN_SECTORS * GTES_PER_GT);
-        if sectors > MAX_CAPACITY_SECTORS || gd_entries > MAX_GD_ENTRIES {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("size of {size} bytes is too large for a vmdk"),
-            ));
-        }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| !n.contains(['"', '\n', '\r']))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    "the file name must be UTF-8 without quotes or newlines (it goes in the descriptor)",
-                )
-            })?;
+        let NewImage {
+            sectors,
+            gd_entries,
+            name,
+        } = new_image_params(path, size)?;
         let desc = Descriptor::render_sparse("streamOptimized", cid(), sectors, name, "ide");
         let desc_sectors = (desc.len() as u64).div_ceil(SECTOR).max(1);
         let header = SparseHeader {

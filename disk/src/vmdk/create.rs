@@ -42,7 +42,19 @@ pub fn create(path: &Path, size: u64, options: &VmdkCreateOptions) -> Result<Vmd
     create_inner(path, size, options).map_err(|e| e.with_path(path).with_operation("create"))
 }
 
-fn create_inner(path: &Path, size: u64, options: &VmdkCreateOptions) -> Result<Vmdk> {
+/// The shape of a new vmdk image.
+pub(crate) struct NewImage<'a> {
+    /// Capacity in sectors.
+    pub sectors: u64,
+    /// Grain directory entries.
+    pub gd_entries: u64,
+    /// The file name, as it goes in the descriptor.
+    pub name: &'a str,
+}
+
+/// Checks that a new vmdk of `size` bytes fits the format and that its file name can go in its
+/// descriptor.
+pub(crate) fn new_image_params(path: &Path, size: u64) -> Result<NewImage<'_>> {
     let sectors = size.div_ceil(SECTOR);
     let gd_entries = sectors.div_ceil(GRAIN_SECTORS * GTES_PER_GT);
     if sectors > MAX_CAPACITY_SECTORS || gd_entries > MAX_GD_ENTRIES {
@@ -61,6 +73,19 @@ fn create_inner(path: &Path, size: u64, options: &VmdkCreateOptions) -> Result<V
                 "the file name must be UTF-8 without quotes or newlines (it goes in the descriptor)",
             )
         })?;
+    Ok(NewImage {
+        sectors,
+        gd_entries,
+        name,
+    })
+}
+
+fn create_inner(path: &Path, size: u64, options: &VmdkCreateOptions) -> Result<Vmdk> {
+    let NewImage {
+        sectors,
+        gd_entries,
+        name,
+    } = new_image_params(path, size)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

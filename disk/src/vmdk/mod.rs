@@ -10,7 +10,7 @@
 //! Extent file names are resolved only inside the descriptor's own directory (no absolute
 //! paths, no `..`, no symlink leading out) unless [`OpenOptions::allow_outside_extents`].
 
-mod create;
+pub(crate) mod create;
 pub mod descriptor;
 mod extent;
 mod fileio;
