@@ -10,6 +10,7 @@ use super::header::{
 };
 use super::refcount::io;
 use super::snapshot::read_table;
+use super::snapshot_ops::to_info;
 use crate::{Error, Format, ImageInfo, Result};
 
 /// One internal snapshot.
@@ -82,19 +83,7 @@ fn inner(path: &Path) -> Result<ImageInfo> {
         dirty: h.incompatible & INCOMPAT_DIRTY != 0,
         compression_type: h.compression,
         extended_l2: h.incompatible & INCOMPAT_EXTL2 != 0,
-        snapshots: snaps
-            .into_iter()
-            .map(|s| SnapshotInfo {
-                id: s.id,
-                name: s.name,
-                vm_state_size: s.vm_state_size,
-                date_sec: s.date_sec,
-                date_nsec: s.date_nsec,
-                vm_clock_nsec: s.vm_clock_nsec,
-                disk_size: s.disk_size,
-                icount: s.icount,
-            })
-            .collect(),
+        snapshots: snaps.into_iter().map(to_info).collect(),
     };
     Ok(ImageInfo {
         format: Format::Qcow2,

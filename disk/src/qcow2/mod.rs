@@ -233,14 +233,7 @@ impl Qcow2 {
         if self.cache.contains(off) {
             return Ok(());
         }
-        if let Some(victim) = self.cache.victim() {
-            let is_dirty = self.cache.get(victim).is_some_and(|t| t.dirty);
-            if is_dirty {
-                self.sync_refcounts()?;
-                self.write_l2(victim)?;
-            }
-            self.cache.remove(victim);
-        }
+        self.make_room()?;
         let mut raw = vec![0u8; self.cluster_size() as usize];
         self.file
             .read_exact_at(&mut raw, off)

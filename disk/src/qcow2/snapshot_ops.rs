@@ -334,7 +334,8 @@ impl Qcow2 {
     }
 }
 
-fn to_info(s: Snapshot) -> SnapshotInfo {
+/// The public description of a snapshot-table entry.
+pub(super) fn to_info(s: Snapshot) -> SnapshotInfo {
     SnapshotInfo {
         id: s.id,
         name: s.name,

@@ -89,7 +89,7 @@ impl Qcow2 {
     }
 
     /// Evicts the least recently used L2 table if the cache is full.
-    fn make_room(&mut self) -> Result<()> {
+    pub(super) fn make_room(&mut self) -> Result<()> {
         if let Some(victim) = self.cache.victim() {
             let is_dirty = self.cache.get(victim).is_some_and(|t| t.dirty);
             if is_dirty {
