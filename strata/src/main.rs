@@ -45,7 +45,15 @@ fn run(args: &[String]) -> ExitCode {
     if outcome.emulated.total() > 0 {
         eprintln!("strata: {}", outcome.emulated);
     }
-    if outcome.timed_out {
+    if let Some(signal) = outcome.signal {
+        for report in &outcome.reports {
+            eprint!("{report}");
+        }
+        eprintln!(
+            "strata: stopped the guest on signal {}",
+            signal_name(signal)
+        );
+    } else if outcome.timed_out {
         for report in &outcome.reports {
             eprint!("{report}");
         }
@@ -63,6 +71,16 @@ fn run(args: &[String]) -> ExitCode {
         eprintln!("strata: guest stopped: {}: {culprit}", outcome.stop);
     }
     ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+}
+
+/// The name of a signal that stops the VM.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        other => format!("{other}"),
+    }
 }
 
 fn main() -> ExitCode {

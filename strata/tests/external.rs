@@ -4,7 +4,41 @@
 
 mod common;
 
-use common::{kvm_available, require, scratch, strata};
+use common::{kvm_available, require, scratch, strata_until};
+use testkit::{signal_usr1, terminate};
+
+/// The rows of a `--vga text` rendering (a header line, 25 rows, a footer line).
+fn vga_rows(screen: &str) -> Vec<&str> {
+    let framed: Vec<&str> = screen.lines().collect();
+    assert_eq!(framed.len(), 27, "{screen}");
+    assert!(
+        framed[0].starts_with("----- VGA text console (80x25)"),
+        "{screen}"
+    );
+    assert_eq!(
+        framed[26], "----- end of VGA text console -----",
+        "{screen}"
+    );
+    framed[1..26].to_vec()
+}
+
+/// What holds on GRUB Invaders' screen whenever it is sampled once the game has drawn: the
+/// invaders (`-*-`) march left, right and down over the top rows, so their rows and columns
+/// depend on when the screen is read, but they stay above the player's ship, which nobody
+/// moves and which sits at the bottom centre.
+fn assert_invaders_screen(screen: &str) {
+    let rows = vga_rows(screen);
+    let invader_rows: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].contains("-*-"))
+        .collect();
+    assert!(!invader_rows.is_empty(), "no invaders:\n{screen}");
+    assert!(
+        invader_rows.iter().all(|&i| i < 23),
+        "invaders on the ship's rows:\n{screen}"
+    );
+    assert_eq!(rows[23].trim(), "_", "no ship on screen:\n{screen}");
+    assert_eq!(rows[24].trim(), "/ \\", "no ship on screen:\n{screen}");
+}
 
 #[test]
 fn test_grub_invaders_draws_the_game_on_vga() {
@@ -14,34 +48,51 @@ fn test_grub_invaders_draws_the_game_on_vga() {
     let kernel = require("/boot/invaders.exec", "grub-invaders");
     let screen_file = scratch("invaders").join("screen.txt");
     let vga = format!("text,file={}", screen_file.display());
-    let run = strata(&["run", "--kernel", &kernel, "--vga", &vga, "--timeout", "3"]);
-    assert_eq!(run.status, Some(124), "{run:?}");
-    assert!(
-        run.stderr
-            .contains("vCPU 0: 32-bit protected mode, no paging, CPL 0"),
-        "{}",
-        run.stderr
-    );
-    let screen = std::fs::read_to_string(&screen_file).expect("VGA text file");
-    // The rendering is framed by a header and a footer line around the 25 screen rows.
-    let framed: Vec<&str> = screen.lines().collect();
-    assert!(
-        framed[0].starts_with("----- VGA text console (80x25)"),
-        "{screen}"
-    );
-    assert_eq!(framed.len(), 27, "{screen}");
-    let rows = &framed[1..26];
-    // Five rows of invaders (they march, so their columns vary) on every other line at the
-    // top of the screen, and the player's ship at the bottom.
-    let invader_lines: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].contains("-*-"))
-        .collect();
-    assert_eq!(invader_lines, vec![0, 2, 4, 6, 8], "{screen}");
-    for &i in &invader_lines {
-        assert!(rows[i].matches("-*-").count() >= 4, "row {i}:\n{screen}");
+    // --timeout only guards against a hang: the test waits for the game to draw.
+    let mut child = std::process::Command::new(common::strata_bin())
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--vga",
+            &vga,
+            "--timeout",
+            "600",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+
+    // SIGUSR1 renders the screen while the game runs; ask until the game has drawn invaders
+    // and the ship (a guest-side event), or until strata ends on its own.
+    let mut screen = String::new();
+    while signal_usr1(&mut child) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        screen = std::fs::read_to_string(&screen_file).unwrap_or_default();
+        let complete = screen.ends_with("----- end of VGA text console -----\n");
+        if complete && screen.contains("-*-") && screen.contains("/ \\") {
+            break;
+        }
     }
-    assert_eq!(rows[24].trim(), "/ \\", "no ship on screen:\n{screen}");
-    assert_eq!(rows[23].trim(), "_", "no ship on screen:\n{screen}");
+    terminate(&child);
+    let out = child.wait_with_output().expect("wait for strata");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+
+    assert_invaders_screen(&screen);
+    // SIGTERM stops the VM as the timeout does: registers reported, the screen rendered once
+    // more (its contents are wherever the game was: only the frame is certain), status 143.
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("vCPU 0: 32-bit protected mode, no paging, CPL 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("strata: stopped the guest on signal SIGTERM\n"),
+        "{stderr}"
+    );
+    vga_rows(&std::fs::read_to_string(&screen_file).expect("VGA text file"));
 }
 
 /// Builds GRUB's i386-xen_pvh image with scripts/build-grub-pvh.sh into a scratch cache.
@@ -72,14 +123,18 @@ fn test_grub_xen_pvh_entry_finds_no_xen_and_halts() {
         return;
     }
     let image = grub_pvh_image();
-    let run = strata(&["run", "--kernel", &image, "--timeout", "3"]);
+    // --timeout only guards against a hang: the test stops the guest once it has halted.
+    let run = strata_until(
+        &["run", "--kernel", &image, "--timeout", "600"],
+        &["System halted!\n"],
+    );
     // GRUB's PVH entry looks for Xen's CPUID signature, prints on the 0xe9 debug console
     // (which Strata merges into the serial output) and halts with interrupts off.
     assert_eq!(
         run.stdout, "Found no Xen signature!\nSystem halted!\n",
         "{run:?}"
     );
-    assert_eq!(run.status, Some(124), "{run:?}");
+    assert_eq!(run.status, Some(143), "{run:?}");
     let summary = run.stderr.lines().next().expect("report");
     assert!(
         summary.starts_with("vCPU 0: 32-bit protected mode, no paging, CPL 0, RIP 0x1"),
@@ -101,46 +156,5 @@ fn test_grub_xen_pvh_entry_finds_no_xen_and_halts() {
         rflags & 0x200,
         0,
         "interrupts should be off in the halt loop"
-    );
-}
-
-#[test]
-fn test_vga_text_rendered_on_sigusr1_while_running() {
-    if !kvm_available() {
-        return;
-    }
-    let kernel = require("/boot/invaders.exec", "grub-invaders");
-    let screen_file = scratch("invaders-usr1").join("screen.txt");
-    let vga = format!("text,file={}", screen_file.display());
-    let mut child = std::process::Command::new(common::strata_bin())
-        .args(["run", "--kernel", &kernel, "--vga", &vga, "--timeout", "60"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn strata");
-    // Ask for a rendering until one appears (the game needs a moment to draw).
-    let mut screen = String::new();
-    for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let _ = std::process::Command::new("kill")
-            .args(["-USR1", &child.id().to_string()])
-            .status();
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        screen = std::fs::read_to_string(&screen_file).unwrap_or_default();
-        if screen.contains("-*-") {
-            break;
-        }
-    }
-    let still_running = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        still_running,
-        "strata exited before the rendering was requested"
-    );
-    assert!(
-        screen.contains("-*-"),
-        "no invaders in the on-demand rendering:\n{screen}"
     );
 }

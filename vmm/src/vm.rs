@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,6 +83,8 @@ pub struct VmOutcome {
     pub stop: VcpuStop,
     /// Whether the timeout ended the VM.
     pub timed_out: bool,
+    /// The host signal (SIGTERM, SIGINT, SIGHUP) that ended the VM, if one did.
+    pub signal: Option<i32>,
     /// Every vCPU's state at the end, in vCPU order.
     pub reports: Vec<VcpuReport>,
     /// The report of the vCPU that ended the VM, if one did.
@@ -93,8 +95,12 @@ pub struct VmOutcome {
 
 impl VmOutcome {
     /// The process exit status a front end should use: the debug-exit value, 0 for reset or
-    /// power-off, 124 for a timeout (as timeout(1)), 1 for a fatal stop.
+    /// power-off, 124 for a timeout (as timeout(1)), 128 + the signal number when a host signal
+    /// ended the VM (as a shell reports it), 1 for a fatal stop.
     pub fn exit_code(&self) -> i32 {
+        if let Some(signal) = self.signal {
+            return 128 + signal;
+        }
         if self.timed_out {
             return 124;
         }
@@ -137,6 +143,16 @@ static VGA_DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn vga_dump_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     VGA_DUMP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// Set by SIGTERM, SIGINT or SIGHUP to the signal's number: stop the VM and report.
+static TERMINATE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The host signals that stop the VM the way the timeout does (registers reported).
+const TERMINATE_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+extern "C" fn terminate_handler(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERMINATE_SIGNAL.store(sig, Ordering::Relaxed);
 }
 
 fn create_output(what: &'static str, path: &std::path::Path) -> Result<std::fs::File, VmmError> {
@@ -242,6 +258,10 @@ impl Vm {
     /// stops every vCPU and collects their state (step 10).
     pub fn run(mut self) -> Result<VmOutcome, VmmError> {
         register_signal_handler(kick_signal(), kick_handler).map_err(VmmError::SignalHandler)?;
+        // Before SIGUSR1's: a front end that saw SIGUSR1 caught may rely on SIGTERM being too.
+        for sig in TERMINATE_SIGNALS {
+            register_signal_handler(sig, terminate_handler).map_err(VmmError::SignalHandler)?;
+        }
         if self.vga.mode == VgaMode::Text {
             register_signal_handler(libc::SIGUSR1, vga_dump_handler)
                 .map_err(VmmError::SignalHandler)?;
@@ -280,8 +300,15 @@ impl Vm {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break None;
             }
+            if TERMINATE_SIGNAL.load(Ordering::Relaxed) != 0 {
+                break None;
+            }
         };
-        let timed_out = first.is_none();
+        let signal = match TERMINATE_SIGNAL.swap(0, Ordering::Relaxed) {
+            0 => None,
+            sig => Some(sig),
+        };
+        let timed_out = first.is_none() && signal.is_none();
         self.ctx.stop.store(true, Ordering::Release);
         kick_until_finished(&handles);
         let mut reports = Vec::new();
@@ -301,6 +328,7 @@ impl Vm {
         Ok(VmOutcome {
             stop,
             timed_out,
+            signal,
             reports,
             culprit,
             emulated,
@@ -354,4 +382,35 @@ fn kick_until_finished<T>(handles: &[JoinHandle<T>]) {
 /// Builds and runs a VM.
 pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
     Vm::build(config)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(stop: VcpuStop, timed_out: bool, signal: Option<i32>) -> VmOutcome {
+        VmOutcome {
+            stop,
+            timed_out,
+            signal,
+            reports: Vec::new(),
+            culprit: None,
+            emulated: EmulationStats::default(),
+        }
+    }
+
+    #[test]
+    fn test_vm_outcome_exit_code_by_ending() {
+        assert_eq!(outcome(VcpuStop::DebugExit(7), false, None).exit_code(), 7);
+        assert_eq!(outcome(VcpuStop::Reset, false, None).exit_code(), 0);
+        assert_eq!(outcome(VcpuStop::Stopped, true, None).exit_code(), 124);
+        assert_eq!(outcome(VcpuStop::Shutdown, false, None).exit_code(), 1);
+    }
+
+    #[test]
+    fn test_vm_outcome_exit_code_signal_is_128_plus_number() {
+        let o = outcome(VcpuStop::Stopped, false, Some(libc::SIGTERM));
+
+        assert_eq!(o.exit_code(), 143);
+    }
 }

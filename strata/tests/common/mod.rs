@@ -1,46 +1,17 @@
 //! Shared helpers for the `strata` binary's integration tests: run the binary in a child
-//! process with a hang guard, build small files, check KVM is present.
+//! process (through `testkit`), build small files.
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-/// A run that has not finished after this long is killed: a guard against hangs, not a
-/// speed assertion.
-pub const HANG_GUARD: Duration = Duration::from_secs(240);
-
-/// What a `strata` run produced.
-#[derive(Debug)]
-pub struct Run {
-    /// Standard output (the serial console).
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-    /// Exit status (None if killed by a signal).
-    pub status: Option<i32>,
-}
-
-impl Run {
-    /// Lines of the serial output.
-    pub fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-}
+#[allow(unused_imports)]
+pub use testkit::{
+    host_is_pvm, kvm_available, require, run_command, run_until, scratch, Run, HANG_GUARD,
+};
 
 /// Path of the `strata` binary under test.
 pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
-}
-
-/// Whether /dev/kvm exists; prints why a test is skipped if not.
-pub fn kvm_available() -> bool {
-    let ok = Path::new("/dev/kvm").exists();
-    if !ok {
-        eprintln!("skipping: /dev/kvm is absent on this host");
-    }
-    ok
 }
 
 /// Runs `strata` with `args`, standard input closed, killing it after [`HANG_GUARD`].
@@ -48,60 +19,10 @@ pub fn strata(args: &[&str]) -> Run {
     run_command(Command::new(strata_bin()).args(args))
 }
 
-/// Runs a command with a hang guard, capturing its output.
-pub fn run_command(cmd: &mut Command) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        stdout: String::from_utf8_lossy(&out_thread.join().expect("join")).into_owned(),
-        stderr: String::from_utf8_lossy(&err_thread.join().expect("join")).into_owned(),
-        status: status.code(),
-    }
-}
-
-/// A file a Debian package provides: a missing one fails the test naming the package (.ci/run
-/// installs it), never skips it.
-pub fn require(path: &str, package: &str) -> String {
-    assert!(
-        Path::new(path).is_file(),
-        "{path} is missing: install the Debian package {package} (.ci/run does)"
-    );
-    path.to_string()
-}
-
-/// A scratch directory unique to this process and test.
-pub fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("strata-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// Runs `strata` with `args` until its serial output contains every one of `markers` (a
+/// guest-side event), then stops it with SIGTERM (exit status 143, registers reported).
+pub fn strata_until(args: &[&str], markers: &[&str]) -> Run {
+    run_until(Command::new(strata_bin()).args(args), markers)
 }
 
 /// IEEE CRC-32 (zlib), the checksum the test guests print.
