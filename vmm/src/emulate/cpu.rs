@@ -82,6 +82,10 @@ pub struct GuestFeatures {
     pub phys_addr_bits: u8,
     /// MXCSR_MASK as FXSAVE reports it: bits outside it are reserved (LDMXCSR/FXRSTOR raise #GP).
     pub mxcsr_mask: u32,
+    /// FXSAVE stores the x87 error pointers (FOP, FIP, FDP) only when an unmasked exception is
+    /// pending (FSW.ES), zeros otherwise (AMD; probed by running FXSAVE, since a CPU seen here
+    /// does it although its CPUID.80000008h:EBX.XSaveErPtr says it always stores them).
+    pub fxsave_pointers_on_error_only: bool,
 }
 
 impl GuestFeatures {
@@ -102,8 +106,28 @@ impl GuestFeatures {
             bmi1: leaf7.ebx & (1 << 3) != 0,
             phys_addr_bits: (ext8.eax & 0xff) as u8,
             mxcsr_mask: host_mxcsr_mask(),
+            fxsave_pointers_on_error_only: host_fxsave_pointers_on_error_only(),
         }
     }
+}
+
+/// Whether the host's FXSAVE stores zero error pointers when no x87 exception is pending: runs
+/// FLD1 (which sets FIP) and looks at what FXSAVE stored.
+fn host_fxsave_pointers_on_error_only() -> bool {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let (mut backup, mut probe) = (Area([0; 512]), Area([0; 512]));
+    // SAFETY: the host's x87/SSE state is saved to `backup` first and restored last; both
+    // areas are 512 bytes and 16-byte aligned, as FXSAVE/FXRSTOR require. FNINIT and FLD1
+    // change only x87 state, which the FXRSTOR puts back.
+    unsafe {
+        core::arch::asm!(
+            "fxsave64 [{bk}]", "fninit", "fld1", "fxsave64 [{p}]", "fxrstor64 [{bk}]",
+            bk = in(reg) backup.0.as_mut_ptr(), p = in(reg) probe.0.as_mut_ptr(),
+            options(nostack)
+        );
+    }
+    probe.0[8..16].iter().all(|&b| b == 0)
 }
 
 /// The host's MXCSR_MASK, read once with a native FXSAVE.

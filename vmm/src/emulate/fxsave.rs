@@ -57,6 +57,9 @@ fn layout(state: &CpuState, code: Code) -> (bool, usize) {
     (wide, xmm)
 }
 
+/// FSW.ES: an unmasked x87 exception is pending.
+const FSW_ES: u16 = 1 << 7;
+
 /// The FXSAVE image of `state` (the first `IMAGE_64` bytes are meaningful).
 pub(crate) fn image(state: &CpuState, wide: bool, xmm_count: usize) -> [u8; 512] {
     let fpu = &state.fpu;
@@ -64,11 +67,14 @@ pub(crate) fn image(state: &CpuState, wide: bool, xmm_count: usize) -> [u8; 512]
     img[0..2].copy_from_slice(&fpu.fcw.to_le_bytes());
     img[2..4].copy_from_slice(&fpu.fsw.to_le_bytes());
     img[4] = fpu.ftwx;
-    img[6..8].copy_from_slice(&fpu.last_opcode.to_le_bytes());
-    if wide {
+    if state.features.fxsave_pointers_on_error_only && fpu.fsw & FSW_ES == 0 {
+        // AMD: no pending x87 exception, so FOP, FIP and FDP are stored as zero.
+    } else if wide {
+        img[6..8].copy_from_slice(&fpu.last_opcode.to_le_bytes());
         img[8..16].copy_from_slice(&fpu.last_ip.to_le_bytes());
         img[16..24].copy_from_slice(&fpu.last_dp.to_le_bytes());
     } else {
+        img[6..8].copy_from_slice(&fpu.last_opcode.to_le_bytes());
         // FCS and FDS are stored as zero (deprecated on current CPUs; KVM does not keep them).
         img[8..12].copy_from_slice(&(fpu.last_ip as u32).to_le_bytes());
         img[16..20].copy_from_slice(&(fpu.last_dp as u32).to_le_bytes());

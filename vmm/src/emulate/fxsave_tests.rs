@@ -199,3 +199,27 @@ fn test_ldmxcsr_reserved_bit_raises_gp0() {
     );
     assert_eq!(state.fpu.mxcsr, 0x1f80);
 }
+
+#[test]
+fn test_fxsave_amd_style_stores_error_pointers_only_when_exception_pending() {
+    // Arrange: error pointers set, FSW.ES clear then set, on a CPU that stores the pointers only
+    // for a pending exception (AMD without XSaveErPtr).
+    for (fsw, pointers_kept) in [(0u16, false), (0x81, true)] {
+        let mut state = long_mode_state();
+        state.features.fxsave_pointers_on_error_only = true;
+        state.fpu.fsw = fsw;
+        state.fpu.last_opcode = 0x1d9;
+        state.fpu.last_ip = 0x7f00_1234_5678;
+        state.fpu.last_dp = 0x7f00_9abc_def0;
+        // Act
+        let out = image(&state, true, 16);
+        // Assert
+        let mut expected = [0u8; 18];
+        if pointers_kept {
+            expected[0..2].copy_from_slice(&0x1d9u16.to_le_bytes());
+            expected[2..10].copy_from_slice(&0x7f00_1234_5678u64.to_le_bytes());
+            expected[10..18].copy_from_slice(&0x7f00_9abc_def0u64.to_le_bytes());
+        }
+        assert_eq!(out[6..24], expected, "FSW={fsw:#x}");
+    }
+}

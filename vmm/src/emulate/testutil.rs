@@ -49,6 +49,8 @@ fn features() -> GuestFeatures {
         bmi1: true,
         phys_addr_bits: 46,
         mxcsr_mask: 0xffff,
+        // What FXSAVE stores is compared with the host CPU's, so this follows the host.
+        fxsave_pointers_on_error_only: GuestFeatures::host().fxsave_pointers_on_error_only,
     }
 }
 
