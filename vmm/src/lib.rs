@@ -8,10 +8,13 @@
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod counters;
 pub mod devices;
 pub mod emulate;
 pub mod kvm;
 pub mod memory;
+pub mod virtio;
 pub mod vm;
+pub mod vm_events;
 
 pub use vm::{run, Vm, VmOutcome, VmmError};

@@ -8,15 +8,20 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
-use crate::devices::{self, DebugconTarget, LegacyConfig, LegacyDevices, PioBus};
+use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
 use crate::emulate::EmulationStats;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuEnd, VcpuError, VcpuReport, VcpuStop, VmError};
 use crate::memory::{self, MemoryError};
+use crate::vm_events::{self, VmEvent, VmEventQueue, VmEventsError};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +79,19 @@ pub enum VmmError {
     /// The vCPU kick signal handler could not be installed.
     #[error("unable to install the vCPU kick signal handler: {0}")]
     SignalHandler(vmm_sys_util::errno::Error),
+    /// The device-to-VMM event channel could not be created.
+    #[error(transparent)]
+    VmEvents(#[from] VmEventsError),
+    /// The main loop's epoll could not be set up or waited on.
+    #[error("unable to wait for VM events")]
+    Epoll(#[source] std::io::Error),
 }
 
 /// How a VM ended.
 #[derive(Debug)]
 pub struct VmOutcome {
-    /// Why the VM stopped: the first vCPU stop that was not a request from the VMM.
+    /// Why the VM stopped: what the guest asked for (reset, power-off, debug exit) or the
+    /// first vCPU stop that was not a request from the VMM.
     pub stop: VcpuStop,
     /// Whether the timeout ended the VM.
     pub timed_out: bool,
@@ -118,6 +130,16 @@ struct StopNotice {
     stop: VcpuStop,
 }
 
+/// Why the main loop stopped the VM.
+enum Ending {
+    /// A vCPU stopped by itself (a fatal exit).
+    Vcpu(StopNotice),
+    /// The guest asked a device to end or reset the machine.
+    Guest(VmEvent),
+    /// The timeout, a host signal, or every vCPU gone.
+    Vmm,
+}
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -131,6 +153,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
     devices: LegacyDevices,
+    events: VmEventQueue,
     vga: VgaConfig,
     timeout: Option<Duration>,
 }
@@ -164,7 +187,11 @@ fn create_output(what: &'static str, path: &std::path::Path) -> Result<std::fs::
 }
 
 /// Creates the legacy devices on `pio` as the config asks (boot sequence step 7).
-fn create_devices(config: &VmConfig, pio: &mut PioBus) -> Result<LegacyDevices, VmmError> {
+fn create_devices(
+    config: &VmConfig,
+    pio: &Bus,
+    events: &vm_events::VmEvents,
+) -> Result<LegacyDevices, VmmError> {
     let serial_out: Option<Box<dyn Write + Send>> = match config.serial.mode {
         ConsoleMode::Stdio => Some(Box::new(std::io::stdout())),
         ConsoleMode::File => {
@@ -186,6 +213,7 @@ fn create_devices(config: &VmConfig, pio: &mut PioBus) -> Result<LegacyDevices, 
             vga_ports: true,
             reset_port: true,
         },
+        events,
     )?)
 }
 
@@ -223,8 +251,10 @@ impl Vm {
         bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
         mptable::setup_mptable(&mem, cpu_count)?;
         // 7. Legacy devices on the port-I/O bus, interrupts through irqfds.
-        let mut pio = PioBus::new();
-        let devices = create_devices(config, &mut pio)?;
+        let pio = Bus::new();
+        let mmio = Bus::new();
+        let (vm_events, events) = vm_events::vm_events()?;
+        let devices = create_devices(config, &pio, &vm_events)?;
         kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
         kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
         if config.serial.mode == ConsoleMode::Stdio {
@@ -234,6 +264,7 @@ impl Vm {
         let ctx = VcpuContext {
             mem,
             pio,
+            mmio,
             stop: Arc::new(AtomicBool::new(false)),
             emulation_fallback: config.emulation_fallback,
         };
@@ -249,6 +280,7 @@ impl Vm {
             vcpus,
             ctx,
             devices,
+            events,
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
         })
@@ -267,9 +299,11 @@ impl Vm {
                 .map_err(VmmError::SignalHandler)?;
         }
         let (tx, rx) = mpsc::channel::<StopNotice>();
+        let stopped = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Epoll)?);
         let mut handles: Vec<JoinHandle<VcpuEnd>> = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             let tx = tx.clone();
+            let stopped = Arc::clone(&stopped);
             let id = vcpu.id();
             let name = format!("vcpu{id}");
             let handle = std::thread::Builder::new()
@@ -280,35 +314,19 @@ impl Vm {
                         id,
                         stop: end.stop.clone(),
                     });
+                    let _ = stopped.write(1);
                     end
                 })
                 .map_err(|source| VmmError::SpawnThread { name, source })?;
             handles.push(handle);
         }
         drop(tx);
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let first = loop {
-            match rx.recv_timeout(MAIN_TICK) {
-                Ok(end) => break Some(end),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-            self.devices.flush_output();
-            if VGA_DUMP_REQUESTED.swap(false, Ordering::Relaxed) {
-                self.render_vga()?;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break None;
-            }
-            if TERMINATE_SIGNAL.load(Ordering::Relaxed) != 0 {
-                break None;
-            }
-        };
+        let ending = self.wait_for_ending(&rx, &stopped, handles.len())?;
         let signal = match TERMINATE_SIGNAL.swap(0, Ordering::Relaxed) {
             0 => None,
             sig => Some(sig),
         };
-        let timed_out = first.is_none() && signal.is_none();
+        let timed_out = matches!(ending, Ending::Vmm) && signal.is_none();
         self.ctx.stop.store(true, Ordering::Release);
         kick_until_finished(&handles);
         let mut reports = Vec::new();
@@ -321,9 +339,12 @@ impl Vm {
         if self.vga.mode == VgaMode::Text {
             self.render_vga()?;
         }
-        let (stop, culprit) = match first {
-            Some(end) => (end.stop, Some(end.id)),
-            None => (VcpuStop::Stopped, None),
+        let (stop, culprit) = match ending {
+            Ending::Vcpu(end) => (end.stop, Some(end.id)),
+            Ending::Guest(VmEvent::Reset) => (VcpuStop::Reset, None),
+            Ending::Guest(VmEvent::PowerOff) => (VcpuStop::PowerOff, None),
+            Ending::Guest(VmEvent::DebugExit(code)) => (VcpuStop::DebugExit(code), None),
+            Ending::Vmm => (VcpuStop::Stopped, None),
         };
         Ok(VmOutcome {
             stop,
@@ -337,6 +358,56 @@ impl Vm {
 }
 
 impl Vm {
+    /// Waits until something ends the VM: a vCPU's own stop, a guest request through a device,
+    /// the timeout or a host signal; flushes console output and serves VGA renderings every
+    /// [`MAIN_TICK`] meanwhile.
+    fn wait_for_ending(
+        &self,
+        stops: &mpsc::Receiver<StopNotice>,
+        stopped: &EventFd,
+        vcpus: usize,
+    ) -> Result<Ending, VmmError> {
+        let epoll = Epoll::new().map_err(VmmError::Epoll)?;
+        for fd in [self.events.eventfd().as_raw_fd(), stopped.as_raw_fd()] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .map_err(VmmError::Epoll)?;
+        }
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut finished = 0;
+        let mut ready = [EpollEvent::default(); 2];
+        loop {
+            match epoll.wait(MAIN_TICK.as_millis() as i32, &mut ready) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VmmError::Epoll(e)),
+            }
+            if let Some(event) = self.events.drain().into_iter().next() {
+                return Ok(Ending::Guest(event));
+            }
+            let _ = stopped.read();
+            for notice in stops.try_iter() {
+                finished += 1;
+                if notice.stop != VcpuStop::Stopped {
+                    return Ok(Ending::Vcpu(notice));
+                }
+            }
+            self.devices.flush_output();
+            if VGA_DUMP_REQUESTED.swap(false, Ordering::Relaxed) {
+                self.render_vga()?;
+            }
+            let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            let signalled = TERMINATE_SIGNAL.load(Ordering::Relaxed) != 0;
+            if timed_out || signalled || finished == vcpus {
+                return Ok(Ending::Vmm);
+            }
+        }
+    }
+
     /// Renders the VGA text buffer to the configured file (rewritten) or standard error.
     fn render_vga(&self) -> Result<(), VmmError> {
         match &self.vga.file {

@@ -4,7 +4,8 @@
 //! (`outb 0x2a, 0xf4` exits with 42). QEMU's differs: it exits with `(value << 1) | 1`, so a
 //! test suite moved from QEMU must adapt its expected statuses. Reads return 0, as in QEMU.
 
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::{VmEvent, VmEvents};
 
 /// First debug-exit port.
 pub const DEBUG_EXIT_BASE: u16 = 0xf4;
@@ -12,23 +13,35 @@ pub const DEBUG_EXIT_BASE: u16 = 0xf4;
 pub const DEBUG_EXIT_LEN: u16 = 4;
 
 /// The debug-exit device.
-#[derive(Debug, Default)]
-pub struct DebugExit;
+#[derive(Default)]
+pub struct DebugExit {
+    events: Option<VmEvents>,
+}
 
 impl DebugExit {
+    /// Sends the exit requests to the VMM through `events`.
+    pub fn with_vm_events(mut self, events: VmEvents) -> DebugExit {
+        self.events = Some(events);
+        self
+    }
+
     /// The exit status for a little-endian value of 1, 2 or 4 bytes.
     pub fn status(data: &[u8]) -> u8 {
         data.first().copied().unwrap_or(0)
     }
 }
 
-impl PioDevice for DebugExit {
+impl PortDevice for DebugExit {
     fn read(&mut self, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) -> PioAction {
-        PioAction::Exit(DebugExit::status(data))
+    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<VmEvent> {
+        Some(VmEvent::DebugExit(DebugExit::status(data)))
+    }
+
+    fn vm_events(&self) -> Option<&VmEvents> {
+        self.events.as_ref()
     }
 }
 
@@ -38,34 +51,34 @@ mod tests {
 
     #[test]
     fn test_debug_exit_byte_write_exits_with_value() {
-        let mut dev = DebugExit;
+        let mut dev = DebugExit::default();
 
         let action = dev.write(0, &[42]);
 
-        assert_eq!(action, PioAction::Exit(42));
+        assert_eq!(action, Some(VmEvent::DebugExit(42)));
     }
 
     #[test]
     fn test_debug_exit_dword_write_exits_with_low_byte() {
-        let mut dev = DebugExit;
+        let mut dev = DebugExit::default();
 
         let action = dev.write(0, &0x1234_5601u32.to_le_bytes());
 
-        assert_eq!(action, PioAction::Exit(1));
+        assert_eq!(action, Some(VmEvent::DebugExit(1)));
     }
 
     #[test]
     fn test_debug_exit_word_write_at_offset_exits() {
-        let mut dev = DebugExit;
+        let mut dev = DebugExit::default();
 
         let action = dev.write(2, &0x0003u16.to_le_bytes());
 
-        assert_eq!(action, PioAction::Exit(3));
+        assert_eq!(action, Some(VmEvent::DebugExit(3)));
     }
 
     #[test]
     fn test_debug_exit_read_returns_zero() {
-        let mut dev = DebugExit;
+        let mut dev = DebugExit::default();
         let mut data = [0xaa; 4];
 
         dev.read(0, &mut data);

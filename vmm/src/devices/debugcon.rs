@@ -4,7 +4,8 @@
 //! in order) or a separate one.
 
 use super::output::{lock_output, SharedOutput};
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::VmEvent;
 
 /// The debug console port.
 pub const DEBUGCON_PORT: u16 = 0xe9;
@@ -21,7 +22,7 @@ impl DebugCon {
     }
 }
 
-impl PioDevice for DebugCon {
+impl PortDevice for DebugCon {
     fn read(&mut self, _offset: u16, data: &mut [u8]) {
         data.fill(0);
         if let Some(b) = data.first_mut() {
@@ -29,12 +30,12 @@ impl PioDevice for DebugCon {
         }
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) -> PioAction {
+    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<VmEvent> {
         // Only the low byte of a wider write is a character.
         if let Some(&b) = data.first() {
             lock_output(&self.output).push(&[b]);
         }
-        PioAction::None
+        None
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Enough for Linux's probe to finish without timeouts and for the classic reset paths:
 //! - command 0xfe (pulse the reset line) on port 0x64, or an output-port write (command 0xd1)
-//!   that clears bit 0, ends the VM with [`PioAction::Reset`] (Linux `reboot=k`);
+//!   that clears bit 0, ends the VM with [`Some(VmEvent::Reset)`] (Linux `reboot=k`);
 //! - the controller commands Linux sends (read/write the control byte, self tests) answer
 //!   at once through the output buffer;
 //! - there is deliberately no AUX (mouse) port: the loopback test (0xd3) answers without
@@ -22,7 +22,8 @@ use std::collections::VecDeque;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::{VmEvent, VmEvents};
 
 /// First i8042 port (data).
 pub const I8042_BASE: u16 = 0x60;
@@ -73,9 +74,16 @@ pub struct I8042 {
     last_data: u8,
     port_b: u8,
     irq: Option<EventFd>,
+    events: Option<VmEvents>,
 }
 
 impl I8042 {
+    /// Sends the reset requests to the VMM through `events`.
+    pub fn with_vm_events(mut self, events: VmEvents) -> I8042 {
+        self.events = Some(events);
+        self
+    }
+
     /// A controller; `irq` is the keyboard interrupt (IRQ 1), if the VMM wires one.
     pub fn new(irq: Option<EventFd>) -> I8042 {
         I8042 {
@@ -87,6 +95,7 @@ impl I8042 {
             last_data: 0,
             port_b: 0,
             irq,
+            events: None,
         }
     }
 
@@ -132,7 +141,7 @@ impl I8042 {
         self.last_data
     }
 
-    fn command(&mut self, cmd: u8) -> PioAction {
+    fn command(&mut self, cmd: u8) -> Option<VmEvent> {
         self.last_was_cmd = true;
         self.pending = None;
         // A new command discards unread answers, so a refused test leaves nothing stale.
@@ -154,20 +163,20 @@ impl I8042 {
             0xd3 => self.pending = Some(PendingWrite::AuxOutputBuffer),
             0xd4 => self.pending = Some(PendingWrite::AuxDevice),
             // 0xf0-0xff pulse output lines low for each clear bit 0-3; bit 0 is the reset line.
-            c if c & 0xf0 == 0xf0 && c & OUTPORT_RESET_LINE == 0 => return PioAction::Reset,
+            c if c & 0xf0 == 0xf0 && c & OUTPORT_RESET_LINE == 0 => return Some(VmEvent::Reset),
             _ => {}
         }
-        PioAction::None
+        None
     }
 
-    fn data(&mut self, value: u8) -> PioAction {
+    fn data(&mut self, value: u8) -> Option<VmEvent> {
         self.last_was_cmd = false;
         match self.pending.take() {
             Some(PendingWrite::ControlByte) => self.ctr = value,
             Some(PendingWrite::OutputPort) => {
                 self.outport = value;
                 if value & OUTPORT_RESET_LINE == 0 {
-                    return PioAction::Reset;
+                    return Some(VmEvent::Reset);
                 }
             }
             Some(PendingWrite::KbdOutputBuffer) => self.push(&[value]),
@@ -179,7 +188,7 @@ impl I8042 {
             Some(PendingWrite::KbdParameter(_)) => self.push(&[KBD_ACK]),
             None => self.keyboard_command(value),
         }
-        PioAction::None
+        None
     }
 
     fn keyboard_command(&mut self, value: u8) {
@@ -197,7 +206,7 @@ impl I8042 {
     }
 }
 
-impl PioDevice for I8042 {
+impl PortDevice for I8042 {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let value = match offset {
             OFS_DATA => self.read_data(),
@@ -214,15 +223,17 @@ impl PioDevice for I8042 {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioAction {
-        let Some(&value) = data.first() else {
-            return PioAction::None;
-        };
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
+        let &value = data.first()?;
         match offset {
             OFS_DATA => self.data(value),
             OFS_STATUS => self.command(value),
-            _ => PioAction::None,
+            _ => None,
         }
+    }
+
+    fn vm_events(&self) -> Option<&VmEvents> {
+        self.events.as_ref()
     }
 }
 
@@ -242,7 +253,7 @@ mod tests {
 
         let action = dev.write(OFS_STATUS, &[0xfe]);
 
-        assert_eq!(action, PioAction::Reset);
+        assert_eq!(action, Some(VmEvent::Reset));
     }
 
     #[test]
@@ -252,7 +263,7 @@ mod tests {
         dev.write(OFS_STATUS, &[0xd1]);
         let action = dev.write(OFS_DATA, &[0x02]);
 
-        assert_eq!(action, PioAction::Reset);
+        assert_eq!(action, Some(VmEvent::Reset));
     }
 
     #[test]
@@ -261,7 +272,7 @@ mod tests {
 
         let action = dev.write(OFS_STATUS, &[0xff]);
 
-        assert_eq!(action, PioAction::None);
+        assert_eq!(action, None);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Legacy devices on the port-I/O bus: 16550 serial, i8042, CMOS RTC, debug exit; and the VGA
-//! text console, which is plain guest memory rendered by the VMM.
+//! Devices: the bus both address spaces use (`bus.rs`), and the legacy devices on the port-I/O
+//! bus: 16550 serial, i8042, CMOS RTC, debug exit; and the VGA text console, which is plain
+//! guest memory rendered by the VMM.
 //!
-//! Every port-I/O device implements [`PioDevice`] and is registered on a [`PioBus`] over a port
-//! range. A vCPU thread that takes a KVM_EXIT_IO exit dispatches it through the bus; the device
-//! answers in place and tells the vCPU loop whether the VM must stop through [`PioAction`].
+//! A legacy device implements [`PortDevice`] (offsets are port numbers from its base); every
+//! `PortDevice` is a [`BusDevice`]. A device whose write asks to end or reset the machine
+//! returns a [`VmEvent`], which goes to the VMM through the device's [`VmEvents`] sender; the
+//! vCPU loop never sees it.
 
+pub mod bus;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod i8042;
@@ -20,92 +23,41 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub use self::bus::{Bus, BusDevice, BusError, SharedBusDevice};
 use self::output::{lock_output, ConsoleOutput, SharedOutput};
 use self::serial::{SerialDevice, SerialHandle};
 use self::vga::{VgaPorts, VgaText};
+use crate::vm_events::{VmEvent, VmEvents};
 
-/// What the vCPU loop must do after a port write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PioAction {
-    /// Nothing: resume the guest.
-    None,
-    /// The guest asked for a reset (i8042 pulse, port 0xcf9): the VM ends.
-    Reset,
-    /// The guest wrote the debug-exit port: the VM ends with this status.
-    Exit(u8),
-}
-
-/// A device on the port-I/O bus.
-pub trait PioDevice: Send {
+/// A legacy device on a few I/O ports.
+pub trait PortDevice: Send {
     /// A guest read of `data.len()` bytes at `offset` from the device's base port.
     fn read(&mut self, offset: u16, data: &mut [u8]);
-    /// A guest write at `offset` from the device's base port.
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioAction;
+    /// A guest write at `offset` from the device's base port; returns what the guest asked
+    /// of the machine, if anything.
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent>;
+    /// Where the device's [`VmEvent`]s go (devices that never send one keep the default).
+    fn vm_events(&self) -> Option<&VmEvents> {
+        None
+    }
 }
 
-/// A shared port-I/O device.
-pub type SharedPioDevice = Arc<Mutex<dyn PioDevice>>;
-
-/// Errors building the bus.
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    /// Two devices claim overlapping ports.
-    #[error("port range {base:#x}+{len} overlaps an existing device")]
-    Overlap {
-        /// First port.
-        base: u16,
-        /// Number of ports.
-        len: u16,
-    },
-}
-
-/// The port-I/O bus: port ranges to devices.
-#[derive(Default, Clone)]
-pub struct PioBus {
-    ranges: Vec<(u16, u16, SharedPioDevice)>,
-}
-
-impl PioBus {
-    /// An empty bus.
-    pub fn new() -> PioBus {
-        PioBus::default()
-    }
-
-    /// Registers `device` on ports `base..base+len`.
-    pub fn insert(&mut self, device: SharedPioDevice, base: u16, len: u16) -> Result<(), BusError> {
-        let end = u32::from(base) + u32::from(len);
-        if self
-            .ranges
-            .iter()
-            .any(|(b, l, _)| u32::from(base) < u32::from(*b) + u32::from(*l) && u32::from(*b) < end)
-        {
-            return Err(BusError::Overlap { base, len });
-        }
-        self.ranges.push((base, len, device));
-        self.ranges.sort_by_key(|(b, _, _)| *b);
-        Ok(())
-    }
-
-    fn find(&self, port: u16) -> Option<(u16, &SharedPioDevice)> {
-        self.ranges
-            .iter()
-            .find(|(b, l, _)| port >= *b && u32::from(port) < u32::from(*b) + u32::from(*l))
-            .map(|(b, _, d)| (port - b, d))
-    }
-
-    /// Dispatches a guest read; unclaimed ports read as all ones, as on real hardware.
-    pub fn read(&self, port: u16, data: &mut [u8]) {
-        match self.find(port) {
-            Some((off, dev)) => lock(dev).read(off, data),
-            None => data.fill(0xff),
+impl<T: PortDevice> BusDevice for T {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        match u16::try_from(offset) {
+            Ok(offset) => PortDevice::read(self, offset, data),
+            Err(_) => data.fill(0xff),
         }
     }
 
-    /// Dispatches a guest write; writes to unclaimed ports are dropped.
-    pub fn write(&self, port: u16, data: &[u8]) -> PioAction {
-        match self.find(port) {
-            Some((off, dev)) => lock(dev).write(off, data),
-            None => PioAction::None,
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let Ok(offset) = u16::try_from(offset) else {
+            return;
+        };
+        if let Some(event) = PortDevice::write(self, offset, data) {
+            if let Some(events) = self.vm_events() {
+                events.send(event);
+            }
         }
     }
 }
@@ -117,7 +69,7 @@ pub enum DeviceError {
     #[error("unable to create the {0} interrupt eventfd: {1}")]
     CreateEventFd(&'static str, #[source] std::io::Error),
     /// Unable to register a device on the port-I/O bus.
-    #[error("unable to register the {0} on the port-I/O bus: {1}")]
+    #[error("unable to register the {0} on the port-I/O bus")]
     Register(&'static str, #[source] BusError),
     /// Unable to read the VGA text buffer from guest memory.
     #[error("unable to read the VGA text buffer at 0xb8000 from guest memory: {0}")]
@@ -187,22 +139,24 @@ fn interrupt_eventfd(name: &'static str) -> Result<(EventFd, EventFd), DeviceErr
 }
 
 fn insert(
-    bus: &mut PioBus,
+    bus: &Bus,
     name: &'static str,
-    dev: SharedPioDevice,
+    dev: SharedBusDevice,
     base: u16,
     len: u16,
 ) -> Result<(), DeviceError> {
-    bus.insert(dev, base, len)
+    bus.insert(dev, u64::from(base), u64::from(len))
         .map_err(|e| DeviceError::Register(name, e))
 }
 
 /// Creates the legacy devices and registers them on `bus`: COM1 (0x3f8), i8042 (0x60-0x64),
 /// CMOS RTC (0x70-0x71), debug exit (0xf4-0xf7), POST code (0x80), debug console (0xe9), and
-/// optionally the VGA ports (0x3c0-0x3df) and the reset control port (0xcf9).
+/// optionally the VGA ports (0x3c0-0x3df) and the reset control port (0xcf9). Reset and exit
+/// requests go to the VMM through `events`.
 pub fn register_legacy_devices(
-    bus: &mut PioBus,
+    bus: &Bus,
     cfg: LegacyConfig,
+    events: &VmEvents,
 ) -> Result<LegacyDevices, DeviceError> {
     let serial_output = ConsoleOutput::shared(cfg.serial_out);
     let debugcon_output = match cfg.debugcon {
@@ -222,7 +176,8 @@ pub fn register_legacy_devices(
     )?;
 
     let (i8042_irq, i8042_irq_dev) = interrupt_eventfd("i8042")?;
-    let i8042_dev = Arc::new(Mutex::new(i8042::I8042::new(Some(i8042_irq_dev))));
+    let i8042_dev = i8042::I8042::new(Some(i8042_irq_dev)).with_vm_events(events.clone());
+    let i8042_dev = Arc::new(Mutex::new(i8042_dev));
     insert(bus, "i8042", i8042_dev, i8042::I8042_BASE, i8042::I8042_LEN)?;
 
     let rtc_dev = Arc::new(Mutex::new(rtc::Rtc::new(
@@ -237,7 +192,8 @@ pub fn register_legacy_devices(
         rtc::RTC_LEN,
     )?;
 
-    let exit_dev = Arc::new(Mutex::new(debug_exit::DebugExit));
+    let exit_dev = debug_exit::DebugExit::default().with_vm_events(events.clone());
+    let exit_dev = Arc::new(Mutex::new(exit_dev));
     let (exit_base, exit_len) = (debug_exit::DEBUG_EXIT_BASE, debug_exit::DEBUG_EXIT_LEN);
     insert(bus, "debug-exit port", exit_dev, exit_base, exit_len)?;
 
@@ -259,7 +215,8 @@ pub fn register_legacy_devices(
         insert(bus, "VGA ports", vga_ports.clone(), base, len)?;
     }
     if cfg.reset_port {
-        let dev = Arc::new(Mutex::new(reset::ResetControl::default()));
+        let dev = reset::ResetControl::default().with_vm_events(events.clone());
+        let dev = Arc::new(Mutex::new(dev));
         insert(bus, "reset control port", dev, reset::RESET_PORT, 1)?;
     }
 
@@ -274,45 +231,15 @@ pub fn register_legacy_devices(
     })
 }
 
-/// Locks a device, recovering from a poisoned lock: a device's state stays usable even if a
-/// thread panicked while holding it.
-fn lock(dev: &SharedPioDevice) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Echo(u8);
-    impl PioDevice for Echo {
-        fn read(&mut self, offset: u16, data: &mut [u8]) {
-            data.fill(self.0.wrapping_add(offset as u8));
-        }
-        fn write(&mut self, _offset: u16, data: &[u8]) -> PioAction {
-            self.0 = data[0];
-            PioAction::Exit(data[0])
-        }
-    }
-
-    #[test]
-    fn test_pio_bus_dispatch_and_unclaimed() {
-        let mut bus = PioBus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(10))), 0x3f8, 8)
-            .unwrap();
-        let mut b = [0u8; 1];
-        bus.read(0x3fa, &mut b);
-        assert_eq!(b[0], 12);
-        bus.read(0x400, &mut b);
-        assert_eq!(b[0], 0xff);
-        assert_eq!(bus.write(0x3f8, &[7]), PioAction::Exit(7));
-        assert_eq!(bus.write(0x80, &[7]), PioAction::None);
-    }
+    use crate::vm_events::{vm_events, VmEventQueue};
 
     fn legacy(
         debugcon: DebugconTarget,
         reset_port: bool,
-    ) -> (PioBus, LegacyDevices, output::VecWriter) {
+    ) -> (Bus, LegacyDevices, output::VecWriter, VmEventQueue) {
         let sink = output::VecWriter::default();
         let cfg = LegacyConfig {
             serial_out: Some(Box::new(sink.clone())),
@@ -322,14 +249,15 @@ mod tests {
             vga_ports: true,
             reset_port,
         };
-        let mut bus = PioBus::new();
-        let devs = register_legacy_devices(&mut bus, cfg).expect("register");
-        (bus, devs, sink)
+        let bus = Bus::new();
+        let (events, queue) = vm_events().expect("vm events");
+        let devs = register_legacy_devices(&bus, cfg, &events).expect("register");
+        (bus, devs, sink, queue)
     }
 
     #[test]
     fn test_legacy_devices_serial_and_debugcon_share_output_in_order() {
-        let (bus, devs, sink) = legacy(DebugconTarget::Serial, true);
+        let (bus, devs, sink, _q) = legacy(DebugconTarget::Serial, true);
 
         bus.write(0x3f8, b"a");
         bus.write(0xe9, b"b");
@@ -340,26 +268,32 @@ mod tests {
     }
 
     #[test]
-    fn test_legacy_devices_exit_and_reset_ports() {
-        let (bus, _devs, _sink) = legacy(DebugconTarget::Discard, true);
+    fn test_legacy_devices_exit_and_reset_ports_send_vm_events() {
+        let (bus, _devs, _sink, queue) = legacy(DebugconTarget::Discard, true);
 
-        assert_eq!(bus.write(0xf4, &[5]), PioAction::Exit(5));
-        assert_eq!(bus.write(0x64, &[0xfe]), PioAction::Reset);
-        assert_eq!(bus.write(0xcf9, &[0x06]), PioAction::Reset);
+        bus.write(0xf4, &[5]);
+        bus.write(0x64, &[0xfe]);
+        bus.write(0xcf9, &[0x06]);
+        bus.write(0x3f8, b"x");
+
+        assert_eq!(
+            queue.drain(),
+            vec![VmEvent::DebugExit(5), VmEvent::Reset, VmEvent::Reset]
+        );
     }
 
     #[test]
     fn test_legacy_devices_reset_port_optional() {
-        let (mut bus, _devs, _sink) = legacy(DebugconTarget::Discard, false);
+        let (bus, _devs, _sink, _q) = legacy(DebugconTarget::Discard, false);
 
-        let pci = bus.insert(Arc::new(Mutex::new(Echo(0))), 0xcf8, 8);
+        let pci = bus.insert(Arc::new(Mutex::new(post::PostCode::default())), 0xcf8, 8);
 
         assert!(pci.is_ok());
     }
 
     #[test]
     fn test_legacy_devices_serial_irq_handed_out() {
-        let (bus, devs, _sink) = legacy(DebugconTarget::Discard, true);
+        let (bus, devs, _sink, _q) = legacy(DebugconTarget::Discard, true);
 
         bus.write(0x3f9, &[0x02]);
 
@@ -368,7 +302,7 @@ mod tests {
 
     #[test]
     fn test_legacy_devices_flush_output_writes_partial_line() {
-        let (bus, devs, sink) = legacy(DebugconTarget::Serial, true);
+        let (bus, devs, sink, _q) = legacy(DebugconTarget::Serial, true);
         bus.write(0x3f8, b"#");
 
         devs.flush_output();
@@ -378,7 +312,7 @@ mod tests {
 
     #[test]
     fn test_legacy_devices_cmos_memory_register() {
-        let (bus, _devs, _sink) = legacy(DebugconTarget::Discard, true);
+        let (bus, _devs, _sink, _q) = legacy(DebugconTarget::Discard, true);
         let mut b = [0u8];
 
         bus.write(0x70, &[0x35]);
@@ -388,10 +322,12 @@ mod tests {
     }
 
     #[test]
-    fn test_pio_bus_overlap_rejected() {
-        let mut bus = PioBus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(0))), 0x3f8, 8).unwrap();
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x3ff, 1).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x3f0, 8).is_ok());
+    fn test_port_device_offset_beyond_u16_reads_ones() {
+        let mut dev = post::PostCode::default();
+        let mut b = [0u8; 2];
+
+        BusDevice::read(&mut dev, 0, 1 << 20, &mut b);
+
+        assert_eq!(b, [0xff, 0xff]);
     }
 }

@@ -1,7 +1,8 @@
 //! The POST-code port 0x80: firmware writes progress codes there and Linux uses it as an I/O
 //! delay. Writes are recorded (last code and count); reads return 0xff, as in QEMU.
 
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::VmEvent;
 
 /// The POST-code port.
 pub const POST_PORT: u16 = 0x80;
@@ -25,17 +26,17 @@ impl PostCode {
     }
 }
 
-impl PioDevice for PostCode {
+impl PortDevice for PostCode {
     fn read(&mut self, _offset: u16, data: &mut [u8]) {
         data.fill(0xff);
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) -> PioAction {
+    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<VmEvent> {
         if let Some(&code) = data.first() {
             self.last = Some(code);
             self.writes = self.writes.saturating_add(1);
         }
-        PioAction::None
+        None
     }
 }
 

@@ -14,7 +14,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::VmEvent;
 
 /// The index port.
 pub const RTC_BASE: u16 = 0x70;
@@ -207,7 +208,7 @@ fn set_memory_registers(nvram: &mut [u8; NVRAM_SIZE], below_4g: u64, above_4g: u
     nvram[0x5d] = (high >> 16) as u8;
 }
 
-impl PioDevice for Rtc {
+impl PortDevice for Rtc {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let value = match offset {
             // The index port is write-only; QEMU reads it as 0xff.
@@ -220,10 +221,8 @@ impl PioDevice for Rtc {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioAction {
-        let Some(&value) = data.first() else {
-            return PioAction::None;
-        };
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
+        let &value = data.first()?;
         match offset {
             0 => {
                 self.index = value & 0x7f;
@@ -231,7 +230,7 @@ impl PioDevice for Rtc {
             }
             _ => self.write_register(self.index, value),
         }
-        PioAction::None
+        None
     }
 }
 

@@ -22,7 +22,8 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::output::{lock_output, OutputWriter, SharedOutput};
-use super::{PioAction, PioDevice};
+use super::PortDevice;
+use crate::vm_events::VmEvent;
 
 /// First port of COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -143,7 +144,7 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
+impl PortDevice for SerialDevice {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {
             let reg = offset.saturating_add(i as u16);
@@ -155,14 +156,14 @@ impl PioDevice for SerialDevice {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioAction {
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
         for (i, &value) in data.iter().enumerate() {
             let reg = offset.saturating_add(i as u16);
             if reg < COM1_LEN {
                 self.write_register(reg, value);
             }
         }
-        PioAction::None
+        None
     }
 }
 

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{DeviceError, PioAction, PioDevice};
+use super::{DeviceError, PortDevice};
+use crate::vm_events::VmEvent;
 
 /// First VGA port claimed.
 pub const VGA_PORTS_BASE: u16 = 0x3c0;
@@ -194,19 +195,19 @@ impl VgaPorts {
     }
 }
 
-impl PioDevice for VgaPorts {
+impl PortDevice for VgaPorts {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             *b = self.read_port(offset.saturating_add(i as u16));
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioAction {
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
         // A word write to an index port sets index and data at once (`outw 0x3d4`).
         for (i, &b) in data.iter().enumerate() {
             self.write_port(offset.saturating_add(i as u16), b);
         }
-        PioAction::None
+        None
     }
 }
 

@@ -3,9 +3,46 @@
 //! exit pays for it; every other exit is untouched.
 
 use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::vcpu::{Vcpu, VcpuStop};
-use crate::emulate::{self, CpuState, Outcome};
+use crate::devices::Bus;
+use crate::emulate::{self, CpuState, GuestMemoryAccess, Outcome};
+
+/// Guest-physical memory as an emulated instruction sees it: RAM, and the MMIO bus for what
+/// is not RAM (device registers answer; unclaimed addresses read as all ones and drop writes,
+/// as a KVM MMIO exit does).
+struct PhysicalMemory<'a> {
+    ram: &'a GuestMemoryMmap,
+    mmio: &'a Bus,
+}
+
+impl GuestMemoryAccess for PhysicalMemory<'_> {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        if self.ram.read_slice(buf, GuestAddress(gpa)).is_ok() {
+            return true;
+        }
+        self.mmio.read(gpa, buf);
+        true
+    }
+
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool {
+        if self.ram.write_slice(buf, GuestAddress(gpa)).is_ok() {
+            return true;
+        }
+        self.mmio.write(gpa, buf);
+        true
+    }
+
+    /// Locked read-modify-write works on RAM only; on a device register it stops the VM.
+    fn compare_exchange_u64(&self, gpa: u64, expected: u64, new: u64) -> Option<u64> {
+        self.ram.compare_exchange_u64(gpa, expected, new)
+    }
+
+    fn compare_exchange_u128(&self, gpa: u64, expected: u128, new: u128) -> Option<u128> {
+        self.ram.compare_exchange_u128(gpa, expected, new)
+    }
+}
 
 impl Vcpu {
     /// Handles KVM_EXIT_INTERNAL_ERROR. Returns None when the guest may resume.
@@ -30,9 +67,12 @@ impl Vcpu {
         let mut events = self.fd.get_vcpu_events().map_err(kvm_err("get events"))?;
         emulate::discard_emulation_failure_ud(&mut events);
         let mut state = CpuState::new(regs, sregs, fpu);
-        let outcome =
-            emulate::emulate(&mut state, &self.ctx.mem, bytes.as_deref(), &mut self.stats)
-                .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
+        let memory = PhysicalMemory {
+            ram: &self.ctx.mem,
+            mmio: &self.ctx.mmio,
+        };
+        let outcome = emulate::emulate(&mut state, &memory, bytes.as_deref(), &mut self.stats)
+            .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
         match outcome {
             Outcome::Emulated(wb) => {
                 self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;

@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::boot::BootEntry;
-use crate::devices::{PioAction, PioBus};
+use crate::devices::Bus;
 use crate::emulate::EmulationStats;
 
 /// Errors configuring a vCPU.
@@ -57,7 +57,9 @@ pub struct VcpuContext {
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// The port-I/O bus.
-    pub pio: PioBus,
+    pub pio: Bus,
+    /// The MMIO bus.
+    pub mmio: Bus,
     /// Set when every vCPU must stop; the VMM also kicks the threads out of KVM_RUN.
     pub stop: Arc<AtomicBool>,
     /// Emulate in userspace what KVM's instruction emulator cannot (PVM hosts).
@@ -382,19 +384,22 @@ impl Vcpu {
             };
             let stop = match exit {
                 VcpuExit::IoIn(port, data) => {
-                    self.ctx.pio.read(port, data);
+                    self.ctx.pio.read(u64::from(port), data);
                     None
                 }
-                VcpuExit::IoOut(port, data) => match self.ctx.pio.write(port, data) {
-                    PioAction::None => None,
-                    PioAction::Reset => Some(VcpuStop::Reset),
-                    PioAction::Exit(code) => Some(VcpuStop::DebugExit(code)),
-                },
-                VcpuExit::MmioRead(_, data) => {
-                    data.fill(0xff);
+                VcpuExit::IoOut(port, data) => {
+                    self.ctx.pio.write(u64::from(port), data);
                     None
                 }
-                VcpuExit::MmioWrite(..) | VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
+                VcpuExit::MmioRead(addr, data) => {
+                    self.ctx.mmio.read(addr, data);
+                    None
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.ctx.mmio.write(addr, data);
+                    None
+                }
+                VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
                 VcpuExit::Hlt => Some(VcpuStop::Halted),
                 VcpuExit::Shutdown => Some(VcpuStop::Shutdown),
                 VcpuExit::SystemEvent(kind, _) => Some(match kind {
