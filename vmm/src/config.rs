@@ -72,6 +72,23 @@ pub struct VmConfig {
     /// Emulate in userspace the instructions the host's KVM instruction emulator lacks.
     #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub emulation_fallback: bool,
+    /// How virtio devices that do not name a transport are attached.
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// How a virtio device is attached to the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// virtio-mmio version 2, announced on the kernel command line
+    /// (`virtio_mmio.device=4K@0xADDR:IRQ`).
+    #[default]
+    #[serde(alias = "mmio")]
+    Mmio,
+    /// virtio-pci on PCI bus 0: modern (1.x capabilities, MSI-X) and, for device types that
+    /// have a transitional ID, the legacy 0.9.5 I/O BAR as well.
+    #[serde(alias = "pci")]
+    Pci,
 }
 
 fn default_true() -> bool {

@@ -17,10 +17,12 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
+use crate::device_manager::{self, DevicePlan};
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
 use crate::emulate::EmulationStats;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuEnd, VcpuError, VcpuReport, VcpuStop, VmError};
 use crate::memory::{self, MemoryError};
+use crate::resources::{ResourceError, SystemResources};
 use crate::vm_events::{self, VmEvent, VmEventQueue, VmEventsError};
 
 /// Errors building or running a VM.
@@ -47,6 +49,9 @@ pub enum VmmError {
     /// A device could not be created.
     #[error(transparent)]
     Devices(#[from] devices::DeviceError),
+    /// The configured devices do not fit the machine's MMIO windows, IRQs or PCI slots.
+    #[error("unable to place the configured devices")]
+    Resources(#[source] ResourceError),
     /// A vCPU could not be configured.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -218,7 +223,7 @@ fn create_devices(
 }
 
 impl Vm {
-    /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 8.
+    /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 9.
     pub fn build(config: &VmConfig) -> Result<Vm, VmmError> {
         // 1. Validate the configuration.
         config.validate()?;
@@ -236,21 +241,27 @@ impl Vm {
         kvm.register_memory(&mem)?;
         // 4. In-kernel interrupt controllers and PIT.
         kvm.setup_irqchip()?;
-        // 5. Load the kernel by the protocol its headers declare.
+        // 5. Plan the devices: MMIO windows, IRQs and PCI slots, before the kernel is loaded.
+        let mut resources = SystemResources::new(config.memory.size);
+        let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
+            .map_err(VmmError::Resources)?;
+        // 6. Load the kernel by the protocol its headers declare; the command line announces
+        //    the virtio-mmio devices.
+        let user_cmdline = config.payload.cmdline.clone().unwrap_or_default();
         let source = BootSource {
             kernel: config.payload.kernel.clone().unwrap_or_default(),
             initrd: config.payload.initramfs.clone(),
-            cmdline: config.payload.cmdline.clone().unwrap_or_default(),
+            cmdline: plan.kernel_cmdline(&user_cmdline),
         };
         let machine = BootMachine {
             memory_map: layout::memory_map(config.memory.size),
             vcpus: cpu_count,
         };
         let entry = boot::load(&mem, &source, &machine)?;
-        // 6. Firmware tables: the BIOS data area words and the MP table.
+        // 7. Firmware tables: the BIOS data area words and the MP table (with the plan's IRQs).
         bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
-        mptable::setup_mptable(&mem, cpu_count)?;
-        // 7. Legacy devices on the port-I/O bus, interrupts through irqfds.
+        mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
+        // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let pio = Bus::new();
         let mmio = Bus::new();
         let (vm_events, events) = vm_events::vm_events()?;
@@ -260,7 +271,7 @@ impl Vm {
         if config.serial.mode == ConsoleMode::Stdio {
             spawn_stdin_pump(&devices)?;
         }
-        // 8. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
+        // 9. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
         let ctx = VcpuContext {
             mem,
             pio,
@@ -286,8 +297,8 @@ impl Vm {
         })
     }
 
-    /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 9), then
-    /// stops every vCPU and collects their state (step 10).
+    /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 10), then
+    /// stops every vCPU and collects their state (step 11).
     pub fn run(mut self) -> Result<VmOutcome, VmmError> {
         register_signal_handler(kick_signal(), kick_handler).map_err(VmmError::SignalHandler)?;
         // Before SIGUSR1's: a front end that saw SIGUSR1 caught may rely on SIGTERM being too.

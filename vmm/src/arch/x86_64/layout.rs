@@ -13,9 +13,22 @@
 //! 0x000a_0000 .. 0x0010_0000   legacy hole (VGA text buffer at 0xb8000, BIOS area); reserved in e820
 //! 0x000f_0000 .. 0x0010_0000   MP table (in the BIOS area guests scan for "_MP_")
 //! 0x0010_0000 .. MMIO_HOLE_START   RAM (first memslot)
-//! 0xc000_0000 .. 0x1_0000_0000     32-bit MMIO hole (devices, IOAPIC, LAPIC)
+//! 0xc000_0000 .. 0x1_0000_0000     32-bit MMIO hole:
+//!   0xc000_0000 .. 0xd000_0000       PCI 32-bit BARs (allocated by the VMM before boot)
+//!   0xd000_0000 .. 0xe000_0000       virtio-mmio windows, 4 KiB each
+//!   0xe000_0000 .. 0xf000_0000       PCI ECAM (reserved for when ACPI's MCFG exists)
+//!   0xfec0_0000                      IOAPIC
+//!   0xfee0_0000                      LAPIC
 //! 0x1_0000_0000 ..                  RAM above 4 GiB (second memslot)
+//! above RAM, 1 GiB aligned           PCI 64-bit BARs (64 GiB window)
 //! ```
+//!
+//! Port I/O: legacy devices below 0x400, PCI configuration at 0xcf8-0xcff (byte accesses to
+//! 0xcf9 still reach the reset control register), PCI I/O BARs in 0xc000-0xffff.
+//!
+//! Interrupts: the IOAPIC's 24 pins are GSIs 0-23 (ISA IRQs 1 and 4 for the i8042 and COM1);
+//! virtio-mmio devices and PCI INTx lines get legacy IRQs from 5 to 23, MSI-X vectors GSIs from
+//! 24 up.
 //!
 //! RAM is registered in at most two KVM memslots: everything below the MMIO hole (legacy hole
 //! included, so the VGA text buffer is plain memory the VMM can read) and everything above 4 GiB.
@@ -64,6 +77,46 @@ pub const MMIO_HOLE_END: GuestAddress = GuestAddress(0x1_0000_0000);
 pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
 /// Local APIC base address.
 pub const APIC_START: GuestAddress = GuestAddress(0xfee0_0000);
+/// Start of the window PCI 32-bit BARs are allocated from.
+pub const PCI_MMIO32_START: GuestAddress = GuestAddress(0xc000_0000);
+/// Size of the PCI 32-bit BAR window.
+pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
+/// Start of the virtio-mmio device windows.
+pub const VIRTIO_MMIO_START: GuestAddress = GuestAddress(0xd000_0000);
+/// Size of the virtio-mmio area.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000_0000;
+/// Size of one virtio-mmio device window (registers and configuration space).
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
+/// PCI ECAM (memory-mapped configuration space), reserved: bus 0 needs 1 MiB.
+pub const PCI_ECAM_START: GuestAddress = GuestAddress(0xe000_0000);
+/// Size reserved for the ECAM.
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// Size of the PCI 64-bit BAR window above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+/// First port of the PCI I/O BAR window.
+pub const PCI_IO_START: u64 = 0xc000;
+/// Size of the PCI I/O BAR window (to the end of the 64 KiB port space).
+pub const PCI_IO_SIZE: u64 = 0x4000;
+/// The IOAPIC's pins: GSIs 0 to 23.
+pub const IOAPIC_PINS: u32 = 24;
+/// First legacy IRQ handed to devices (virtio-mmio, PCI INTx).
+pub const DEVICE_IRQ_FIRST: u32 = 5;
+/// Last legacy IRQ handed to devices.
+pub const DEVICE_IRQ_LAST: u32 = IOAPIC_PINS - 1;
+/// First GSI for MSI routes (past the IOAPIC pins).
+pub const MSI_GSI_FIRST: u32 = IOAPIC_PINS;
+/// Last GSI for MSI routes (KVM allows 4096 routes on x86).
+pub const MSI_GSI_LAST: u32 = 4095;
+
+/// Start of the PCI 64-bit BAR window for a machine of `ram_size` bytes: the first 1 GiB
+/// boundary past the end of RAM, never below 4 GiB.
+pub fn pci_mmio64_start(ram_size: u64) -> GuestAddress {
+    let end = ram_ranges(ram_size)
+        .last()
+        .map_or(MMIO_HOLE_END.0, |(base, size)| base.0 + size)
+        .max(MMIO_HOLE_END.0);
+    GuestAddress(end.next_multiple_of(1 << 30))
+}
 
 /// What a range of guest-physical memory is, as reported to the guest (e820 types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +206,20 @@ mod tests {
             r,
             vec![(GuestAddress(0), 3 << 30), (GuestAddress(4 << 30), 1 << 30)]
         );
+    }
+
+    #[test]
+    fn test_pci_mmio64_start_above_ram_and_4g() {
+        assert_eq!(pci_mmio64_start(128 << 20), MMIO_HOLE_END);
+        assert_eq!(pci_mmio64_start((3 << 30) + 1), GuestAddress(5 << 30));
+        assert_eq!(pci_mmio64_start(5 << 30), GuestAddress(6 << 30));
+    }
+
+    #[test]
+    fn test_hole_windows_do_not_overlap_apics() {
+        assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= VIRTIO_MMIO_START.0);
+        assert!(VIRTIO_MMIO_START.0 + VIRTIO_MMIO_SIZE <= PCI_ECAM_START.0);
+        assert!(PCI_ECAM_START.0 + PCI_ECAM_SIZE <= IOAPIC_START.0);
     }
 
     #[test]
