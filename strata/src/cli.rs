@@ -19,6 +19,9 @@ struct OptionSpec {
     path: &'static [&'static str],
     /// For `key=value` options: the key a bare word stands for. None: the value is a scalar.
     primary: Option<&'static str>,
+    /// Repeatable: each occurrence appends one element to the array at `path` (devices of
+    /// which a VM can have several); otherwise a later occurrence overrides an earlier one.
+    repeat: bool,
 }
 
 const OPTIONS: &[OptionSpec] = &[
@@ -26,46 +29,67 @@ const OPTIONS: &[OptionSpec] = &[
         name: "kernel",
         path: &["payload", "kernel"],
         primary: None,
+        repeat: false,
     },
     OptionSpec {
         name: "initrd",
         path: &["payload", "initramfs"],
         primary: None,
+        repeat: false,
     },
     OptionSpec {
         name: "cmdline",
         path: &["payload", "cmdline"],
         primary: None,
+        repeat: false,
     },
     OptionSpec {
         name: "cpus",
         path: &["cpus"],
         primary: Some("boot"),
+        repeat: false,
     },
     OptionSpec {
         name: "memory",
         path: &["memory"],
         primary: Some("size"),
+        repeat: false,
     },
     OptionSpec {
         name: "serial",
         path: &["serial"],
         primary: Some("mode"),
+        repeat: false,
     },
     OptionSpec {
         name: "vga",
         path: &["vga"],
         primary: Some("mode"),
+        repeat: false,
     },
     OptionSpec {
         name: "timeout",
         path: &["timeout"],
         primary: None,
+        repeat: false,
     },
     OptionSpec {
         name: "emulation-fallback",
         path: &["emulation_fallback"],
         primary: None,
+        repeat: false,
+    },
+    OptionSpec {
+        name: "transport",
+        path: &["transport"],
+        primary: None,
+        repeat: false,
+    },
+    OptionSpec {
+        name: "rng",
+        path: &["rng"],
+        primary: Some("src"),
+        repeat: false,
     },
 ];
 
@@ -73,7 +97,8 @@ const OPTIONS: &[OptionSpec] = &[
 pub const RUN_USAGE: &str =
     "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
                   [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
-                  [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]";
+                  [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]
+                  [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]";
 
 fn option_error(option: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Option {
@@ -104,8 +129,9 @@ fn key_values(spec: &OptionSpec, primary: &str, value: &str) -> Result<Value, Co
     Ok(Value::Object(map))
 }
 
-/// Sets `path` in `root` to `value`, merging objects.
-fn merge_at(root: &mut Value, path: &[&str], value: Value) {
+/// Sets `path` in `root` to `value`, merging objects; with `append`, pushes `value` onto the
+/// array at `path` instead (an array from the config file keeps its elements).
+fn merge_at(root: &mut Value, path: &[&str], value: Value, append: bool) {
     let mut node = root;
     for key in path {
         if !node.is_object() {
@@ -115,6 +141,13 @@ fn merge_at(root: &mut Value, path: &[&str], value: Value) {
             .as_object_mut()
             .map(|m| m.entry(key.to_string()).or_insert(Value::Null))
             .unwrap_or_else(|| unreachable!("node was made an object above"));
+    }
+    if append {
+        match node {
+            Value::Array(items) => items.push(value),
+            node => *node = Value::Array(vec![value]),
+        }
+        return;
     }
     match (node, value) {
         (Value::Object(dst), Value::Object(src)) => dst.extend(src),
@@ -161,13 +194,13 @@ pub fn parse_run_args(args: &[String]) -> Result<VmConfig, ConfigError> {
         };
         // Check the option on its own first, so an error names the option.
         let mut probe = Value::Object(Map::new());
-        merge_at(&mut probe, spec.path, v.clone());
+        merge_at(&mut probe, spec.path, v.clone(), spec.repeat);
         if let Some(Value::Object(m)) = probe.get_mut("payload") {
             m.entry("kernel").or_insert(Value::String(String::new()));
         }
         serde_json::from_value::<VmConfig>(with_payload(probe))
             .map_err(|e| option_error(spec.name, e.to_string()))?;
-        merge_at(&mut root, spec.path, v);
+        merge_at(&mut root, spec.path, v, spec.repeat);
     }
     serde_json::from_value(with_payload(root)).map_err(|e| option_error("config", e.to_string()))
 }
@@ -223,6 +256,66 @@ mod tests {
         assert_eq!(c.payload.cmdline.as_deref(), Some("a=b c"));
         assert_eq!(c.timeout, Some(5));
         assert!(!c.emulation_fallback);
+    }
+
+    #[test]
+    fn test_parse_run_args_rng_and_transport() {
+        let c = parse_run_args(&args(&[
+            "--kernel",
+            "k",
+            "--transport",
+            "pci",
+            "--rng",
+            "src=/dev/random,transport=mmio",
+        ]))
+        .unwrap();
+
+        let rng = c.rng.unwrap();
+
+        assert_eq!(c.transport, vmm::config::Transport::Pci);
+        assert_eq!(rng.src, PathBuf::from("/dev/random"));
+        assert_eq!(rng.transport, Some(vmm::config::Transport::Mmio));
+    }
+
+    #[test]
+    fn test_parse_run_args_rng_bare_path_is_src() {
+        let c = parse_run_args(&args(&["--kernel", "k", "--rng", "/dev/urandom"])).unwrap();
+
+        assert_eq!(c.rng.unwrap().src, PathBuf::from("/dev/urandom"));
+    }
+
+    #[test]
+    fn test_parse_run_args_bad_transport_names_option() {
+        let e = parse_run_args(&args(&["--kernel", "k", "--transport", "usb"])).unwrap_err();
+
+        assert!(
+            e.to_string().starts_with("invalid value for --transport"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_merge_at_repeatable_appends_to_array_from_file() {
+        let mut root = serde_json::json!({"disks": [{"path": "a"}]});
+
+        merge_at(
+            &mut root,
+            &["disks"],
+            serde_json::json!({"path": "b"}),
+            true,
+        );
+        merge_at(
+            &mut root,
+            &["disks"],
+            serde_json::json!({"path": "c"}),
+            true,
+        );
+        merge_at(&mut root, &["fresh"], serde_json::json!(1), true);
+
+        assert_eq!(
+            root,
+            serde_json::json!({"disks": [{"path": "a"}, {"path": "b"}, {"path": "c"}], "fresh": [1]})
+        );
     }
 
     #[test]

@@ -75,6 +75,34 @@ pub struct VmConfig {
     /// How virtio devices that do not name a transport are attached.
     #[serde(default)]
     pub transport: Transport,
+    /// A virtio-rng device.
+    #[serde(default)]
+    pub rng: Option<RngConfig>,
+}
+
+/// A virtio-rng device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Where entropy comes from: `/dev/urandom` (getrandom(2)) or a file to read.
+    #[serde(default = "default_rng_src")]
+    pub src: PathBuf,
+    /// This device's transport (the machine's `transport` when absent).
+    #[serde(default)]
+    pub transport: Option<Transport>,
+}
+
+impl Default for RngConfig {
+    fn default() -> Self {
+        RngConfig {
+            src: default_rng_src(),
+            transport: None,
+        }
+    }
+}
+
+fn default_rng_src() -> PathBuf {
+    PathBuf::from("/dev/urandom")
 }
 
 /// How a virtio device is attached to the machine.
@@ -387,6 +415,20 @@ mod tests {
         c.timeout = Some(3);
         let back: VmConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn test_vmconfig_rng_defaults_and_transport_override() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"k"},"transport":"pci","rng":{"transport":"mmio"}}"#,
+        )
+        .unwrap();
+
+        let rng = c.rng.unwrap();
+
+        assert_eq!(c.transport, Transport::Pci);
+        assert_eq!(rng.src, PathBuf::from("/dev/urandom"));
+        assert_eq!(rng.transport, Some(Transport::Mmio));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VgaMode, VmConfig};
-use crate::device_manager::{self, DevicePlan};
+use crate::device_manager::{self, DeviceContext, DeviceManager, DeviceManagerError, DevicePlan};
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
 use crate::emulate::EmulationStats;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuEnd, VcpuError, VcpuReport, VcpuStop, VmError};
@@ -49,6 +49,9 @@ pub enum VmmError {
     /// A device could not be created.
     #[error(transparent)]
     Devices(#[from] devices::DeviceError),
+    /// A virtio device could not be created.
+    #[error(transparent)]
+    DeviceManager(#[from] DeviceManagerError),
     /// The configured devices do not fit the machine's MMIO windows, IRQs or PCI slots.
     #[error("unable to place the configured devices")]
     Resources(#[source] ResourceError),
@@ -158,6 +161,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
     devices: LegacyDevices,
+    virtio: DeviceManager,
     events: VmEventQueue,
     vga: VgaConfig,
     timeout: Option<Duration>,
@@ -223,7 +227,7 @@ fn create_devices(
 }
 
 impl Vm {
-    /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 9.
+    /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 10.
     pub fn build(config: &VmConfig) -> Result<Vm, VmmError> {
         // 1. Validate the configuration.
         config.validate()?;
@@ -271,7 +275,15 @@ impl Vm {
         if config.serial.mode == ConsoleMode::Stdio {
             spawn_stdin_pump(&devices)?;
         }
-        // 9. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
+        // 9. The planned devices behind their transports, with ioeventfds and irqfds.
+        let wiring = kvm.wiring();
+        let ctx = DeviceContext {
+            mem: &mem,
+            wiring: wiring.as_ref(),
+            mmio: &mmio,
+        };
+        let virtio = DeviceManager::create(config, &plan, &ctx)?;
+        // 10. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
         let ctx = VcpuContext {
             mem,
             pio,
@@ -291,14 +303,15 @@ impl Vm {
             vcpus,
             ctx,
             devices,
+            virtio,
             events,
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
         })
     }
 
-    /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 10), then
-    /// stops every vCPU and collects their state (step 11).
+    /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 11), then
+    /// stops every vCPU and collects their state (step 12).
     pub fn run(mut self) -> Result<VmOutcome, VmmError> {
         register_signal_handler(kick_signal(), kick_handler).map_err(VmmError::SignalHandler)?;
         // Before SIGUSR1's: a front end that saw SIGUSR1 caught may rely on SIGTERM being too.
@@ -346,6 +359,7 @@ impl Vm {
             emulated.merge(&end.stats);
             reports.extend(end.report);
         }
+        self.virtio.shutdown();
         self.devices.flush_output();
         if self.vga.mode == VgaMode::Text {
             self.render_vga()?;

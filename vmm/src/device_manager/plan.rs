@@ -9,11 +9,20 @@ use crate::arch::x86_64::mptable::{MpConfig, PciIntx};
 use crate::config::Transport;
 use crate::resources::{ResourceError, SystemResources};
 
+/// The kinds of virtio device a configuration can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// virtio-rng (`rng`).
+    Rng,
+}
+
 /// A device the configuration asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRequest {
     /// Its name (`rng0`, `console0`), also its worker thread's suffix.
     pub id: String,
+    /// What it is.
+    pub kind: DeviceKind,
     /// How it is attached.
     pub transport: Transport,
 }
@@ -42,6 +51,8 @@ pub enum Placement {
 pub struct PlannedDevice {
     /// Its name.
     pub id: String,
+    /// What it is.
+    pub kind: DeviceKind,
     /// Its place.
     pub placement: Placement,
 }
@@ -74,6 +85,7 @@ impl DevicePlan {
             };
             devices.push(PlannedDevice {
                 id: req.id.clone(),
+                kind: req.kind,
                 placement,
             });
         }
@@ -157,6 +169,7 @@ mod tests {
             .enumerate()
             .map(|(i, &transport)| DeviceRequest {
                 id: format!("dev{i}"),
+                kind: DeviceKind::Rng,
                 transport,
             })
             .collect()

@@ -1,7 +1,8 @@
-//! Everything that talks to KVM: the VM file descriptor (memslots, irqchip, PIT, irqfds) and
-//! the vCPUs with their run loop.
+//! Everything that talks to KVM: the VM file descriptor (memslots, irqchip, PIT), the device
+//! wiring (ioeventfds, irqfds, GSI routing: `irq.rs`) and the vCPUs with their run loop.
 
 mod fallback;
+pub mod irq;
 pub mod vcpu;
 pub mod vm;
 

@@ -1,9 +1,13 @@
 //! The KVM VM: guest memory slots, the in-kernel irqchip and PIT, irqfds, vCPU creation.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+
+use super::irq::KvmWiring;
 
 /// Errors creating or setting up the KVM VM.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +65,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// An open KVM VM.
 pub struct KvmVm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
+    wiring: Arc<KvmWiring>,
 }
 
 impl KvmVm {
@@ -72,8 +77,9 @@ impl KvmVm {
         if version != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(VmError::ApiVersion(version));
         }
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
-        Ok(KvmVm { kvm, fd })
+        let fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
+        let wiring = Arc::new(KvmWiring::new(Arc::clone(&fd)));
+        Ok(KvmVm { kvm, fd, wiring })
     }
 
     /// The largest number of vCPUs KVM allows in one VM.
@@ -84,6 +90,11 @@ impl KvmVm {
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM's one ioeventfd/irqfd/GSI-routing wiring, shared by every device.
+    pub fn wiring(&self) -> Arc<KvmWiring> {
+        Arc::clone(&self.wiring)
     }
 
     /// Registers each region of guest memory as one memslot.

@@ -11,6 +11,11 @@
 //! `device.rs` (the `VirtioDevice` impl), `event_handler.rs` (its worker's event subscriber),
 //! `metrics.rs` (its [`crate::counters::Counters`]). See docs/decisions/0004.
 
+pub mod queue;
+pub mod rng;
+pub mod transport;
+pub mod worker;
+
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
@@ -59,9 +64,29 @@ pub enum VirtioInterruptType {
 
 /// How a device interrupts the guest; implemented by each transport (MMIO: interrupt status
 /// register plus one irqfd; PCI: the queue's MSI-X vector, or INTx plus the ISR).
+///
+/// Refined while the transports were built (docs/decisions/0004 fixed only `trigger`):
+/// `set_needs_reset`, because a device's worker finds a broken queue (an avail index more
+/// than a queue ahead, an unwritable used ring) and the spec makes the device set
+/// DEVICE_NEEDS_RESET, a status bit the transport owns; `resample_eventfd`/`resample`,
+/// because a level-triggered INTx line must be asserted again after the guest's EOI while the
+/// ISR still has bits set, and the worker is the thread that waits on eventfds.
 pub trait VirtioInterrupt: Send + Sync {
     /// Raises the interrupt.
     fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()>;
+
+    /// Sets DEVICE_NEEDS_RESET in the device status and, if the driver is running the device,
+    /// raises the configuration interrupt (virtio 1.2, 2.1.2).
+    fn set_needs_reset(&self);
+
+    /// An eventfd the device's worker waits on and answers with [`VirtioInterrupt::resample`]
+    /// (the resample eventfd of a level-triggered irqfd); None for edge and MSI interrupts.
+    fn resample_eventfd(&self) -> Option<&EventFd> {
+        None
+    }
+
+    /// The guest acknowledged the line: assert it again if an interrupt is still pending.
+    fn resample(&self) {}
 }
 
 /// One queue handed to a device at activation.
