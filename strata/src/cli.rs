@@ -86,6 +86,12 @@ const OPTIONS: &[OptionSpec] = &[
         repeat: false,
     },
     OptionSpec {
+        name: "console",
+        path: &["console"],
+        primary: Some("mode"),
+        repeat: false,
+    },
+    OptionSpec {
         name: "rng",
         path: &["rng"],
         primary: Some("src"),
@@ -98,7 +104,8 @@ pub const RUN_USAGE: &str =
     "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
                   [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
                   [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]
-                  [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]";
+                  [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]
+                  [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]";
 
 fn option_error(option: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Option {
@@ -282,6 +289,18 @@ mod tests {
         let c = parse_run_args(&args(&["--kernel", "k", "--rng", "/dev/urandom"])).unwrap();
 
         assert_eq!(c.rng.unwrap().src, PathBuf::from("/dev/urandom"));
+    }
+
+    #[test]
+    fn test_parse_run_args_console_modes() {
+        let file = parse_run_args(&args(&["--kernel", "k", "--console", "file=/tmp/c"])).unwrap();
+        let pty =
+            parse_run_args(&args(&["--kernel", "k", "--console", "pty,transport=pci"])).unwrap();
+
+        assert_eq!(file.console.mode, ConsoleMode::File);
+        assert_eq!(file.console.file, Some(PathBuf::from("/tmp/c")));
+        assert_eq!(pty.console.mode, ConsoleMode::Pty);
+        assert_eq!(pty.console.transport, Some(vmm::config::Transport::Pci));
     }
 
     #[test]

@@ -38,7 +38,14 @@ fn run(args: &[String]) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let outcome = match vmm::run(&config) {
+    let vm = match vmm::Vm::build(&config) {
+        Ok(vm) => vm,
+        Err(e) => return fail(&e),
+    };
+    if let Some(pty) = vm.console_pty() {
+        eprintln!("strata: virtio console on {}", pty.display());
+    }
+    let outcome = match vm.run() {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };

@@ -78,6 +78,40 @@ pub struct VmConfig {
     /// A virtio-rng device.
     #[serde(default)]
     pub rng: Option<RngConfig>,
+    /// The virtio-console device (one port): off unless asked for.
+    #[serde(default)]
+    pub console: VirtioConsoleConfig,
+}
+
+/// The virtio-console device (Cloud Hypervisor's `--console off|null|tty|file=PATH|pty`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtioConsoleConfig {
+    /// Where output goes and input comes from: `Off` (no device), `Null` (a device whose
+    /// output is discarded), `Stdio` (`tty`: standard output and input), `File` (output to
+    /// `file`, no input) or `Pty` (a new pseudo-terminal, both ways; its path is printed).
+    #[serde(default = "console_off", deserialize_with = "de_console_mode")]
+    pub mode: ConsoleMode,
+    /// Output file, with mode `File`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// This device's transport (the machine's `transport` when absent).
+    #[serde(default)]
+    pub transport: Option<Transport>,
+}
+
+impl Default for VirtioConsoleConfig {
+    fn default() -> Self {
+        VirtioConsoleConfig {
+            mode: ConsoleMode::Off,
+            file: None,
+            transport: None,
+        }
+    }
+}
+
+fn console_off() -> ConsoleMode {
+    ConsoleMode::Off
 }
 
 /// A virtio-rng device.
@@ -181,6 +215,9 @@ pub enum ConsoleMode {
     /// A file, given in `file`.
     #[serde(alias = "file")]
     File,
+    /// A new pseudo-terminal (virtio-console only).
+    #[serde(alias = "pty")]
+    Pty,
 }
 
 /// A console (serial port).
@@ -275,8 +312,9 @@ fn de_console_mode<'de, D: Deserializer<'de>>(d: D) -> Result<ConsoleMode, D::Er
         "null" => Ok(ConsoleMode::Null),
         "stdio" | "tty" => Ok(ConsoleMode::Stdio),
         "file" => Ok(ConsoleMode::File),
+        "pty" => Ok(ConsoleMode::Pty),
         _ => Err(serde::de::Error::custom(format!(
-            "unknown mode '{s}' (expected off, null, stdio or file)"
+            "unknown mode '{s}' (expected off, null, stdio, tty, file or pty)"
         ))),
     }
 }
@@ -359,6 +397,26 @@ impl VmConfig {
                 reason: "mode file needs file=PATH".into(),
             });
         }
+        if self.serial.mode == ConsoleMode::Pty {
+            return Err(ConfigError::Invalid {
+                field: "serial",
+                reason: "mode pty is for the virtio console (--console pty)".into(),
+            });
+        }
+        if self.console.mode == ConsoleMode::File && self.console.file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "console",
+                reason: "mode file needs file=PATH".into(),
+            });
+        }
+        if self.serial.mode == ConsoleMode::Stdio && self.console.mode == ConsoleMode::Stdio {
+            return Err(ConfigError::Invalid {
+                field: "console",
+                reason: "the serial port and the virtio console cannot both use the terminal \
+                         (add --serial off, null or file=PATH)"
+                    .into(),
+            });
+        }
         Ok(())
     }
 }
@@ -429,6 +487,43 @@ mod tests {
         assert_eq!(c.transport, Transport::Pci);
         assert_eq!(rng.src, PathBuf::from("/dev/urandom"));
         assert_eq!(rng.transport, Some(Transport::Mmio));
+    }
+
+    #[test]
+    fn test_vmconfig_console_default_off_and_modes() {
+        let default: VmConfig = serde_json::from_str(r#"{"payload":{}}"#).unwrap();
+        let pty: VmConfig =
+            serde_json::from_str(r#"{"payload":{},"console":{"mode":"pty"}}"#).unwrap();
+
+        assert_eq!(default.console.mode, ConsoleMode::Off);
+        assert_eq!(pty.console.mode, ConsoleMode::Pty);
+    }
+
+    #[test]
+    fn test_validate_console_conflicts_rejected() {
+        let mut c = VmConfig::default();
+        c.payload.kernel = Some("k".into());
+        c.console.mode = ConsoleMode::Stdio;
+
+        let both_tty = c.validate().unwrap_err().to_string();
+        c.serial.mode = ConsoleMode::Off;
+        let ok = c.validate();
+        c.console.mode = ConsoleMode::File;
+        let no_file = c.validate().unwrap_err().to_string();
+        c.console.mode = ConsoleMode::Off;
+        c.serial.mode = ConsoleMode::Pty;
+        let serial_pty = c.validate().unwrap_err().to_string();
+
+        assert!(
+            both_tty.contains("cannot both use the terminal"),
+            "{both_tty}"
+        );
+        assert!(ok.is_ok());
+        assert!(
+            no_file.contains("console: mode file needs file=PATH"),
+            "{no_file}"
+        );
+        assert!(serial_pty.contains("virtio console"), "{serial_pty}");
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn create_devices(
             let path = config.serial.file.clone().unwrap_or_default();
             Some(Box::new(create_output("serial", &path)?))
         }
-        ConsoleMode::Off | ConsoleMode::Null => None,
+        ConsoleMode::Off | ConsoleMode::Null | ConsoleMode::Pty => None,
     };
     let ram = layout::ram_ranges(config.memory.size);
     let below = ram.first().map_or(0, |r| r.1);
@@ -308,6 +308,11 @@ impl Vm {
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
         })
+    }
+
+    /// The pseudo-terminal of a `--console pty` device, for the user to open.
+    pub fn console_pty(&self) -> Option<&std::path::Path> {
+        self.virtio.console_pty()
     }
 
     /// Runs the VM until a vCPU stops it or the timeout expires (boot sequence step 11), then

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
+use crate::config::ConsoleMode;
 use crate::config::VmConfig;
 use crate::counters::Counters;
 use crate::devices::{Bus, BusError};
 use crate::kvm::irq::EventWiring;
+use crate::virtio::console::{Console, ConsoleBackend};
 use crate::virtio::rng::{EntropySource, Rng};
 use crate::virtio::transport::mmio::MmioTransport;
 use crate::virtio::transport::TransportError;
@@ -28,6 +30,14 @@ pub enum DeviceManagerError {
     OpenRngSource {
         /// The file.
         path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The console's backend could not be opened.
+    #[error("unable to open the virtio console's {what}: {source}")]
+    OpenConsole {
+        /// What: a file, the terminal, a pseudo-terminal.
+        what: String,
         /// The cause.
         source: std::io::Error,
     },
@@ -67,6 +77,13 @@ pub fn requests(config: &VmConfig) -> Vec<DeviceRequest> {
             transport: rng.transport.unwrap_or(config.transport),
         });
     }
+    if config.console.mode != ConsoleMode::Off {
+        out.push(DeviceRequest {
+            id: "console0".into(),
+            kind: DeviceKind::Console,
+            transport: config.console.transport.unwrap_or(config.transport),
+        });
+    }
     out
 }
 
@@ -84,6 +101,7 @@ pub struct DeviceContext<'a> {
 #[derive(Default)]
 pub struct DeviceManager {
     mmio: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    console_pty: Option<PathBuf>,
 }
 
 impl DeviceManager {
@@ -95,7 +113,14 @@ impl DeviceManager {
     ) -> Result<DeviceManager, DeviceManagerError> {
         let mut dm = DeviceManager::default();
         for planned in &plan.devices {
-            let device = virtio_device(config, planned)?;
+            let device = match planned.kind {
+                DeviceKind::Console => {
+                    let console = console_device(config, &planned.id)?;
+                    dm.console_pty = console.pty_path().map(Into::into);
+                    Box::new(console)
+                }
+                _ => virtio_device(config, planned)?,
+            };
             match planned.placement {
                 Placement::Mmio { base, irq } => {
                     let transport_err = |source| DeviceManagerError::Transport {
@@ -119,6 +144,11 @@ impl DeviceManager {
             }
         }
         Ok(dm)
+    }
+
+    /// The pseudo-terminal of a `--console pty` device.
+    pub fn console_pty(&self) -> Option<&std::path::Path> {
+        self.console_pty.as_deref()
     }
 
     /// Every device's name and counters.
@@ -160,5 +190,22 @@ fn virtio_device(
             })?;
             Ok(Box::new(Rng::new(&planned.id, source)))
         }
+        DeviceKind::Console => Ok(Box::new(console_device(config, &planned.id)?)),
     }
+}
+
+/// The virtio console with the backend `--console` names.
+fn console_device(config: &VmConfig, id: &str) -> Result<Console, DeviceManagerError> {
+    let c = &config.console;
+    let open_err = |what: String| move |source| DeviceManagerError::OpenConsole { what, source };
+    let backend = match c.mode {
+        ConsoleMode::Off | ConsoleMode::Null => ConsoleBackend::null(),
+        ConsoleMode::Stdio => ConsoleBackend::tty().map_err(open_err("standard input".into()))?,
+        ConsoleMode::File => {
+            let path = c.file.clone().unwrap_or_default();
+            ConsoleBackend::file(&path).map_err(open_err(format!("file {}", path.display())))?
+        }
+        ConsoleMode::Pty => ConsoleBackend::pty().map_err(open_err("pseudo-terminal".into()))?,
+    };
+    Ok(Console::new(id, backend))
 }

@@ -14,6 +14,8 @@ use crate::resources::{ResourceError, SystemResources};
 pub enum DeviceKind {
     /// virtio-rng (`rng`).
     Rng,
+    /// virtio-console (`console`).
+    Console,
 }
 
 /// A device the configuration asks for.
