@@ -14,6 +14,7 @@ pub mod devices;
 pub mod emulate;
 pub mod kvm;
 pub mod memory;
+pub mod pci;
 pub mod resources;
 pub mod virtio;
 pub mod vm;

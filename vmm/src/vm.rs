@@ -195,11 +195,13 @@ fn create_output(what: &'static str, path: &std::path::Path) -> Result<std::fs::
     })
 }
 
-/// Creates the legacy devices on `pio` as the config asks (boot sequence step 7).
+/// Creates the legacy devices on `pio` as the config asks (boot sequence step 8); the reset
+/// control port only when no PCI root will claim the configuration ports around it.
 fn create_devices(
     config: &VmConfig,
     pio: &Bus,
     events: &vm_events::VmEvents,
+    reset_port: bool,
 ) -> Result<LegacyDevices, VmmError> {
     let serial_out: Option<Box<dyn Write + Send>> = match config.serial.mode {
         ConsoleMode::Stdio => Some(Box::new(std::io::stdout())),
@@ -220,7 +222,7 @@ fn create_devices(
             ram_below_4g: below,
             ram_above_4g: above,
             vga_ports: true,
-            reset_port: true,
+            reset_port,
         },
         events,
     )?)
@@ -269,20 +271,22 @@ impl Vm {
         let pio = Bus::new();
         let mmio = Bus::new();
         let (vm_events, events) = vm_events::vm_events()?;
-        let devices = create_devices(config, &pio, &vm_events)?;
+        let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
         kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
         kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
         if config.serial.mode == ConsoleMode::Stdio {
             spawn_stdin_pump(&devices)?;
         }
         // 9. The planned devices behind their transports, with ioeventfds and irqfds.
-        let wiring = kvm.wiring();
-        let ctx = DeviceContext {
+        let mut ctx = DeviceContext {
             mem: &mem,
-            wiring: wiring.as_ref(),
+            wiring: kvm.wiring(),
+            pio: &pio,
             mmio: &mmio,
+            resources: &mut resources,
+            events: &vm_events,
         };
-        let virtio = DeviceManager::create(config, &plan, &ctx)?;
+        let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
         // 10. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
         let ctx = VcpuContext {
             mem,

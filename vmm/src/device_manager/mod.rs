@@ -13,13 +13,21 @@ use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
 use crate::config::ConsoleMode;
 use crate::config::VmConfig;
 use crate::counters::Counters;
-use crate::devices::{Bus, BusError};
+use crate::devices::reset::ResetControl;
+use crate::devices::{Bus, BusError, SharedBusDevice};
 use crate::kvm::irq::EventWiring;
+use crate::pci::root::{PciConfigIo, PciRootError, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+use crate::pci::PciRoot;
+use crate::resources::{ResourceError, SystemResources};
 use crate::virtio::console::{Console, ConsoleBackend};
 use crate::virtio::rng::{EntropySource, Rng};
 use crate::virtio::transport::mmio::MmioTransport;
+use crate::virtio::transport::pci::{
+    transitional_device_id, PciPlacement, VirtioPciDevice, LEGACY_BAR_SIZE, MODERN_BAR_SIZE,
+};
 use crate::virtio::transport::TransportError;
 use crate::virtio::VirtioDevice;
+use crate::vm_events::VmEvents;
 pub use plan::{DeviceKind, DevicePlan, DeviceRequest, Placement, PlannedDevice};
 
 /// Errors creating the planned devices.
@@ -59,9 +67,24 @@ pub enum DeviceManagerError {
         #[source]
         source: BusError,
     },
-    /// The virtio-pci transport does not exist yet.
-    #[error("{0}: the virtio-pci transport is not built yet (use transport=mmio)")]
-    PciNotBuilt(String),
+    /// A PCI device's BARs or MSI GSIs do not fit.
+    #[error("unable to allocate the resources of {id}")]
+    Resources {
+        /// The device.
+        id: String,
+        /// The cause.
+        #[source]
+        source: ResourceError,
+    },
+    /// A function could not be added to the PCI bus.
+    #[error("unable to add {id} to the PCI bus")]
+    PciRoot {
+        /// The device.
+        id: String,
+        /// The cause.
+        #[source]
+        source: PciRootError,
+    },
     /// The plan names a device the configuration does not have.
     #[error("the device plan names {0}, which the configuration does not have")]
     NotConfigured(String),
@@ -92,28 +115,45 @@ pub struct DeviceContext<'a> {
     /// Guest memory.
     pub mem: &'a GuestMemoryMmap,
     /// ioeventfds, irqfds and GSI routes.
-    pub wiring: &'a dyn EventWiring,
+    pub wiring: Arc<dyn EventWiring>,
+    /// The port-I/O bus (PCI configuration, I/O BARs).
+    pub pio: &'a Bus,
     /// The MMIO bus.
     pub mmio: &'a Bus,
+    /// Where PCI BARs and MSI GSIs come from.
+    pub resources: &'a mut SystemResources,
+    /// Where the reset control port (0xcf9, inside the PCI configuration ports) sends resets.
+    pub events: &'a VmEvents,
+}
+
+/// A device behind its transport.
+enum Attached {
+    Mmio(Arc<Mutex<MmioTransport>>),
+    Pci(Arc<Mutex<VirtioPciDevice>>),
 }
 
 /// The created devices, kept so the VMM can stop their workers and read their counters.
 #[derive(Default)]
 pub struct DeviceManager {
-    mmio: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    devices: Vec<(String, Attached)>,
+    pci: Option<Arc<Mutex<PciRoot>>>,
     console_pty: Option<PathBuf>,
 }
 
 impl DeviceManager {
-    /// Creates every planned device behind its transport.
+    /// Creates every planned device behind its transport; with any PCI device, the PCI root
+    /// (host bridge, configuration ports 0xCF8-0xCFF) first.
     pub fn create(
         config: &VmConfig,
         plan: &DevicePlan,
-        ctx: &DeviceContext<'_>,
+        ctx: &mut DeviceContext<'_>,
     ) -> Result<DeviceManager, DeviceManagerError> {
         let mut dm = DeviceManager::default();
+        if plan.has_pci() {
+            dm.pci = Some(create_pci_root(ctx)?);
+        }
         for planned in &plan.devices {
-            let device = match planned.kind {
+            let device: Box<dyn VirtioDevice> = match planned.kind {
                 DeviceKind::Console => {
                     let console = console_device(config, &planned.id)?;
                     dm.console_pty = console.pty_path().map(Into::into);
@@ -121,14 +161,11 @@ impl DeviceManager {
                 }
                 _ => virtio_device(config, planned)?,
             };
-            match planned.placement {
-                Placement::Mmio { base, irq } => {
-                    let transport_err = |source| DeviceManagerError::Transport {
-                        id: planned.id.clone(),
-                        source,
-                    };
-                    let t = MmioTransport::new(device, ctx.mem.clone(), ctx.wiring, base, irq)
-                        .map_err(transport_err)?;
+            let attached = match (planned.placement, &dm.pci) {
+                (Placement::Mmio { base, irq }, _) => {
+                    let t =
+                        MmioTransport::new(device, ctx.mem.clone(), ctx.wiring.as_ref(), base, irq)
+                            .map_err(transport_err(&planned.id))?;
                     let t = Arc::new(Mutex::new(t));
                     ctx.mmio
                         .insert(t.clone(), base.0, VIRTIO_MMIO_WINDOW)
@@ -136,12 +173,31 @@ impl DeviceManager {
                             id: planned.id.clone(),
                             source,
                         })?;
-                    dm.mmio.push((planned.id.clone(), t));
+                    Attached::Mmio(t)
                 }
-                Placement::Pci { .. } => {
-                    return Err(DeviceManagerError::PciNotBuilt(planned.id.clone()));
+                (
+                    Placement::Pci {
+                        device: slot,
+                        intx_gsi,
+                    },
+                    Some(root),
+                ) => {
+                    let dev = create_pci_device(device, &planned.id, intx_gsi, ctx)?;
+                    let bars = dev.bars();
+                    let dev = Arc::new(Mutex::new(dev));
+                    lock(root)
+                        .add_device(slot, dev.clone(), &bars)
+                        .map_err(|source| DeviceManagerError::PciRoot {
+                            id: planned.id.clone(),
+                            source,
+                        })?;
+                    Attached::Pci(dev)
                 }
-            }
+                (Placement::Pci { .. }, None) => {
+                    return Err(DeviceManagerError::NotConfigured(planned.id.clone()));
+                }
+            };
+            dm.devices.push((planned.id.clone(), attached));
         }
         Ok(dm)
     }
@@ -153,18 +209,96 @@ impl DeviceManager {
 
     /// Every device's name and counters.
     pub fn counters(&self) -> Vec<(String, Arc<Counters>)> {
-        self.mmio
+        self.devices
             .iter()
-            .map(|(id, t)| (id.clone(), lock(t).counters()))
+            .map(|(id, a)| {
+                let c = match a {
+                    Attached::Mmio(t) => lock(t).counters(),
+                    Attached::Pci(t) => lock(t).counters(),
+                };
+                (id.clone(), c)
+            })
             .collect()
     }
 
     /// Stops every device's worker thread (the VM is ending).
     pub fn shutdown(&self) {
-        for (_, t) in &self.mmio {
-            lock(t).shutdown();
+        for (_, a) in &self.devices {
+            match a {
+                Attached::Mmio(t) => lock(t).shutdown(),
+                Attached::Pci(t) => lock(t).shutdown(),
+            }
         }
     }
+}
+
+fn transport_err(id: &str) -> impl Fn(TransportError) -> DeviceManagerError + '_ {
+    move |source| DeviceManagerError::Transport {
+        id: id.to_string(),
+        source,
+    }
+}
+
+/// The PCI root with its configuration ports on the port-I/O bus; the reset control register
+/// at 0xcf9 is reached through them.
+fn create_pci_root(ctx: &DeviceContext<'_>) -> Result<Arc<Mutex<PciRoot>>, DeviceManagerError> {
+    let root = Arc::new(Mutex::new(PciRoot::new(ctx.pio.clone(), ctx.mmio.clone())));
+    let reset: SharedBusDevice = Arc::new(Mutex::new(
+        ResetControl::default().with_vm_events(ctx.events.clone()),
+    ));
+    let io = PciConfigIo::new(root.clone(), Some(reset));
+    ctx.pio
+        .insert(
+            Arc::new(Mutex::new(io)),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_LEN,
+        )
+        .map_err(|source| DeviceManagerError::Bus {
+            id: "PCI configuration ports".into(),
+            source,
+        })?;
+    Ok(root)
+}
+
+/// `device` as a virtio-pci function: its modern BAR (below 4 GiB if there is room), a legacy
+/// I/O BAR if its type has a transitional ID, one MSI GSI per queue plus one for
+/// configuration changes.
+fn create_pci_device(
+    device: Box<dyn VirtioDevice>,
+    id: &str,
+    intx_gsi: u32,
+    ctx: &mut DeviceContext<'_>,
+) -> Result<VirtioPciDevice, DeviceManagerError> {
+    let res_err = |source| DeviceManagerError::Resources {
+        id: id.to_string(),
+        source,
+    };
+    let r = &mut *ctx.resources;
+    let modern_bar = r
+        .allocate_pci_mmio(MODERN_BAR_SIZE, true)
+        .map_err(res_err)?
+        .0;
+    let legacy_bar = match transitional_device_id(device.device_type()) {
+        Some(_) => Some(
+            r.pci_io
+                .allocate(LEGACY_BAR_SIZE, LEGACY_BAR_SIZE)
+                .map_err(res_err)?,
+        ),
+        None => None,
+    };
+    let vectors = device.queue_max_sizes().len() + 1;
+    let msi_gsis = (0..vectors)
+        .map(|_| r.msi_gsis.allocate())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(res_err)?;
+    let place = PciPlacement {
+        modern_bar,
+        legacy_bar,
+        msi_gsis,
+        intx_gsi,
+    };
+    VirtioPciDevice::new(device, ctx.mem.clone(), ctx.wiring.clone(), &place)
+        .map_err(transport_err(id))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

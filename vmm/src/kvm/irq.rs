@@ -48,6 +48,15 @@ pub enum IrqError {
     /// KVM_SET_GSI_ROUTING failed.
     #[error("unable to set the GSI routing table: {0}")]
     SetRouting(kvm_ioctls::Error),
+    /// An eventfd could not be created.
+    #[error("unable to create an eventfd for GSI {gsi}")]
+    CreateEventFd {
+        /// The interrupt line it was for.
+        gsi: u32,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The table has more entries than KVM_SET_GSI_ROUTING takes.
     #[error("the GSI routing table has too many entries")]
     TooManyRoutes,

@@ -9,6 +9,7 @@
 //! DEVICE_NEEDS_RESET instead of running a queue the driver did not describe.
 
 pub mod mmio;
+pub mod pci;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub enum TransportError {
     /// An eventfd could not be created.
     #[error("unable to create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The PCI configuration space could not be built.
+    #[error("invalid PCI configuration: {0}")]
+    Pci(String),
     /// An ioeventfd or irqfd could not be registered.
     #[error(transparent)]
     Wiring(#[from] IrqError),
@@ -53,8 +57,6 @@ pub struct QueueConfig {
     pub used: u64,
     /// Enabled by the driver.
     pub ready: bool,
-    /// MSI-X vector (virtio-pci).
-    pub vector: u16,
 }
 
 impl QueueConfig {
@@ -66,7 +68,6 @@ impl QueueConfig {
             avail: 0,
             used: 0,
             ready: false,
-            vector: NO_VECTOR,
         }
     }
 
@@ -178,6 +179,16 @@ impl VirtioCommon {
             f & 0xffff_ffff
         } else {
             f
+        }
+    }
+
+    /// Feature word `select` of everything the device offers, whatever the interface (the
+    /// modern common configuration reads this).
+    pub fn all_features_word(&self, select: u32) -> u32 {
+        match select {
+            0 => self.device.features() as u32,
+            1 => (self.device.features() >> 32) as u32,
+            _ => 0,
         }
     }
 
