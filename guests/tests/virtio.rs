@@ -3,7 +3,7 @@
 //! legacy on `-M q35`): one boot per transport with three disks, an rng
 //! and a console. The host then checks what the guest wrote with
 //! `qemu-img compare` and `qemu-img check`, and the CRCs the guest printed
-//! of disks qemu-img made against its own. Also runs the `counter` guest.
+//! of disks qemu-img made against its own.
 //!
 //! Needs `qemu-system-x86_64`, `qemu-img` and `qemu-io`; skipped (with a
 //! message) when /dev/kvm is absent.
@@ -430,32 +430,4 @@ fn test_virtio_no_transport_reports_error_and_exits_1() {
     expected.push("done".into());
     check_output(&run.out, &expected);
     assert_eq!(run.status, Some(1 << 1 | 1));
-}
-
-#[test]
-fn test_counter_limit_lines_are_consecutive() {
-    if !kvm_available() {
-        return;
-    }
-    // Arrange
-    let kernel = path_str(test_guests::counter());
-    let cmdline = "every=1000 limit=300 exit=5";
-
-    // Act
-    let run = qemu(&[
-        "-M",
-        "microvm,acpi=off",
-        "-kernel",
-        kernel,
-        "-append",
-        cmdline,
-    ]);
-
-    // Assert
-    let mut expected = header("counter", "pvh", cmdline);
-    expected.push("counter: every=1000 limit=300".into());
-    expected.extend((1..=300).map(|n| format!("count {n}")));
-    expected.push("done".into());
-    check_output(&run.out, &expected);
-    assert_eq!(run.status, Some(5 << 1 | 1));
 }
