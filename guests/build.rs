@@ -217,12 +217,14 @@ fn bzimage(mut setup: Vec<u8>, kernel: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// rustc with the flags every Rust guest crate gets: host target (the
-/// only one installed), no_std code that runs bare in ring 3.
-fn rustc(out: &Path) -> Command {
+/// only one installed), no_std code that runs bare in ring 3; source
+/// paths (in panic messages) relative to `guests/`.
+fn rustc(rust: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()));
     cmd.args(["--edition", "2021", "--target", "x86_64-unknown-linux-gnu"])
         .args(["-C", "panic=abort", "-C", "relocation-model=static"])
         .args(["-C", "opt-level=2", "-C", "debuginfo=0"])
+        .arg(format!("--remap-path-prefix={}=rust", rust.display()))
         .arg("-L")
         .arg(out);
     cmd
@@ -255,7 +257,7 @@ fn build_rust_guests(rust: &Path, asm: &Path, out: &Path) -> Result<(), String> 
     run(cc.arg(asm.join("kit.S")).arg("-o").arg(&kit_obj))?;
     let kit_rlib = out.join("libkit.rlib");
     run_rustc(
-        rustc(out)
+        rustc(rust, out)
             .args(["--crate-type", "rlib", "--crate-name", "kit"])
             .arg(rust.join("kit/lib.rs"))
             .arg("-o")
@@ -264,7 +266,7 @@ fn build_rust_guests(rust: &Path, asm: &Path, out: &Path) -> Result<(), String> 
     for stem in RUST_GUESTS {
         let lib = out.join(format!("lib{stem}_guest.a"));
         run_rustc(
-            rustc(out)
+            rustc(rust, out)
                 .args(["--crate-type", "staticlib", "--crate-name"])
                 .arg(format!("{stem}_guest"))
                 .arg("--extern")

@@ -7,8 +7,13 @@
  *   hole, virtio-mmio windows, the LAPIC/IOAPIC), SSE enabled (CR0.MP,
  *   CR0.NE, CR0.EM clear, CR4.OSFXSR, CR4.OSXMMEXCPT: compiled Rust uses
  *   SSE), a TSS whose I/O bitmap allows every port, exception gates 0-31
- *   that report, an int 0x80 gate (DPL 3) that halts; then iretq to the
- *   Rust symbol kit_entry(start_info) in ring 3 with IOPL=3 and IF=0.
+ *   that report; then iretq to the Rust symbol kit_entry(start_info) in
+ *   ring 3 with IOPL=3 and IF=0.
+ *
+ * kit_halt (called from ring 3 when the exit port did not stop the VM)
+ * is a ud2 that the #UD stub recognises and turns into a quiet halt in
+ * ring 0: under PVM an `int n` from ring 3 raises #UD instead of going
+ * through its gate, so a software interrupt is no way down.
  *
  * Ring 0 uses only plain integer instructions (under PVM it goes through
  * KVM's instruction emulator). Everything else -- output, cmdline, PCI,
@@ -25,7 +30,6 @@
 #define USER_DS		(0x28 | 3)
 #define USER_CS		(0x30 | 3)
 #define TSS_SEL		0x40
-#define HALT_VECTOR	0x80
 
 #define CR0_PE		0x1
 #define CR0_MP		0x2
@@ -75,7 +79,7 @@ kernel64:
 	mov	%ah, gdt_tss + 7
 	mov	$TSS_SEL, %ax
 	ltr	%ax
-	/* exception gates 0-31 -> exc_stubs, int 0x80 gate (DPL 3) -> halt */
+	/* exception gates 0-31 -> exc_stubs */
 	mov	$exc_stubs, %eax
 	mov	$idt, %rdi
 	mov	$32, %ecx
@@ -84,9 +88,6 @@ kernel64:
 	add	$16, %rdi
 	dec	%ecx
 	jnz	1b
-	mov	$halt, %eax
-	mov	$(idt + HALT_VECTOR * 16), %rdi
-	call	set_gate
 	lidt	idt_desc
 	/* to ring 3: kit_entry(start_info); RSP as after a call (16n + 8) */
 	mov	%rbx, %rdi
@@ -111,7 +112,8 @@ set_gate:
 	ret
 
 /* Exception stubs, 16 bytes apart: report the vector and the two qwords
- * above it on the stack (error code and/or RIP), "done", exit code 2. */
+ * above it on the stack (error code and/or RIP), "done", exit code 2;
+ * a #UD at kit_halt halts without a word. */
 	.balign 16
 exc_stubs:
 	.set	vec, 0
@@ -122,7 +124,11 @@ exc_stubs:
 	.set	vec, vec + 1
 	.endr
 exc_common:
-	mov	$str_exc, %rsi
+	cmpq	$6, (%rsp)
+	jne	1f
+	cmpq	$kit_halt, 8(%rsp)
+	je	halt
+1:	mov	$str_exc, %rsi
 	call	puts_64
 	pop	%rax
 	call	print_dec_64
@@ -140,6 +146,11 @@ halt:
 	cli
 	hlt
 	jmp	halt
+
+/* Ring 3: the way down to halt (see exc_common). */
+	.globl	kit_halt
+kit_halt:
+	ud2
 
 /* The C memory functions the Rust code needs (System V ABI; ring 3). */
 	.globl	memcpy
