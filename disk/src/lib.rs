@@ -3,19 +3,23 @@
 //! Images are hostile input. The format is always stated by the caller and never probed from
 //! the file's contents; backing files and extents are opened only where [`OpenOptions`] allow;
 //! header fields are bounds-checked before anything is allocated from them.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod caps;
 pub mod error;
+mod iov;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;
 pub mod vmdk;
 
+pub use caps::{Capabilities, QueryCapabilities};
 pub use error::{Error, ErrorKind, Result};
 pub use qcow2::{CheckReport, CompressionType, Qcow2, Qcow2Info, SnapshotInfo};
 pub use raw::RawDisk;
 
+use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;
 
 /// The image formats this library reads and writes.
@@ -181,6 +185,23 @@ pub trait DiskSize {
 pub trait ReadAt {
     /// Reads exactly `buf.len()` bytes at `offset`; unallocated ranges read as zeroes.
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Reads the buffers' total length at `offset` into the buffers in order (scatter).
+    ///
+    /// The formats split the request at cluster/grain boundaries and read each piece straight
+    /// into the caller's buffers (raw images with one `preadv`); only compressed clusters pass
+    /// through a buffer of the library's. A request past the end of the disk fails with
+    /// [`ErrorKind::OutOfBounds`] before anything is read. The default reads buffer by buffer.
+    fn read_vectored_at(&mut self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+        let mut pos = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, pos)?;
+            pos = pos.checked_add(b.len() as u64).ok_or_else(|| {
+                Error::new(ErrorKind::OutOfBounds, "request end overflows").with_offset(offset)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Writing.
@@ -189,6 +210,25 @@ pub trait WriteAt {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&mut self) -> Result<()>;
+
+    /// Writes the buffers, in order, at `offset` (gather).
+    ///
+    /// Pieces go straight from the caller's buffers to the host file wherever the format
+    /// allows (raw: one `pwritev`; qcow2: allocated clusters and whole new clusters; vmdk:
+    /// allocated grains and whole new grains); partial new clusters are merged with their old
+    /// contents in a buffer. A request past the end of the disk fails with
+    /// [`ErrorKind::OutOfBounds`] before anything is written (implementations check the whole
+    /// range first; the default writes buffer by buffer and is only for images without one).
+    fn write_vectored_at(&mut self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
+        let mut pos = offset;
+        for b in bufs {
+            self.write_at(b, pos)?;
+            pos = pos.checked_add(b.len() as u64).ok_or_else(|| {
+                Error::new(ErrorKind::OutOfBounds, "request end overflows").with_offset(offset)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Freeing and zeroing ranges.
@@ -197,6 +237,15 @@ pub trait Discard {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Makes a range read as zeroes, deallocating it where the format can.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Makes a range read as zeroes; with `unmap` false the range stays allocated (virtio-blk
+    /// `WRITE_ZEROES` without the unmap flag), with `unmap` true this is
+    /// [`Discard::write_zeroes`]. The default is for formats whose `write_zeroes` never
+    /// deallocates.
+    fn write_zeroes_unmap(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        let _ = unmap;
+        self.write_zeroes(offset, len)
+    }
 }
 
 /// Changing the virtual size.
@@ -205,8 +254,9 @@ pub trait Resize {
     fn resize(&mut self, new_size: u64) -> Result<()>;
 }
 
-/// An open image, with every capability (formats that lack one return `Unsupported`).
-pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + Send {}
+/// An open image, with every capability (formats that lack one return `Unsupported`;
+/// [`QueryCapabilities::capabilities`] says which in advance).
+pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + QueryCapabilities + Send {}
 
 /// Opens an image of the stated format.
 pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Box<dyn Disk>> {
