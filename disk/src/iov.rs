@@ -144,7 +144,13 @@ pub(crate) fn gather(segs: &[&[u8]]) -> Vec<u8> {
 
 /// Moves (`idx`, `skip`) forward by `n` bytes over buffers of the given lengths, stepping past
 /// empty and finished buffers.
-fn advance(lens: impl Fn(usize) -> usize, count: usize, idx: &mut usize, skip: &mut usize, n: usize) {
+fn advance(
+    lens: impl Fn(usize) -> usize,
+    count: usize,
+    idx: &mut usize,
+    skip: &mut usize,
+    n: usize,
+) {
     let mut left = n;
     while *idx < count {
         let room = lens(*idx) - *skip;

@@ -6,18 +6,21 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod aio;
 mod caps;
 pub mod error;
 mod iov;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;
+mod shared;
 pub mod vmdk;
 
 pub use caps::{Capabilities, QueryCapabilities};
 pub use error::{Error, ErrorKind, Result};
 pub use qcow2::{CheckReport, CompressionType, Qcow2, Qcow2Info, SnapshotInfo};
 pub use raw::RawDisk;
+pub use shared::SharedDisk;
 
 use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;

@@ -4,7 +4,7 @@ mod common;
 
 use common::{qemu_img, scratch, Rng};
 use disk::raw::Extent;
-use disk::{Discard, DiskSize, Format, OpenOptions, RawDisk, ReadAt, WriteAt};
+use disk::{Format, OpenOptions, RawDisk};
 
 const MIB: u64 = 1 << 20;
 
@@ -13,7 +13,7 @@ fn test_raw_allocation_map_reports_written_data_and_holes() {
     let dir = scratch("raw-map");
     let img = dir.join("a.raw");
     disk::create(&img, Format::Raw, 8 * MIB, &Default::default()).expect("create");
-    let mut d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
+    let d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
     d.write_at(&[1u8; 4096], 2 * MIB).expect("write");
     d.flush().expect("flush");
 
@@ -46,7 +46,7 @@ fn test_raw_write_zeroes_punches_hole_and_reads_zero() {
     let dir = scratch("raw-zero");
     let img = dir.join("z.raw");
     std::fs::write(&img, vec![0xffu8; 4 * MIB as usize]).expect("file");
-    let mut d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
+    let d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
 
     d.write_zeroes(MIB, MIB).expect("zero");
     d.discard(3 * MIB, 4096).expect("discard");
@@ -77,7 +77,7 @@ fn test_raw_direct_unaligned_io_matches_buffered() {
         direct: true,
         ..Default::default()
     };
-    let mut d = RawDisk::open(&img, &opts).expect("open O_DIRECT");
+    let d = RawDisk::open(&img, &opts).expect("open O_DIRECT");
     let mut rng = Rng(5);
     for _ in 0..50 {
         let off = rng.below(expected.len() as u64);
@@ -120,7 +120,7 @@ fn test_raw_read_past_end_out_of_bounds() {
     let dir = scratch("raw-oob");
     let img = dir.join("o.raw");
     disk::create(&img, Format::Raw, 4096, &Default::default()).expect("create");
-    let mut d = RawDisk::open(
+    let d = RawDisk::open(
         &img,
         &OpenOptions {
             read_only: true,

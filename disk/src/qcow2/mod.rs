@@ -39,8 +39,8 @@ use refcount::{io, Refcounts};
 
 use crate::iov::{total_len_mut, SegsMut};
 use crate::{
-    Capabilities, Disk, DiskSize, Error, ErrorKind, Format, OpenOptions, QueryCapabilities,
-    ReadAt, Result,
+    Capabilities, Disk, DiskSize, Error, ErrorKind, Format, OpenOptions, QueryCapabilities, ReadAt,
+    Result,
 };
 
 pub(crate) use check::check;

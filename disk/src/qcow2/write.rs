@@ -400,7 +400,11 @@ impl Discard for Qcow2 {
     fn write_zeroes_unmap(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.check_writable("write_zeroes")?;
         self.check_range(offset, len, "write_zeroes")?;
-        let mode = if unmap { ZeroMode::Unmap } else { ZeroMode::Keep };
+        let mode = if unmap {
+            ZeroMode::Unmap
+        } else {
+            ZeroMode::Keep
+        };
         self.zero_range(offset, len, mode)
             .map_err(|e| e.with_operation("write_zeroes"))
     }

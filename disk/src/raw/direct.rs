@@ -47,7 +47,9 @@ impl DirectAlign {
                 return DirectAlign { mem, offset };
             }
         }
-        let is_bdev = file.metadata().is_ok_and(|m| m.file_type().is_block_device());
+        let is_bdev = file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device());
         if is_bdev {
             if let Ok(lbs) = rustix::fs::ioctl_blksszget(file) {
                 if valid_align(lbs) {
@@ -62,10 +64,16 @@ impl DirectAlign {
     }
 
     /// Whether a request can go to the host without a bounce buffer.
-    pub(crate) fn fits(&self, lens_addrs: impl Iterator<Item = (usize, usize)>, offset: u64) -> bool {
+    pub(crate) fn fits(
+        &self,
+        lens_addrs: impl Iterator<Item = (usize, usize)>,
+        offset: u64,
+    ) -> bool {
         let (m, o) = (self.mem as usize, self.offset as usize);
         offset.is_multiple_of(u64::from(self.offset))
-            && lens_addrs.into_iter().all(|(len, addr)| len % o == 0 && addr % m == 0)
+            && lens_addrs
+                .into_iter()
+                .all(|(len, addr)| len % o == 0 && addr % m == 0)
     }
 
     /// Largest of the two alignments, used for bounce buffers.
@@ -113,7 +121,8 @@ impl RawDisk {
     }
 
     fn block_align(&self) -> u64 {
-        self.direct.map_or(u64::from(DEFAULT_ALIGN), |a| u64::from(a.offset))
+        self.direct
+            .map_or(u64::from(DEFAULT_ALIGN), |a| u64::from(a.offset))
     }
 
     /// Reads an aligned span into a bounce buffer, zero-filling past the end of the file.

@@ -297,6 +297,11 @@ impl RawDisk {
         }
     }
 
+    /// Makes a range read as zeroes, deallocating it where the file system can.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes_unmap(offset, len, true)
+    }
+
     /// Makes a range read as zeroes: with `unmap`, by punching a hole where the file system
     /// can; without, by `FALLOC_FL_ZERO_RANGE` (the range stays allocated); either way falling
     /// back to writing zeroes.

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::descriptor::{Access, ExtentLine, ExtentType};
 use super::fileio::{file_len, sync, write_at};
-use crate::iov::{fill_zero, preadv_exact, pwritev_all};
 use super::header::SECTOR;
 use super::sparse::SparseExtent;
 use super::{open_file, resolve_extent_path};
+use crate::iov::{fill_zero, preadv_exact, pwritev_all};
 use crate::{Error, ErrorKind, OpenOptions, Result};
 
 /// Where an extent's data lives.
