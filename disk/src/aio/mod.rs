@@ -117,6 +117,9 @@ pub struct Completion {
 
 /// An asynchronous I/O engine serving one device queue (see the module documentation).
 pub trait Engine: Send {
+    /// The engine's name for logs and metrics: `io_uring`, `sync-worker` or `sync-inline`.
+    fn name(&self) -> &'static str;
+
     /// What the image behind this engine supports.
     fn capabilities(&self) -> Capabilities;
 

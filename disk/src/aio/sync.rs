@@ -95,6 +95,13 @@ fn finish(done: &Done, notify: &OwnedFd, c: Completion) {
 }
 
 impl Engine for SyncEngine {
+    fn name(&self) -> &'static str {
+        match self.worker {
+            Some(_) => "sync-worker",
+            None => "sync-inline",
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.caps
     }

@@ -473,6 +473,10 @@ fn sync_rw(raw: &RawDisk, write: bool, offset: u64, iov: &mut Iovecs) -> Result<
 }
 
 impl Engine for UringEngine {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
