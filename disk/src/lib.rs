@@ -3,6 +3,75 @@
 //! Images are hostile input. The format is always stated by the caller and never probed from
 //! the file's contents; backing files and extents are opened only where [`OpenOptions`] allow;
 //! header fields are bounds-checked before anything is allocated from them.
+//!
+//! Every image offers the same small traits ([`DiskSize`], [`ReadAt`], [`WriteAt`],
+//! [`Discard`], [`Resize`], [`QueryCapabilities`]), with scatter-gather reads and writes
+//! ([`ReadAt::read_vectored_at`], [`WriteAt::write_vectored_at`]) that go straight between
+//! the caller's buffers and the host file wherever the format allows. No KVM, no guest-memory
+//! types: a device hands in plain host buffers.
+//!
+//! # Using it from a block device
+//!
+//! A virtio-blk device opens its image once as a [`SharedDisk`] (`Clone + Send + Sync`),
+//! offers features from [`SharedDisk::capabilities`] (`VIRTIO_BLK_F_RO` from `read_only`,
+//! `FLUSH` from `flush`, `DISCARD` from `discard` with `discard_alignment`, `WRITE_ZEROES`
+//! from `write_zeroes` and `write_zeroes_may_unmap`, `BLK_SIZE` from `logical_block_size`,
+//! `TOPOLOGY` from `physical_block_size`), and gives each queue an [`aio::Engine`]
+//! ([`SharedDisk::engine`]: io_uring for raw images, a worker thread for qcow2 and vmdk).
+//! The queue's event loop watches the engine's [`aio::Engine::notifier`] eventfd:
+//!
+//! ```
+//! use disk::aio::{Engine, Request};
+//! use disk::{Format, OpenOptions, SharedDisk};
+//!
+//! # fn main() -> disk::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("disk-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("vda.raw");
+//! # disk::create(&path, Format::Raw, 1 << 20, &Default::default())?;
+//! let options = OpenOptions { direct: false, read_only: false, ..Default::default() };
+//! let disk = SharedDisk::open(&path, Format::Raw, &options)?;
+//! let caps = disk.capabilities();
+//! assert!(!caps.read_only && caps.flush);
+//! let mut engine = disk.engine(256)?; // one per queue; epoll on engine.notifier()
+//!
+//! // A guest request: its data descriptors, already translated to host addresses.
+//! let mut data = vec![0u8; 4096];
+//! let iovecs = [libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() }];
+//! // SAFETY: `data` stays valid and untouched until the completion is collected below
+//! // (for guest memory: until the descriptor is returned to the used ring).
+//! let request = unsafe { Request::read(8 * 512, &iovecs)? };
+//! let head = 7; // the descriptor chain's head index, as the token
+//! if let Err(e) = engine.submit(request, head) {
+//!     // Refused (out of range, read-only, unsupported): VIRTIO_BLK_S_IOERR or _UNSUPP now.
+//!     panic!("refused: {e}");
+//! }
+//! engine.commit()?; // after the batch of requests from one queue notification
+//!
+//! // When the notifier is readable:
+//! let mut done = Vec::new();
+//! while done.is_empty() {
+//!     engine.wait()?; // an event loop would epoll instead
+//!     engine.completions(&mut done);
+//! }
+//! for c in done {
+//!     // c.token is the head; c.result Err -> VIRTIO_BLK_S_IOERR, Ok -> VIRTIO_BLK_S_OK.
+//!     assert_eq!(c.token, head);
+//!     assert!(c.result.is_ok());
+//! }
+//! # drop(engine);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Unsafe code
+//!
+//! The crate is `#![deny(unsafe_code)]`. Two files allow it, and nothing else does:
+//! `aio/iovec.rs` (the `unsafe` [`aio::Request::read`]/[`aio::Request::write`] constructors,
+//! whose caller promises the buffers outlive the request, and the slices and copies made from
+//! that promise) and `aio/uring.rs` (handing submission-queue entries to the kernel). Every
+//! block carries a `// SAFETY:` comment; see docs/decisions/0004.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

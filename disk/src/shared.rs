@@ -2,6 +2,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aio::{self, Engine};
@@ -29,6 +30,9 @@ enum Backend {
     Locked {
         disk: Mutex<Box<dyn Disk>>,
         caps: Capabilities,
+        /// The size, readable without the lock (request validation must not wait for a
+        /// flush); updated by `resize`.
+        size: AtomicU64,
     },
 }
 
@@ -59,10 +63,12 @@ impl SharedDisk {
     /// Shares any open image behind a mutex.
     pub fn from_disk(disk: Box<dyn Disk>) -> SharedDisk {
         let caps = disk.capabilities();
+        let size = AtomicU64::new(disk.size());
         SharedDisk {
             inner: Arc::new(Backend::Locked {
                 disk: Mutex::new(disk),
                 caps,
+                size,
             }),
         }
     }
@@ -95,11 +101,11 @@ impl SharedDisk {
         }
     }
 
-    /// Virtual size in bytes.
-    pub fn size(&self) -> Result<u64> {
+    /// Virtual size in bytes (never waits for another thread's request).
+    pub fn size(&self) -> u64 {
         match &*self.inner {
-            Backend::Raw(r) => Ok(r.size()),
-            Backend::Locked { .. } => Ok(self.lock()?.size()),
+            Backend::Raw(r) => r.size(),
+            Backend::Locked { size, .. } => size.load(Ordering::Acquire),
         }
     }
 
@@ -157,7 +163,12 @@ impl SharedDisk {
     pub fn resize(&self, new_size: u64) -> Result<()> {
         match &*self.inner {
             Backend::Raw(r) => r.resize(new_size),
-            Backend::Locked { .. } => self.lock()?.resize(new_size),
+            Backend::Locked { size, .. } => {
+                let mut disk = self.lock()?;
+                disk.resize(new_size)?;
+                size.store(disk.size(), Ordering::Release);
+                Ok(())
+            }
         }
     }
 

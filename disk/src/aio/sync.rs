@@ -111,7 +111,7 @@ impl Engine for SyncEngine {
     }
 
     fn submit(&mut self, request: Request, token: u64) -> Result<()> {
-        validate(&self.caps, self.disk.size()?, &request)?;
+        validate(&self.caps, self.disk.size(), &request)?;
         match &self.worker {
             Some((tx, _)) => tx
                 .send((request, token))

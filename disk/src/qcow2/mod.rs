@@ -2,8 +2,8 @@
 //!
 //! Layout: `header` (parsing, validation), `refcount` (refcounts and allocation), `l2cache`
 //! (bounded L2 table cache), `compress` (zlib/zstd clusters), `snapshot` (snapshot table),
-//! `create`, `check` and `info`. This file holds the open image: lookups, reads, writes and
-//! the ordered flush.
+//! `vectored` (scatter-gather reads and writes), `write`, `create`, `check` and `info`. This
+//! file holds the open image: lookups, reads and the ordered flush.
 //!
 //! Crash safety: data is written first, then refcount increments (fsync), then L2 tables
 //! (fsync), then the L1 table (fsync), and only then are freed clusters' refcounts
