@@ -12,6 +12,9 @@ use std::io::{IoSlice, IoSliceMut};
 use super::{Op, Request};
 use crate::{Error, ErrorKind, Result};
 
+/// Largest bounce buffer for a read into overlapping buffers.
+pub(crate) const BOUNCE_CHUNK: u64 = 1 << 20;
+
 impl Request {
     /// Reads at disk byte `offset` into the buffers `iovecs` describe (the array itself is
     /// copied; only the buffers must outlive this call). Fails on a null or address-space
@@ -143,17 +146,25 @@ impl Iovecs {
         self.total = self.total.saturating_sub(n);
     }
 
-    /// Runs `f` on the buffers as Rust slices (a read's destination). Overlapping buffers go
-    /// through a bounce buffer instead, so no two `&mut` slices alias.
-    pub(crate) fn read_with<R>(
+    /// Runs `f(buffers, position)` to fill the buffers (a read's destination), where
+    /// `position` is the byte of the request the buffers start at. Normally `f` runs once on
+    /// the caller's buffers as Rust slices; overlapping buffers instead go through a bounce
+    /// buffer of at most [`BOUNCE_CHUNK`] bytes, one chunk per call, so no two `&mut` slices
+    /// alias and a hostile request cannot make the bounce buffer large.
+    pub(crate) fn read_with(
         &mut self,
-        f: impl FnOnce(&mut [IoSliceMut<'_>]) -> Result<R>,
-    ) -> Result<R> {
+        mut f: impl FnMut(&mut [IoSliceMut<'_>], u64) -> Result<()>,
+    ) -> Result<()> {
         if self.overlapping {
-            let mut bounce = vec![0u8; self.total as usize];
-            let r = f(&mut [IoSliceMut::new(&mut bounce)])?;
-            self.copy_from(&bounce);
-            return Ok(r);
+            let mut bounce = vec![0u8; self.total.min(BOUNCE_CHUNK) as usize];
+            let mut pos = 0u64;
+            while pos < self.total {
+                let n = (self.total - pos).min(BOUNCE_CHUNK) as usize;
+                f(&mut [IoSliceMut::new(&mut bounce[..n])], pos)?;
+                self.copy_from_at(&bounce[..n], pos);
+                pos += n as u64;
+            }
+            return Ok(());
         }
         let mut slices: Vec<IoSliceMut<'_>> = self
             .iov
@@ -167,7 +178,7 @@ impl Iovecs {
                 IoSliceMut::new(s)
             })
             .collect();
-        f(&mut slices)
+        f(&mut slices, 0)
     }
 
     /// Runs `f` on the buffers as Rust slices (a write's source).
@@ -188,14 +199,29 @@ impl Iovecs {
 
     /// Copies `src` into the buffers, front to back (up to the shorter of the two).
     pub(crate) fn copy_from(&mut self, src: &[u8]) {
+        self.copy_from_at(src, 0);
+    }
+
+    /// Copies `src` into the buffers starting `skip` bytes into them.
+    fn copy_from_at(&mut self, src: &[u8], skip: u64) {
+        let mut skip = skip as usize;
         let mut pos = 0usize;
         for v in &self.iov {
-            let n = v.iov_len.min(src.len() - pos);
-            // SAFETY: the destination is valid for `iov_len >= n` bytes of writes (the
-            // `new` contract); `src` is memory of ours, so the ranges are disjoint; raw
-            // copies make no aliasing claims even if two iovecs overlap.
-            unsafe { std::ptr::copy_nonoverlapping(src[pos..].as_ptr(), v.iov_base.cast(), n) };
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(src.len() - pos);
+            let dst = (v.iov_base as *mut u8).wrapping_add(skip);
+            // SAFETY: `dst..dst + n` lies inside this iovec (`skip + n <= iov_len`), valid
+            // for writes by the `new` contract; `src` is memory of ours, so the ranges are
+            // disjoint; raw copies make no aliasing claims even if two iovecs overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src[pos..].as_ptr(), dst, n) };
             pos += n;
+            skip = 0;
+            if pos == src.len() {
+                return;
+            }
         }
     }
 
@@ -250,14 +276,40 @@ mod tests {
         // SAFETY: a outlives v; the two iovecs overlap on purpose.
         let mut v = unsafe { Iovecs::new(&[whole, tail]) }.expect("iovecs");
 
-        v.read_with(|bufs| {
+        let mut calls = Vec::new();
+        v.read_with(|bufs, pos| {
             assert_eq!(bufs.len(), 1, "overlapping buffers must not become slices");
-            bufs[0].fill(7);
+            calls.push((pos, bufs[0].len()));
+            bufs[0].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
             Ok(())
         })
         .expect("read");
 
-        assert_eq!(a, [7u8; 8]);
+        // The request's 12 bytes land in order: the tail iovec (bytes 8..12) is written last.
+        assert_eq!(calls, vec![(0, 12)]);
+        assert_eq!(a, [1, 2, 3, 4, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn test_iovecs_overlapping_large_read_bounces_in_bounded_chunks() {
+        let mut a = vec![0u8; 3 << 20];
+        let whole = iov(&mut a);
+        // SAFETY: a outlives v; the same buffer is listed twice on purpose.
+        let mut v = unsafe { Iovecs::new(&[whole, whole]) }.expect("iovecs");
+
+        let mut calls = Vec::new();
+        v.read_with(|bufs, pos| {
+            calls.push((pos, bufs[0].len() as u64));
+            bufs[0].fill((pos >> 20) as u8);
+            Ok(())
+        })
+        .expect("read");
+
+        assert_eq!(calls.len(), 6);
+        assert!(calls.iter().all(|&(_, n)| n <= BOUNCE_CHUNK));
+        assert_eq!(calls.last(), Some(&(5 << 20, 1 << 20)));
+        // The second listing (request bytes 3..6 MiB) is copied last.
+        assert_eq!((a[0], a[(1 << 20) + 5], a[(3 << 20) - 1]), (3, 4, 5));
     }
 
     #[test]

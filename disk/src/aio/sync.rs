@@ -80,7 +80,9 @@ impl SyncEngine {
 /// Runs one request to the end.
 fn execute(disk: &SharedDisk, request: Request) -> Result<()> {
     match request.op {
-        Op::Read { offset, mut iov } => iov.read_with(|bufs| disk.read_vectored_at(bufs, offset)),
+        Op::Read { offset, mut iov } => {
+            iov.read_with(|bufs, pos| disk.read_vectored_at(bufs, offset + pos))
+        }
         Op::Write { offset, iov } => iov.write_with(|bufs| disk.write_vectored_at(bufs, offset)),
         Op::Flush => disk.flush(),
         Op::Discard { offset, len } => disk.discard(offset, len),

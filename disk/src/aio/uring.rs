@@ -32,8 +32,8 @@ use crate::{Capabilities, Error, ErrorKind, RawDisk, Result, SharedDisk};
 /// Most iovecs one READV/WRITEV takes (Linux's `UIO_MAXIOV`); more go the synchronous way.
 const IOV_MAX: usize = 1024;
 /// Largest bounce buffer (O_DIRECT with misaligned buffers); larger requests go the
-/// synchronous way.
-const MAX_BOUNCE: u64 = 1 << 30;
+/// synchronous way, which bounces 1 MiB at a time. Bounds what a guest can make us allocate.
+const MAX_BOUNCE: u64 = 1 << 20;
 
 const FALLOC_PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const FALLOC_ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
@@ -468,7 +468,7 @@ fn transferred(raw: &RawDisk, res: i32, op: &'static str, offset: u64) -> Result
 fn sync_rw(raw: &RawDisk, write: bool, offset: u64, iov: &mut Iovecs) -> Result<()> {
     match write {
         true => iov.write_with(|bufs| raw.write_vectored_at(bufs, offset)),
-        false => iov.read_with(|bufs| raw.read_vectored_at(bufs, offset)),
+        false => iov.read_with(|bufs, pos| raw.read_vectored_at(bufs, offset + pos)),
     }
 }
 
