@@ -314,6 +314,11 @@ impl Vm {
         })
     }
 
+    /// Every virtio device's name and counters (for `vm.counters` and `GET /metrics`).
+    pub fn device_counters(&self) -> Vec<(String, Arc<crate::counters::Counters>)> {
+        self.virtio.counters()
+    }
+
     /// The pseudo-terminal of a `--console pty` device, for the user to open.
     pub fn console_pty(&self) -> Option<&std::path::Path> {
         self.virtio.console_pty()

@@ -3,7 +3,7 @@
 //! with a resample eventfd (the worker asserts the line again after the guest's EOI while the
 //! ISR still has bits set).
 
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +27,8 @@ pub struct PciInterrupt {
     config_vector: AtomicU16,
     intx: EventFd,
     resample: EventFd,
+    /// The command register's INTx disable bit.
+    intx_disabled: AtomicBool,
 }
 
 impl PciInterrupt {
@@ -47,7 +49,24 @@ impl PciInterrupt {
             config_vector: AtomicU16::new(NO_VECTOR),
             intx,
             resample,
+            intx_disabled: AtomicBool::new(false),
         }
+    }
+
+    /// The guest set or cleared INTx disable (command register bit 10); clearing it with an
+    /// interrupt pending asserts the line.
+    pub fn set_intx_disabled(&self, disabled: bool) {
+        let was = self.intx_disabled.swap(disabled, Ordering::AcqRel);
+        if was && !disabled {
+            self.resample();
+        }
+    }
+
+    fn assert_intx(&self) -> std::io::Result<()> {
+        if self.intx_disabled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.intx.write(1)
     }
 
     /// The MSI-X state.
@@ -122,7 +141,7 @@ impl PciInterrupt {
         }
         drop(msix);
         self.isr.fetch_or(isr_bit, Ordering::AcqRel);
-        self.intx.write(1)
+        self.assert_intx()
     }
 }
 
@@ -152,7 +171,7 @@ impl VirtioInterrupt for PciInterrupt {
 
     fn resample(&self) {
         if !self.msix().enabled() && self.isr.load(Ordering::Acquire) != 0 {
-            let _ = self.intx.write(1);
+            let _ = self.assert_intx();
         }
     }
 }
@@ -187,6 +206,20 @@ mod tests {
 
         assert_eq!((first, again, isr), (1, 1, ISR_QUEUE));
         assert!(irq.intx.read().is_err(), "asserted with an empty ISR");
+    }
+
+    #[test]
+    fn test_pci_interrupt_intx_disable_holds_line_until_cleared() {
+        let irq = interrupt();
+        irq.set_intx_disabled(true);
+
+        irq.trigger(VirtioInterruptType::Queue(0)).unwrap();
+        let while_disabled = irq.intx.read().is_ok();
+        irq.set_intx_disabled(false);
+
+        assert!(!while_disabled);
+        assert_eq!(irq.intx.read().unwrap(), 1);
+        assert_eq!(irq.take_isr(), ISR_QUEUE);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub const MSIX_TABLE_OFFSET: u64 = 0x4000;
 pub const MSIX_PBA_OFFSET: u64 = 0x5000;
 /// Size of each region.
 const REGION_SIZE: u64 = 0x1000;
+/// Dword of the command register.
+const COMMAND_REG: usize = 1;
+/// Command register: INTx disable.
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 
 /// Virtio vendor capability types.
 mod cap {
@@ -367,7 +371,10 @@ impl PciDevice for VirtioPciDevice {
         data: &[u8],
     ) -> Option<BarWrite> {
         let write = self.config.write_reg(reg, offset, data);
-        if reg == self.msix_cap / 4 {
+        if reg == COMMAND_REG {
+            let disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
+            self.interrupt.set_intx_disabled(disabled);
+        } else if reg == self.msix_cap / 4 {
             let control = (self.config.dword_at(self.msix_cap) >> 16) as u16;
             self.interrupt.msix().set_control(control);
         } else if reg == self.pci_cfg_data_reg() {
