@@ -92,6 +92,12 @@ const OPTIONS: &[OptionSpec] = &[
         repeat: false,
     },
     OptionSpec {
+        name: "disk",
+        path: &["disks"],
+        primary: Some("path"),
+        repeat: true,
+    },
+    OptionSpec {
         name: "rng",
         path: &["rng"],
         primary: Some("src"),
@@ -105,7 +111,9 @@ pub const RUN_USAGE: &str =
                   [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
                   [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]
                   [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]
-                  [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]";
+                  [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
+                  [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
+                          [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...";
 
 fn option_error(option: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Option {
@@ -309,6 +317,36 @@ mod tests {
 
         assert!(
             e.to_string().starts_with("invalid value for --transport"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_parse_run_args_disks_append_in_order() {
+        let c = parse_run_args(&args(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=a.qcow2,format=qcow2",
+            "--disk",
+            "b.raw,format=raw,readonly=on,serial=S1",
+        ]))
+        .unwrap();
+
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.disks[0].path, PathBuf::from("a.qcow2"));
+        assert_eq!(c.disks[1].format, vmm::config::DiskFormat::Raw);
+        assert!(c.disks[1].readonly);
+        assert_eq!(c.disks[1].serial.as_deref(), Some("S1"));
+    }
+
+    #[test]
+    fn test_parse_run_args_disk_without_format_names_option() {
+        let e = parse_run_args(&args(&["--kernel", "k", "--disk", "a.img"])).unwrap_err();
+
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for --disk: missing field `format`"),
             "{e}"
         );
     }

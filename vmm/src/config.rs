@@ -81,6 +81,52 @@ pub struct VmConfig {
     /// The virtio-console device (one port): off unless asked for.
     #[serde(default)]
     pub console: VirtioConsoleConfig,
+    /// Disk images, each a virtio-blk device (`--disk`, repeatable).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// An image format, always stated (never probed from the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskFormat {
+    /// A plain file or block device.
+    #[serde(alias = "raw")]
+    Raw,
+    /// qcow2 (versions 2 and 3).
+    #[serde(alias = "qcow2")]
+    Qcow2,
+    /// vmdk.
+    #[serde(alias = "vmdk")]
+    Vmdk,
+}
+
+/// A disk image the guest sees as a virtio-blk device (Cloud Hypervisor's `--disk` spelling,
+/// plus `format`, which Strata requires).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Open it read-only (the guest sees VIRTIO_BLK_F_RO).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub readonly: bool,
+    /// Bypass the host page cache (O_DIRECT; raw images).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub direct: bool,
+    /// Follow a qcow2 image's backing file (refused otherwise).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub backing: bool,
+    /// The device's name (`blk0`, `blk1`, ... by default); its worker thread is `virtio-<id>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What VIRTIO_BLK_T_GET_ID answers (at most 20 bytes).
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// This device's transport (the machine's `transport` when absent).
+    #[serde(default)]
+    pub transport: Option<Transport>,
 }
 
 /// The virtio-console device (Cloud Hypervisor's `--console off|null|tty|file=PATH|pty`).
@@ -365,6 +411,27 @@ impl VmConfig {
         })
     }
 
+    /// Disk ids are unique; serial numbers fit GET_ID's 20 bytes.
+    fn validate_disks(&self) -> Result<(), ConfigError> {
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            let id = d.id.clone().unwrap_or_else(|| format!("blk{i}"));
+            if !ids.insert(id.clone()) {
+                return Err(ConfigError::Invalid {
+                    field: "disk",
+                    reason: format!("id {id} is used twice"),
+                });
+            }
+            if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
+                return Err(ConfigError::Invalid {
+                    field: "disk",
+                    reason: format!("serial of {id} is longer than 20 bytes"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot: values the machine cannot have.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.payload.kernel.is_none() {
@@ -409,6 +476,7 @@ impl VmConfig {
                 reason: "mode file needs file=PATH".into(),
             });
         }
+        self.validate_disks()?;
         if self.serial.mode == ConsoleMode::Stdio && self.console.mode == ConsoleMode::Stdio {
             return Err(ConfigError::Invalid {
                 field: "console",
@@ -524,6 +592,30 @@ mod tests {
             "{no_file}"
         );
         assert!(serial_pty.contains("virtio console"), "{serial_pty}");
+    }
+
+    #[test]
+    fn test_vmconfig_disks_need_format_and_unique_ids() {
+        let missing = serde_json::from_str::<VmConfig>(r#"{"payload":{},"disks":[{"path":"a"}]}"#);
+        let mut c: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"k"},"disks":[{"path":"a","format":"qcow2","readonly":"on"},
+                {"path":"b","format":"raw","id":"blk0"}]}"#,
+        )
+        .unwrap();
+
+        let dup = c.validate().unwrap_err().to_string();
+        c.disks[1].id = Some("data".into());
+        c.disks[1].serial = Some("x".repeat(21));
+        let long = c.validate().unwrap_err().to_string();
+
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `format`"));
+        assert!(c.disks[0].readonly);
+        assert_eq!(c.disks[0].format, DiskFormat::Qcow2);
+        assert!(dup.contains("id blk0 is used twice"), "{dup}");
+        assert!(long.contains("longer than 20 bytes"), "{long}");
     }
 
     #[test]

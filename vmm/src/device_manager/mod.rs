@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
-use crate::config::ConsoleMode;
 use crate::config::VmConfig;
+use crate::config::{ConsoleMode, DiskFormat};
 use crate::counters::Counters;
 use crate::devices::reset::ResetControl;
 use crate::devices::{Bus, BusError, SharedBusDevice};
@@ -19,6 +19,7 @@ use crate::kvm::irq::EventWiring;
 use crate::pci::root::{PciConfigIo, PciRootError, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 use crate::pci::PciRoot;
 use crate::resources::{ResourceError, SystemResources};
+use crate::virtio::block::Block;
 use crate::virtio::console::{Console, ConsoleBackend};
 use crate::virtio::rng::{EntropySource, Rng};
 use crate::virtio::transport::mmio::MmioTransport;
@@ -40,6 +41,15 @@ pub enum DeviceManagerError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A disk image could not be opened.
+    #[error("unable to open disk {path}")]
+    OpenDisk {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: disk::Error,
     },
     /// The console's backend could not be opened.
     #[error("unable to open the virtio console's {what}: {source}")]
@@ -93,6 +103,13 @@ pub enum DeviceManagerError {
 /// The virtio devices `config` asks for, in a fixed order, each with its transport.
 pub fn requests(config: &VmConfig) -> Vec<DeviceRequest> {
     let mut out = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        out.push(DeviceRequest {
+            id: d.id.clone().unwrap_or_else(|| format!("blk{i}")),
+            kind: DeviceKind::Block(i),
+            transport: d.transport.unwrap_or(config.transport),
+        });
+    }
     if let Some(rng) = &config.rng {
         out.push(DeviceRequest {
             id: "rng0".into(),
@@ -325,6 +342,31 @@ fn virtio_device(
             Ok(Box::new(Rng::new(&planned.id, source)))
         }
         DeviceKind::Console => Ok(Box::new(console_device(config, &planned.id)?)),
+        DeviceKind::Block(i) => {
+            let d = config
+                .disks
+                .get(i)
+                .ok_or_else(|| DeviceManagerError::NotConfigured(planned.id.clone()))?;
+            let format = match d.format {
+                DiskFormat::Raw => disk::Format::Raw,
+                DiskFormat::Qcow2 => disk::Format::Qcow2,
+                DiskFormat::Vmdk => disk::Format::Vmdk,
+            };
+            let options = disk::OpenOptions {
+                read_only: d.readonly,
+                direct: d.direct,
+                allow_backing: d.backing,
+                ..Default::default()
+            };
+            let image = disk::SharedDisk::open(&d.path, format, &options).map_err(|source| {
+                DeviceManagerError::OpenDisk {
+                    path: d.path.clone(),
+                    source,
+                }
+            })?;
+            let serial = d.serial.clone().unwrap_or_default();
+            Ok(Box::new(Block::new(&planned.id, image, &serial)))
+        }
     }
 }
 

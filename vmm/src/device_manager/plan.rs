@@ -16,6 +16,8 @@ pub enum DeviceKind {
     Rng,
     /// virtio-console (`console`).
     Console,
+    /// virtio-blk on `disks[n]`.
+    Block(usize),
 }
 
 /// A device the configuration asks for.

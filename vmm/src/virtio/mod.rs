@@ -11,6 +11,7 @@
 //! `device.rs` (the `VirtioDevice` impl), `event_handler.rs` (its worker's event subscriber),
 //! `metrics.rs` (its [`crate::counters::Counters`]). See docs/decisions/0004.
 
+pub mod block;
 pub mod console;
 pub mod queue;
 pub mod rng;
