@@ -350,3 +350,52 @@ fn test_virtio_blk_missing_format_and_backing_refused_with_one_line() {
     );
     assert_eq!((no_format.status, no_backing.status), (Some(1), Some(1)));
 }
+
+#[test]
+fn test_virtio_blk_raw_direct_disk_holds_the_pattern_the_guest_wrote() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("blk-raw-direct");
+    let image = dir.join("disk.raw");
+    std::fs::write(&image, vec![0u8; (TARGET_SECTORS * 512) as usize]).expect("write image");
+    let cmdline = format!(
+        "transport=pci op=blk-write seed={SEED} sector=8 sectors={WRITE_SECTORS} op=blk-flush \
+         op=blk-verify seed={SEED} sector=8 sectors={WRITE_SECTORS} exit=7"
+    );
+    let disk = format!("path={},format=raw,direct=on", image.display());
+
+    let run = common::strata(&[
+        "run",
+        "--kernel",
+        path_str(test_guests::virtio()),
+        "--cmdline",
+        &cmdline,
+        "--transport",
+        "pci",
+        "--disk",
+        &disk,
+    ]);
+
+    let tail: Vec<&str> = run.lines().into_iter().rev().take(4).collect();
+    assert_eq!(
+        tail,
+        [
+            "done",
+            &format!("blk0: verified {WRITE_SECTORS} sectors at 8 seed={SEED}"),
+            "blk0: flushed",
+            &format!("blk0: wrote {WRITE_SECTORS} sectors at 8 seed={SEED}"),
+        ],
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.status, Some(7));
+    let on_disk = std::fs::read(&image).expect("read image");
+    let want = test_guests::pattern_bytes(SEED, 8, WRITE_SECTORS);
+    assert_eq!(&on_disk[..8 * 512], &[0u8; 8 * 512][..]);
+    assert!(
+        on_disk[8 * 512..(8 + WRITE_SECTORS as usize) * 512] == want[..],
+        "pattern differs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
