@@ -185,7 +185,7 @@ pub fn terminate(child: &Child) {
         .status();
 }
 
-/// Sends SIGUSR1 to a child once it catches SIGUSR1 (before that the signal would kill it):
+/// Sends SIGUSR1 to a child once it handles SIGUSR1 (before that the signal would kill it):
 /// returns false, sending nothing, if the child exited first.
 pub fn signal_usr1(child: &mut Child) -> bool {
     if !wait_until_caught(child, libc::SIGUSR1) {
@@ -197,24 +197,26 @@ pub fn signal_usr1(child: &mut Child) -> bool {
     true
 }
 
-/// Waits until `child` has a handler for `signal` (the `SigCgt` mask of /proc/PID/status);
-/// false if it exited first.
+/// Waits until `child` handles `signal`: catches it (the `SigCgt` mask of /proc/PID/status)
+/// or blocks it in its main thread to read it from a signalfd (`SigBlk`); false if it exited
+/// first.
 pub fn wait_until_caught(child: &mut Child, signal: libc::c_int) -> bool {
     let status_file = format!("/proc/{}/status", child.id());
     let bit = 1u64 << (signal - 1);
+    let mask = |status: &str, field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0)
+    };
     loop {
         if child.try_wait().ok().flatten().is_some() {
             return false;
         }
-        let caught = std::fs::read_to_string(&status_file)
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("SigCgt:"))
-                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            })
-            .is_some_and(|mask| mask & bit != 0);
-        if caught {
+        let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+        let handled = (mask(&status, "SigCgt:") | mask(&status, "SigBlk:")) & bit != 0;
+        if handled {
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));
