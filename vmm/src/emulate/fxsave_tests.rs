@@ -10,11 +10,13 @@ use vm_memory::{Bytes, GuestAddress};
 struct Area([u8; 512]);
 
 /// A valid FXSAVE image with distinctive contents: two values on the x87 stack, all XMM
-/// registers filled, MXCSR with the rounding mode changed.
+/// registers filled, MXCSR with the rounding mode changed, and an unmasked divide-by-zero
+/// pending (ES): AMD processors store FOP, FIP and FDP only then (zeros otherwise), Intel
+/// always. Nothing here waits on it: FXRSTOR and FXSAVE do not raise #MF.
 fn sample_image() -> [u8; 512] {
     let mut img = [0u8; 512];
-    img[0..2].copy_from_slice(&0x027fu16.to_le_bytes()); // FCW
-    img[2..4].copy_from_slice(&(6u16 << 11).to_le_bytes()); // FSW: TOP=6
+    img[0..2].copy_from_slice(&0x027bu16.to_le_bytes()); // FCW: ZE unmasked
+    img[2..4].copy_from_slice(&(0x8084u16 | 6 << 11).to_le_bytes()); // FSW: B, ES, ZE, TOP=6
     img[4] = 0xc0; // R6, R7 valid
     img[6..8].copy_from_slice(&0x01d9u16.to_le_bytes()); // FOP
     img[8..16].copy_from_slice(&0x0000_7f00_1234_5678u64.to_le_bytes()); // FIP

@@ -1,9 +1,9 @@
 //! Userspace fallback for instructions the host's KVM instruction emulator lacks (PVM hosts).
 //!
-//! On a PVM host, guest ring-0 code runs through KVM's instruction emulator, which lacks x87
-//! control, SSE, INT3, CLAC/STAC, POPCNT, CMPXCHG16B, RDSSP and 32-bit IRET among others. Such an
-//! instruction ends KVM_RUN with KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION. The vCPU
-//! loop then:
+//! On a PVM host, guest ring-0 code runs through KVM's instruction emulator, which lacks most of
+//! x87 (it has FNINIT and FNSTCW), SSE, INT3, CLAC/STAC, POPCNT, CMPXCHG16B, RDSSP and 32-bit
+//! IRET among others. Such an instruction ends KVM_RUN with KVM_EXIT_INTERNAL_ERROR /
+//! KVM_INTERNAL_ERROR_EMULATION. The vCPU loop then:
 //!
 //! 1. takes the instruction bytes from the exit if KVM gave them ([`exit_instruction_bytes`]);
 //! 2. builds a [`CpuState`] from KVM_GET_REGS / KVM_GET_SREGS / KVM_GET_FPU;
@@ -15,6 +15,13 @@
 //!
 //! Nothing here talks to KVM, so every instruction is tested against the host CPU running it
 //! natively, with no /dev/kvm.
+//!
+//! x87 instructions other than the control ones (`x87_arith.rs`) are not computed here: the
+//! instruction runs on the host CPU with the guest's x87 registers loaded, from a table of
+//! precompiled stubs whose memory operand is a local buffer (`x87_host.rs`,
+//! docs/decisions/0005-x87-host-execution.md), so every result is the processor's own;
+//! `x87_arith.rs` moves the memory operand through the guest's page tables and keeps the
+//! last-instruction pointers.
 //!
 //! The vCPU loop's glue, as checked on this PVM host (KVM gives the bytes with
 //! KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES; it queued no #UD here, but
@@ -58,6 +65,7 @@ mod sse;
 mod stats;
 mod x87;
 mod x87_arith;
+mod x87_host;
 
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic};
 use kvm_bindings::{kvm_run, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION};
@@ -241,6 +249,8 @@ pub(crate) struct Ctx<'a, M: GuestMemoryAccess + ?Sized> {
     pub state: &'a mut CpuState,
     pub mem: &'a M,
     pub instr: Instruction,
+    /// The instruction's bytes (the first `instr.len()` are meaningful).
+    pub bytes: [u8; 15],
     pub wb: Writeback,
     /// The handler set RIP itself (IRET); do not advance it.
     pub jumped: bool,
@@ -283,8 +293,8 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
     stats: &mut EmulationStats,
 ) -> Result<Outcome, EmulateError> {
     let rip = state.regs.rip;
-    let instr = match decode(state, mem, insn) {
-        Ok(instr) => instr,
+    let (instr, bytes) = match decode(state, mem, insn) {
+        Ok(decoded) => decoded,
         Err(stop) => return finish_stop(state, stop, "(invalid)", rip),
     };
     let mnemonic = instr.mnemonic();
@@ -295,6 +305,7 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
         state: &mut work,
         mem,
         instr,
+        bytes,
         wb: Writeback::default(),
         jumped: false,
     };
@@ -420,25 +431,25 @@ fn dispatch<M: GuestMemoryAccess + ?Sized>(ctx: &mut Ctx<'_, M>) -> Result<(), S
 }
 
 /// Decodes the instruction at CS:RIP from `insn` or, if that is missing or incomplete, from
-/// guest memory.
+/// guest memory; returns it with its bytes.
 fn decode<M: GuestMemoryAccess + ?Sized>(
     state: &CpuState,
     mem: &M,
     insn: Option<&[u8]>,
-) -> Result<Instruction, Stop> {
+) -> Result<(Instruction, [u8; 15]), Stop> {
     let bitness = state.mode().bitness();
     let rip = state.regs.rip;
     if let Some(bytes) = insn.filter(|b| !b.is_empty()) {
-        if let Some(instr) = try_decode(bitness, bytes, rip)? {
-            return Ok(instr);
+        if let Some(decoded) = try_decode(bitness, bytes, rip)? {
+            return Ok(decoded);
         }
     }
     let la = code_linear_address(state)?;
     let mut buf = [0u8; 15];
     let first = (0x1000 - (la & 0xfff) as usize).min(15);
     paging::read_linear(state, mem, la, &mut buf[..first], Access::FETCH)?;
-    if let Some(instr) = try_decode(bitness, &buf[..first], rip)? {
-        return Ok(instr);
+    if let Some(decoded) = try_decode(bitness, &buf[..first], rip)? {
+        return Ok(decoded);
     }
     paging::read_linear(
         state,
@@ -451,11 +462,18 @@ fn decode<M: GuestMemoryAccess + ?Sized>(
 }
 
 /// Decodes one instruction; `Ok(None)` if more bytes are needed, #UD if it is invalid.
-fn try_decode(bitness: u32, bytes: &[u8], rip: u64) -> Result<Option<Instruction>, Stop> {
+fn try_decode(
+    bitness: u32,
+    bytes: &[u8],
+    rip: u64,
+) -> Result<Option<(Instruction, [u8; 15])>, Stop> {
     let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let instr = decoder.decode();
     if instr.code() != Code::INVALID {
-        return Ok(Some(instr));
+        let mut copy = [0u8; 15];
+        let len = instr.len().min(bytes.len()).min(15);
+        copy[..len].copy_from_slice(&bytes[..len]);
+        return Ok(Some((instr, copy)));
     }
     match decoder.last_error() {
         DecoderError::NoMoreBytes => Ok(None),

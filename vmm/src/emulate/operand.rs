@@ -92,7 +92,7 @@ impl<M: GuestMemoryAccess + ?Sized> Ctx<'_, M> {
     }
 
     /// Offset (effective address) of the memory operand, wrapped to the address size.
-    fn effective_address(&self) -> Result<u64, Stop> {
+    pub fn effective_address(&self) -> Result<u64, Stop> {
         let state = &*self.state;
         let op = (0..self.instr.op_count())
             .find(|&i| self.instr.op_kind(i) == OpKind::Memory)

@@ -61,7 +61,9 @@ fn fwait<M: GuestMemoryAccess + ?Sized>(ctx: &Ctx<'_, M>) -> Result<(), Stop> {
 }
 
 /// A waiting x87 instruction with FSW.ES set raises #MF (native error reporting, CR0.NE=1).
-fn pending_exception<M: GuestMemoryAccess + ?Sized>(ctx: &Ctx<'_, M>) -> Result<(), Stop> {
+pub(crate) fn pending_exception<M: GuestMemoryAccess + ?Sized>(
+    ctx: &Ctx<'_, M>,
+) -> Result<(), Stop> {
     if ctx.state.fpu.fsw & FSW_ES == 0 {
         return Ok(());
     }
