@@ -1,7 +1,10 @@
 //! Assembles the test guests in `asm/` with the host's GNU toolchain
 //! (`gcc` as the preprocessing assembler driver, `ld`, `objcopy`) into
-//! `OUT_DIR`. Override the tools with the `GUEST_CC`, `GUEST_LD` and
-//! `GUEST_OBJCOPY` environment variables.
+//! `OUT_DIR`, and builds the Rust guests in `rust/`: the `kit` library
+//! and each guest compiled by the host's `rustc` (no_std, panic=abort,
+//! static relocation model) and linked with `asm/kit.S` by `ld`.
+//! Override the tools with the `GUEST_CC`, `GUEST_LD` and `GUEST_OBJCOPY`
+//! environment variables.
 
 use std::env;
 use std::fs;
@@ -102,6 +105,9 @@ const GUESTS: &[Guest] = &[
         output: Output::Elf,
     },
 ];
+
+/// The Rust guests: `rust/<stem>.rs` becomes `<stem>.elf`.
+const RUST_GUESTS: &[&str] = &["virtio", "counter"];
 
 fn tool(var: &str, default: &str) -> String {
     println!("cargo:rerun-if-env-changed={var}");
@@ -210,6 +216,80 @@ fn bzimage(mut setup: Vec<u8>, kernel: &[u8]) -> Result<Vec<u8>, String> {
     Ok(setup)
 }
 
+/// rustc with the flags every Rust guest crate gets: host target (the
+/// only one installed), no_std code that runs bare in ring 3; source
+/// paths (in panic messages) relative to `guests/`.
+fn rustc(rust: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()));
+    cmd.args(["--edition", "2021", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["-C", "panic=abort", "-C", "relocation-model=static"])
+        .args(["-C", "opt-level=2", "-C", "debuginfo=0"])
+        .arg(format!("--remap-path-prefix={}=rust", rust.display()))
+        .arg("-L")
+        .arg(out);
+    cmd
+}
+
+/// Runs rustc, passing its warnings on to cargo.
+fn run_rustc(cmd: &mut Command) -> Result<(), String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("{cmd:?} failed: {}\n{stderr}", output.status));
+    }
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        println!("cargo:warning={line}");
+    }
+    Ok(())
+}
+
+/// Builds the kit rlib, then each Rust guest as a static library linked
+/// with the start code `kit_obj` into `<stem>.elf`.
+fn build_rust_guests(rust: &Path, asm: &Path, out: &Path) -> Result<(), String> {
+    let kit_obj = out.join("kit.o");
+    let mut cc = Command::new(tool("GUEST_CC", "gcc"));
+    cc.args(["-c", "-m64", "-nostdinc", "-I"])
+        .arg(asm)
+        .arg("-I")
+        .arg(out);
+    run(cc.arg(asm.join("kit.S")).arg("-o").arg(&kit_obj))?;
+    let kit_rlib = out.join("libkit.rlib");
+    run_rustc(
+        rustc(rust, out)
+            .args(["--crate-type", "rlib", "--crate-name", "kit"])
+            .arg(rust.join("kit/lib.rs"))
+            .arg("-o")
+            .arg(&kit_rlib),
+    )?;
+    for stem in RUST_GUESTS {
+        let lib = out.join(format!("lib{stem}_guest.a"));
+        run_rustc(
+            rustc(rust, out)
+                .args(["--crate-type", "staticlib", "--crate-name"])
+                .arg(format!("{stem}_guest"))
+                .arg("--extern")
+                .arg(format!("kit={}", kit_rlib.display()))
+                .arg(rust.join(format!("{stem}.rs")))
+                .arg("-o")
+                .arg(&lib),
+        )?;
+        let mut ld = Command::new(tool("GUEST_LD", "ld"));
+        ld.args(["-m", "elf_x86_64", "-nostdlib", "-static", "--gc-sections"])
+            .args(["--build-id=none", "-z", "max-page-size=0x1000"])
+            .arg("--no-warn-rwx-segments")
+            .arg("-T")
+            .arg(asm.join("kit.ld"))
+            .arg("-o")
+            .arg(out.join(format!("{stem}.elf")))
+            .arg(&kit_obj)
+            .arg(&lib);
+        run(&mut ld)?;
+    }
+    Ok(())
+}
+
 fn build_guest(g: &Guest, asm: &Path, out: &Path) -> Result<PathBuf, String> {
     let stem = g.file.trim_end_matches(".elf").trim_end_matches(".bin");
     let elf = assemble_and_link(g.source, g.defines, g.elf32, g.script, stem, asm, out)?;
@@ -239,11 +319,12 @@ fn main() -> Result<(), String> {
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let asm = manifest.join("asm");
     println!("cargo:rerun-if-changed=asm");
+    println!("cargo:rerun-if-changed=rust");
     println!("cargo:rerun-if-changed=build.rs");
     fs::write(out.join("crc32_table.inc"), crc32_table_source())
         .map_err(|e| format!("write crc32_table.inc: {e}"))?;
     for g in GUESTS {
         build_guest(g, &asm, &out)?;
     }
-    Ok(())
+    build_rust_guests(&manifest.join("rust"), &asm, &out)
 }

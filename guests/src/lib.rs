@@ -1,9 +1,29 @@
 //! Paths of the test guests built by this crate's build script.
 //!
 //! The guests are tiny GNU-assembler programs (see `asm/` and README.md)
-//! that print what their boot protocol handed them on COM1 and exit
-//! through the debug-exit port 0xf4.
+//! and Rust programs on the ring-3 kit (`rust/`) that print on COM1 and
+//! exit through the debug-exit port 0xf4.
 #![deny(missing_docs)]
+
+/// The disk pattern the `virtio` guest writes (`op=blk-write`): the same
+/// source file the guest is built from.
+#[path = "../rust/kit/pattern.rs"]
+pub mod pattern;
+
+// The kit's pure modules, compiled here so that their unit tests run on
+// the host.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../rust/kit/cmdline.rs"]
+mod kit_cmdline;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../rust/kit/crc32.rs"]
+mod kit_crc32;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../rust/kit/virtio/layout.rs"]
+mod kit_layout;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -103,6 +123,31 @@ pub fn smp() -> &'static Path {
     guest_path!("smp.elf")
 }
 
+/// The virtio guest (Rust, ring 3): drives the virtio-blk, -rng and
+/// -console devices of the transport its command line names and runs the
+/// `op=` operations listed there (see README.md).
+pub fn virtio() -> &'static Path {
+    guest_path!("virtio.elf")
+}
+
+/// The counter guest (Rust, ring 3): prints `count 1`, `count 2`, ...
+/// forever, or up to `limit=N`.
+pub fn counter() -> &'static Path {
+    guest_path!("counter.elf")
+}
+
+/// The contents of sectors `first..first + sectors` of the `virtio`
+/// guest's disk pattern for `seed`.
+pub fn pattern_bytes(seed: u32, first: u64, sectors: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sectors as usize * pattern::SECTOR);
+    let mut sector = [0u8; pattern::SECTOR];
+    for lba in first..first + sectors {
+        pattern::fill_sector(seed, lba, &mut sector);
+        out.extend_from_slice(&sector);
+    }
+    out
+}
+
 /// Every guest as `(name, path)`; the names are those `guest-path` accepts.
 pub fn all() -> &'static [(&'static str, &'static Path)] {
     static ALL: OnceLock<Vec<(&'static str, &'static Path)>> = OnceLock::new();
@@ -116,6 +161,8 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("linux-bzimage", linux_bzimage()),
             ("ring3", ring3()),
             ("smp", smp()),
+            ("virtio", virtio()),
+            ("counter", counter()),
         ]
     })
 }
@@ -138,7 +185,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 8);
+        assert_eq!(guests.len(), 10);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 
@@ -158,6 +205,18 @@ mod tests {
     fn test_crc32_matches_the_ieee_check_value() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
         assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn test_pattern_bytes_sector_header_names_seed_and_sector() {
+        // Act
+        let bytes = pattern_bytes(7, 10, 2);
+
+        // Assert
+        assert_eq!(bytes.len(), 1024);
+        assert_eq!(&bytes[..8], b"strata-p");
+        assert_eq!(&bytes[8..12], &7u32.to_le_bytes());
+        assert_eq!(&bytes[512 + 12..512 + 16], &11u32.to_le_bytes());
     }
 
     #[test]
