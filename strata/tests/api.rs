@@ -497,3 +497,66 @@ fn test_remote_commands_print_json_and_errors() {
     assert_eq!(shutdown.status, Some(0), "{shutdown:?}");
     assert_eq!(vmm.wait().status, Some(0));
 }
+
+/// The numbers of the complete `count N` lines the counter guest printed.
+fn counts(out: &str) -> Vec<u64> {
+    let complete = &out[..out.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("count "))
+        .map(|n| n.parse().expect("count N"))
+        .collect()
+}
+
+/// Reads the guest's output until it has printed a count above `above`; returns it.
+fn wait_count_above(vmm: &ApiVmm, above: u64) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let out = std::fs::read_to_string(vmm.dir.join("stdout")).unwrap_or_default();
+        if let Some(&n) = counts(&out).last().filter(|&&n| n > above) {
+            return n;
+        }
+        assert!(
+            start.elapsed() < common::HANG_GUARD,
+            "counter stuck above {above}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn test_api_pause_resume_100_cycles_counter_loses_and_repeats_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = test_guests::counter().to_str().expect("utf8").to_string();
+    let vmm = ApiVmm::start(
+        "api-pause-counter",
+        &["--kernel", &kernel, "--cmdline", "every=20000"],
+    );
+
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = wait_count_above(&vmm, seen);
+        assert_eq!(vmm.api("PUT", "vm.pause", None).status, 204);
+        // Every vCPU is out of KVM_RUN: nothing the guest does can move a counter.
+        let tx = vmm.counter("serial0", "tx_bytes");
+        let exits = vmm.counter("vcpu0", "exits_io_out");
+        assert_eq!(vmm.counter("serial0", "tx_bytes"), tx);
+        assert_eq!(vmm.counter("vcpu0", "exits_io_out"), exits);
+        assert_eq!(vmm.api("PUT", "vm.resume", None).status, 204);
+    }
+    let last = wait_count_above(&vmm, seen);
+    let end = vmm.shutdown();
+
+    assert_eq!(end.status, Some(0), "{end:?}");
+    let got = counts(&end.stdout);
+    let want: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(got, want, "counts not consecutive");
+    assert!(got.len() as u64 >= last);
+    assert!(
+        end.stdout.starts_with("strata-test-guest counter\n"),
+        "{}",
+        &end.stdout[..end.stdout.len().min(200)]
+    );
+}
