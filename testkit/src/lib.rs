@@ -126,6 +126,35 @@ pub fn run_command(cmd: &mut Command) -> Run {
     }
 }
 
+/// Runs a command with `stdin` as its standard input (writing `input` to it first when it is a
+/// pipe, then closing it) and a hang guard, capturing its output.
+pub fn run_command_with_stdin(cmd: &mut Command, stdin: Stdio, input: &[u8]) -> Run {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = read_all(child.stdout.take().expect("stdout"));
+    let err = read_all(child.stderr.take().expect("stderr"));
+    let writer = child.stdin.take().map(|mut pipe| {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
+    let status = wait_guarded(&mut child, start);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Run {
+        stdout: String::from_utf8_lossy(&out.join().expect("join")).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().expect("join")).into_owned(),
+        status: status.code(),
+    }
+}
+
 /// Runs a command until its standard output contains every one of `markers` (a guest-side
 /// event: the guest printed what the test waits for), then sends it SIGTERM and collects
 /// everything it printed. A command that never prints them all runs until it exits by itself or
