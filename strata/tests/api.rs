@@ -560,3 +560,39 @@ fn test_api_pause_resume_100_cycles_counter_loses_and_repeats_nothing() {
         &end.stdout[..end.stdout.len().min(200)]
     );
 }
+
+#[test]
+fn test_api_guest_reset_reboots_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    // mov dx, 0x3f8; mov al, 'b'; out dx, al; mov al, '\n'; out dx, al;
+    // mov al, 0xfe; out 0x64, al (i8042 reset); jmp $
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'b', 0xee, 0xb0, b'\n', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xeb,
+        0xfe,
+    ];
+    let p = scratch("api-reset").join("reset.elf");
+    std::fs::write(&p, elf64(0x10_0000, &code)).expect("write guest");
+    let vmm = ApiVmm::start("api-reset-vmm", &["--kernel", p.to_str().expect("utf8")]);
+
+    // Each boot prints one line before it resets: three lines are two reboots.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(vmm.dir.join("stdout"))
+        .unwrap_or_default()
+        .matches("b\n")
+        .count()
+        < 3
+    {
+        assert!(
+            start.elapsed() < common::HANG_GUARD,
+            "the VM never rebooted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
+    assert_eq!(vmm.state(), "Running");
+    assert_eq!(vmm.api("PUT", "vm.shutdown", None).status, 204);
+    assert_eq!(vmm.state(), "Shutdown");
+    assert_eq!(vmm.shutdown().status, Some(0));
+}

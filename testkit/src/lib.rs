@@ -228,9 +228,13 @@ pub fn signal_usr1(child: &mut Child) -> bool {
 
 /// Waits until `child` handles `signal`: catches it (the `SigCgt` mask of /proc/PID/status)
 /// or blocks it in its main thread to read it from a signalfd (`SigBlk`); false if it exited
-/// first.
+/// first. Only once the child has exec'd (between fork and exec a child still runs this
+/// process's image), and a mask that blocks nearly every signal does not count: programs
+/// block everything for a moment around fork, and a signal sent then is not handled.
 pub fn wait_until_caught(child: &mut Child, signal: libc::c_int) -> bool {
     let status_file = format!("/proc/{}/status", child.id());
+    let exe_file = format!("/proc/{}/exe", child.id());
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
     let bit = 1u64 << (signal - 1);
     let mask = |status: &str, field: &str| {
         status
@@ -244,7 +248,12 @@ pub fn wait_until_caught(child: &mut Child, signal: libc::c_int) -> bool {
             return false;
         }
         let status = std::fs::read_to_string(&status_file).unwrap_or_default();
-        let handled = (mask(&status, "SigCgt:") | mask(&status, "SigBlk:")) & bit != 0;
+        let execd = std::fs::read_link(&exe_file)
+            .ok()
+            .is_some_and(|e| Some(e) != own_exe);
+        // A mask blocking (nearly) every signal is a fork in progress, not a signalfd reader.
+        let blocked = Some(mask(&status, "SigBlk:")).filter(|m| m.count_ones() < 16);
+        let handled = execd && (mask(&status, "SigCgt:") | blocked.unwrap_or(0)) & bit != 0;
         if handled {
             return true;
         }

@@ -274,10 +274,8 @@ impl Vmm {
                 signal: None,
             });
         } else if reset {
-            if let Err(e) = self.boot_vm(ops) {
-                // The VM stays in Shutdown; a later vm.boot may succeed.
-                let _ = e;
-            }
+            // A failed boot leaves the VM Shutdown, as any failed vm.boot does.
+            let _ = self.boot_vm(ops);
         }
     }
 
