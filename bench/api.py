@@ -136,6 +136,13 @@ def start_qemu(tmp):
     return t1 - t0
 
 
+def start_true():
+    """The floor: spawning /bin/true and waiting for it, measured the same way."""
+    t0 = time.perf_counter()
+    subprocess.run(["/bin/true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def percentiles(samples):
     xs = sorted(samples)
     return xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.99))]
@@ -200,19 +207,22 @@ def main():
     args = ap.parse_args()
     kernel = guest_path("counter")
     with tempfile.TemporaryDirectory() as tmp:
-        strata_starts, qemu_starts = [], []
+        strata_starts, qemu_starts, true_starts = [], [], []
         for _ in range(args.starts):
             strata_starts.append(start_strata(tmp))
             qemu_starts.append(start_qemu(tmp))
+            true_starts.append(start_true())
         keep, fresh = latency_strata(tmp, args.requests, kernel)
         qmp = latency_qemu(tmp, args.requests, kernel)
     print(f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: "
           f"{platform.node()} {os.cpu_count()} CPUs, {platform.release()}; "
+          f"load average {os.getloadavg()[0]:.1f}; "
           f"starts: {args.starts} paired; requests: {args.requests} per line\n")
     print("| measure | Strata (ms) | QEMU QMP (ms) |")
     print("|---|---|---|")
     print(f"| process start -> first answer, median | {ms(statistics.median(strata_starts))} "
           f"| {ms(statistics.median(qemu_starts))} |")
+    print(f"| (floor: spawn /bin/true and wait, median) | {ms(statistics.median(true_starts))} | |")
     k50, k99 = percentiles(keep)
     q50, q99 = percentiles(qmp)
     f50, f99 = percentiles(fresh)
