@@ -3,19 +3,95 @@
 //! Images are hostile input. The format is always stated by the caller and never probed from
 //! the file's contents; backing files and extents are opened only where [`OpenOptions`] allow;
 //! header fields are bounds-checked before anything is allocated from them.
-#![forbid(unsafe_code)]
+//!
+//! Every image offers the same small traits ([`DiskSize`], [`ReadAt`], [`WriteAt`],
+//! [`Discard`], [`Resize`], [`QueryCapabilities`]), with scatter-gather reads and writes
+//! ([`ReadAt::read_vectored_at`], [`WriteAt::write_vectored_at`]) that go straight between
+//! the caller's buffers and the host file wherever the format allows. No KVM, no guest-memory
+//! types: a device hands in plain host buffers.
+//!
+//! # Using it from a block device
+//!
+//! A virtio-blk device opens its image once as a [`SharedDisk`] (`Clone + Send + Sync`),
+//! offers features from [`SharedDisk::capabilities`] (`VIRTIO_BLK_F_RO` from `read_only`,
+//! `FLUSH` from `flush`, `DISCARD` from `discard` with `discard_alignment`, `WRITE_ZEROES`
+//! from `write_zeroes` and `write_zeroes_may_unmap`, `BLK_SIZE` from `logical_block_size`,
+//! `TOPOLOGY` from `physical_block_size`), and gives each queue an [`aio::Engine`]
+//! ([`SharedDisk::engine`]: io_uring for raw images, a worker thread for qcow2 and vmdk).
+//! The queue's event loop watches the engine's [`aio::Engine::notifier`] eventfd:
+//!
+//! ```
+//! use disk::aio::{Engine, Request};
+//! use disk::{Format, OpenOptions, SharedDisk};
+//!
+//! # fn main() -> disk::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("disk-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("vda.raw");
+//! # disk::create(&path, Format::Raw, 1 << 20, &Default::default())?;
+//! let options = OpenOptions { direct: false, read_only: false, ..Default::default() };
+//! let disk = SharedDisk::open(&path, Format::Raw, &options)?;
+//! let caps = disk.capabilities();
+//! assert!(!caps.read_only && caps.flush);
+//! let mut engine = disk.engine(256)?; // one per queue; epoll on engine.notifier()
+//!
+//! // A guest request: its data descriptors, already translated to host addresses.
+//! let mut data = vec![0u8; 4096];
+//! let iovecs = [libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() }];
+//! // SAFETY: `data` stays valid and untouched until the completion is collected below
+//! // (for guest memory: until the descriptor is returned to the used ring).
+//! let request = unsafe { Request::read(8 * 512, &iovecs)? };
+//! let head = 7; // the descriptor chain's head index, as the token
+//! if let Err(e) = engine.submit(request, head) {
+//!     // Refused (out of range, read-only, unsupported): VIRTIO_BLK_S_IOERR or _UNSUPP now.
+//!     panic!("refused: {e}");
+//! }
+//! engine.commit()?; // after the batch of requests from one queue notification
+//!
+//! // When the notifier is readable:
+//! let mut done = Vec::new();
+//! while done.is_empty() {
+//!     engine.wait()?; // an event loop would epoll instead
+//!     engine.completions(&mut done);
+//! }
+//! for c in done {
+//!     // c.token is the head; c.result Err -> VIRTIO_BLK_S_IOERR, Ok -> VIRTIO_BLK_S_OK.
+//!     assert_eq!(c.token, head);
+//!     assert!(c.result.is_ok());
+//! }
+//! # drop(engine);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Unsafe code
+//!
+//! The crate is `#![deny(unsafe_code)]`. Two files allow it, and nothing else does:
+//! `aio/iovec.rs` (the `unsafe` [`aio::Request::read`]/[`aio::Request::write`] constructors,
+//! whose caller promises the buffers outlive the request, and the slices and copies made from
+//! that promise) and `aio/uring.rs` (handing submission-queue entries to the kernel). Every
+//! block carries a `// SAFETY:` comment; see docs/decisions/0006.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod aio;
+mod caps;
 pub mod error;
+mod iov;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;
+mod shared;
 pub mod vmdk;
 
+pub use caps::{Capabilities, QueryCapabilities};
 pub use error::{Error, ErrorKind, Result};
 pub use qcow2::{CheckReport, CompressionType, Qcow2, Qcow2Info, SnapshotInfo};
 pub use raw::RawDisk;
+pub use shared::SharedDisk;
 
+use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;
 
 /// The image formats this library reads and writes.
@@ -181,6 +257,23 @@ pub trait DiskSize {
 pub trait ReadAt {
     /// Reads exactly `buf.len()` bytes at `offset`; unallocated ranges read as zeroes.
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Reads the buffers' total length at `offset` into the buffers in order (scatter).
+    ///
+    /// The formats split the request at cluster/grain boundaries and read each piece straight
+    /// into the caller's buffers (raw images with one `preadv`); only compressed clusters pass
+    /// through a buffer of the library's. A request past the end of the disk fails with
+    /// [`ErrorKind::OutOfBounds`] before anything is read. The default reads buffer by buffer.
+    fn read_vectored_at(&mut self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+        let mut pos = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, pos)?;
+            pos = pos.checked_add(b.len() as u64).ok_or_else(|| {
+                Error::new(ErrorKind::OutOfBounds, "request end overflows").with_offset(offset)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Writing.
@@ -189,6 +282,25 @@ pub trait WriteAt {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&mut self) -> Result<()>;
+
+    /// Writes the buffers, in order, at `offset` (gather).
+    ///
+    /// Pieces go straight from the caller's buffers to the host file wherever the format
+    /// allows (raw: one `pwritev`; qcow2: allocated clusters and whole new clusters; vmdk:
+    /// allocated grains and whole new grains); partial new clusters are merged with their old
+    /// contents in a buffer. A request past the end of the disk fails with
+    /// [`ErrorKind::OutOfBounds`] before anything is written (implementations check the whole
+    /// range first; the default writes buffer by buffer and is only for images without one).
+    fn write_vectored_at(&mut self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
+        let mut pos = offset;
+        for b in bufs {
+            self.write_at(b, pos)?;
+            pos = pos.checked_add(b.len() as u64).ok_or_else(|| {
+                Error::new(ErrorKind::OutOfBounds, "request end overflows").with_offset(offset)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Freeing and zeroing ranges.
@@ -197,6 +309,15 @@ pub trait Discard {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Makes a range read as zeroes, deallocating it where the format can.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Makes a range read as zeroes; with `unmap` false the range stays allocated (virtio-blk
+    /// `WRITE_ZEROES` without the unmap flag), with `unmap` true this is
+    /// [`Discard::write_zeroes`]. The default is for formats whose `write_zeroes` never
+    /// deallocates.
+    fn write_zeroes_unmap(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        let _ = unmap;
+        self.write_zeroes(offset, len)
+    }
 }
 
 /// Changing the virtual size.
@@ -205,8 +326,9 @@ pub trait Resize {
     fn resize(&mut self, new_size: u64) -> Result<()>;
 }
 
-/// An open image, with every capability (formats that lack one return `Unsupported`).
-pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + Send {}
+/// An open image, with every capability (formats that lack one return `Unsupported`;
+/// [`QueryCapabilities::capabilities`] says which in advance).
+pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + QueryCapabilities + Send {}
 
 /// Opens an image of the stated format.
 pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Box<dyn Disk>> {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{qemu_img, scratch, Rng};
 use disk::raw::Extent;
-use disk::{Discard, DiskSize, Format, OpenOptions, RawDisk, ReadAt, WriteAt};
+use disk::{Format, OpenOptions, RawDisk};
 
 const MIB: u64 = 1 << 20;
 
@@ -13,7 +13,7 @@ fn test_raw_allocation_map_reports_written_data_and_holes() {
     let dir = scratch("raw-map");
     let img = dir.join("a.raw");
     disk::create(&img, Format::Raw, 8 * MIB, &Default::default()).expect("create");
-    let mut d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
+    let d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
     d.write_at(&[1u8; 4096], 2 * MIB).expect("write");
     d.flush().expect("flush");
 
@@ -46,7 +46,7 @@ fn test_raw_write_zeroes_punches_hole_and_reads_zero() {
     let dir = scratch("raw-zero");
     let img = dir.join("z.raw");
     std::fs::write(&img, vec![0xffu8; 4 * MIB as usize]).expect("file");
-    let mut d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
+    let d = RawDisk::open(&img, &OpenOptions::default()).expect("open");
 
     d.write_zeroes(MIB, MIB).expect("zero");
     d.discard(3 * MIB, 4096).expect("discard");
@@ -77,7 +77,7 @@ fn test_raw_direct_unaligned_io_matches_buffered() {
         direct: true,
         ..Default::default()
     };
-    let mut d = RawDisk::open(&img, &opts).expect("open O_DIRECT");
+    let d = RawDisk::open(&img, &opts).expect("open O_DIRECT");
     let mut rng = Rng(5);
     for _ in 0..50 {
         let off = rng.below(expected.len() as u64);
@@ -120,7 +120,7 @@ fn test_raw_read_past_end_out_of_bounds() {
     let dir = scratch("raw-oob");
     let img = dir.join("o.raw");
     disk::create(&img, Format::Raw, 4096, &Default::default()).expect("create");
-    let mut d = RawDisk::open(
+    let d = RawDisk::open(
         &img,
         &OpenOptions {
             read_only: true,
@@ -134,4 +134,54 @@ fn test_raw_read_past_end_out_of_bounds() {
 
     assert_eq!(err.kind(), disk::ErrorKind::OutOfBounds);
     assert_eq!(werr.kind(), disk::ErrorKind::Unsupported);
+}
+
+#[test]
+fn test_raw_try_clone_own_fd_sees_same_data() {
+    let dir = scratch("raw-clone");
+    let img = dir.join("c.raw");
+    disk::create(&img, Format::Raw, MIB, &Default::default()).expect("create");
+    let a = RawDisk::open(&img, &OpenOptions::default()).expect("open");
+
+    let b = a.try_clone().expect("clone");
+    b.write_at(&[0x3cu8; 512], 4096)
+        .expect("write through clone");
+    drop(b);
+    let mut back = [0u8; 512];
+    a.read_at(&mut back, 4096).expect("read through original");
+
+    assert_eq!(back, [0x3cu8; 512]);
+}
+
+#[test]
+fn test_raw_shared_by_threads_disjoint_writes_all_land() {
+    let dir = scratch("raw-threads");
+    let img = dir.join("t.raw");
+    disk::create(&img, Format::Raw, 4 * MIB, &Default::default()).expect("create");
+    let d = std::sync::Arc::new(RawDisk::open(&img, &OpenOptions::default()).expect("open"));
+
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..64u64 {
+                    let off = u64::from(t) * MIB + i * 16384;
+                    d.write_at(&[t + 1; 16384], off).expect("write");
+                }
+                d.flush().expect("flush");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    let file = std::fs::read(&img).expect("file");
+
+    for t in 0..4usize {
+        let region = &file[t * MIB as usize..(t + 1) * MIB as usize];
+        assert!(
+            region.iter().all(|&b| b == t as u8 + 1),
+            "thread {t}'s writes"
+        );
+    }
 }

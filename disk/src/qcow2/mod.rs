@@ -2,8 +2,8 @@
 //!
 //! Layout: `header` (parsing, validation), `refcount` (refcounts and allocation), `l2cache`
 //! (bounded L2 table cache), `compress` (zlib/zstd clusters), `snapshot` (snapshot table),
-//! `create`, `check` and `info`. This file holds the open image: lookups, reads, writes and
-//! the ordered flush.
+//! `vectored` (scatter-gather reads and writes), `write`, `create`, `check` and `info`. This
+//! file holds the open image: lookups, reads and the ordered flush.
 //!
 //! Crash safety: data is written first, then refcount increments (fsync), then L2 tables
 //! (fsync), then the L1 table (fsync), and only then are freed clusters' refcounts
@@ -26,7 +26,10 @@ pub use header::CompressionType;
 pub use info::{Qcow2Info, SnapshotInfo};
 pub use write::compress_cluster;
 
+mod vectored;
+
 use std::fs::File;
+use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +37,11 @@ use header::Header;
 use l2cache::{decode, L2Cache};
 use refcount::{io, Refcounts};
 
-use crate::{Disk, DiskSize, Error, ErrorKind, Format, OpenOptions, ReadAt, Result};
+use crate::iov::{total_len_mut, SegsMut};
+use crate::{
+    Capabilities, Disk, DiskSize, Error, ErrorKind, Format, OpenOptions, QueryCapabilities, ReadAt,
+    Result,
+};
 
 pub(crate) use check::check;
 pub(crate) use create::{create, create_cached};
@@ -555,12 +562,35 @@ impl DiskSize for Qcow2 {
 
 impl ReadAt for Qcow2 {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64, "read")?;
-        for (vc, in_off, range) in self.split(offset, buf.len() as u64) {
-            self.read_in_cluster(vc, in_off, &mut buf[range])
-                .map_err(|e| e.with_operation("read"))?;
+        self.read_vectored_at(&mut [IoSliceMut::new(buf)], offset)
+    }
+
+    fn read_vectored_at(&mut self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+        let len = total_len_mut(bufs).unwrap_or(u64::MAX);
+        self.check_range(offset, len, "read")?;
+        self.read_segs(SegsMut::new(bufs), offset)
+            .map_err(|e| e.with_operation("read"))
+    }
+}
+
+impl QueryCapabilities for Qcow2 {
+    fn capabilities(&self) -> Capabilities {
+        let writable = !self.read_only && self.refs.is_some();
+        let cs = self.cluster_size();
+        Capabilities {
+            format: Format::Qcow2,
+            read_only: !writable,
+            flush: writable,
+            discard: writable,
+            write_zeroes: writable,
+            write_zeroes_may_unmap: writable,
+            resize: writable,
+            logical_block_size: 512,
+            physical_block_size: cs.clamp(512, 4096) as u32,
+            discard_alignment: if writable { cs as u32 } else { 0 },
+            direct: false,
+            buffer_alignment: 1,
         }
-        Ok(())
     }
 }
 

@@ -5,8 +5,22 @@ use std::os::unix::fs::FileExt;
 use super::header::{put32, put64, MAX_L1_BYTES, MAX_VIRTUAL_SIZE};
 use super::l2cache::encode;
 use super::refcount::io;
+use std::io::IoSlice;
+
 use super::{compress, CompressionType, Mapping, Qcow2, COMPRESSED, COPIED, ZERO};
+use crate::iov::{total_len, Segs};
 use crate::{Discard, Error, ErrorKind, Resize, Result, WriteAt};
+
+/// What [`Qcow2::zero_range`] does to whole clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ZeroMode {
+    /// Discard: deallocate; the range may read back as anything (here: zeroes or backing).
+    Discard,
+    /// Write zeroes, deallocating where the format can.
+    Unmap,
+    /// Write zeroes, keeping allocated clusters allocated.
+    Keep,
+}
 
 impl Qcow2 {
     fn check_writable(&self, op: &'static str) -> Result<()> {
@@ -153,38 +167,12 @@ impl Qcow2 {
     /// Writes `data` at `in_off` within guest cluster `vc`.
     fn write_cluster(&mut self, vc: u64, in_off: u64, data: &[u8]) -> Result<()> {
         let m = self.lookup(vc)?;
-        if let Mapping::Normal { host, copied: true } = m {
-            return self.write_host(data, host + in_off);
-        }
-        let cs = self.cluster_size();
-        let merged;
-        let contents: &[u8] = if in_off == 0 && data.len() as u64 == cs {
-            data
-        } else {
-            let mut buf = vec![0u8; cs as usize];
-            self.read_in_cluster(vc, 0, &mut buf)?;
-            buf[in_off as usize..in_off as usize + data.len()].copy_from_slice(data);
-            merged = buf;
-            &merged
-        };
-        let (host, free_old) = match m {
-            Mapping::Zero {
-                host: Some(h),
-                copied: true,
-            } => (h, false),
-            _ => (self.alloc_clusters(1)?, true),
-        };
-        self.write_host(contents, host)?;
-        self.set_l2(vc, host | COPIED)?;
-        if free_old {
-            self.free_mapping(m);
-        }
-        Ok(())
+        self.write_cluster_segs(vc, in_off, &[data], m)
     }
 
     /// Zeroes (or discards) the clusters of a range; partial clusters are written with zeroes
     /// (or, for discard, left alone).
-    fn zero_range(&mut self, offset: u64, len: u64, discard: bool) -> Result<()> {
+    fn zero_range(&mut self, offset: u64, len: u64, mode: ZeroMode) -> Result<()> {
         let cs = self.cluster_size();
         let size = self.header.size;
         for (vc, in_off, range) in self.split(offset, len) {
@@ -192,17 +180,23 @@ impl Qcow2 {
             let pos = (vc << self.header.cluster_bits) + in_off;
             let full = in_off == 0 && (n == cs || pos + n == size);
             if !full {
-                if !discard {
+                if mode != ZeroMode::Discard {
                     self.write_cluster(vc, in_off, &vec![0u8; n as usize])?;
                 }
                 continue;
             }
             let v3 = self.header.version >= 3;
+            if mode == ZeroMode::Keep && v3 {
+                self.zero_cluster_keep(vc)?;
+                continue;
+            }
             let has_backing = self.backing.is_some();
+            let discard = mode == ZeroMode::Discard;
             let new = match (v3, has_backing, discard) {
-                (true, false, true) | (false, false, _) | (false, true, true) => 0,
+                (true, false, true) | (false, false, true) | (false, true, true) => 0,
+                (false, false, false) if mode == ZeroMode::Unmap => 0,
                 (true, _, _) => ZERO,
-                (false, true, false) => {
+                (false, _, false) => {
                     self.write_cluster(vc, 0, &vec![0u8; n as usize])?;
                     continue;
                 }
@@ -216,6 +210,30 @@ impl Qcow2 {
                 continue;
             }
             self.set_l2(vc, new)?;
+            self.free_mapping(m);
+        }
+        Ok(())
+    }
+
+    /// Makes a whole cluster read as zeroes without deallocating it (v3): an allocated
+    /// cluster keeps its host cluster under the zero flag, as QEMU does without
+    /// `BDRV_REQ_MAY_UNMAP`; a compressed one is freed (it cannot be rewritten in place).
+    fn zero_cluster_keep(&mut self, vc: u64) -> Result<()> {
+        let m = self.lookup(vc)?;
+        let new = match m {
+            Mapping::Normal { host, copied }
+            | Mapping::Zero {
+                host: Some(host),
+                copied,
+            } => host | if copied { COPIED } else { 0 } | ZERO,
+            Mapping::Zero { host: None, .. } => return Ok(()),
+            Mapping::Unallocated | Mapping::Compressed { .. } => ZERO,
+        };
+        if matches!(m, Mapping::Zero { .. }) {
+            return Ok(());
+        }
+        self.set_l2(vc, new)?;
+        if matches!(m, Mapping::Compressed { .. }) {
             self.free_mapping(m);
         }
         Ok(())
@@ -351,13 +369,15 @@ impl Qcow2 {
 
 impl WriteAt for Qcow2 {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_vectored_at(&[IoSlice::new(buf)], offset)
+    }
+
+    fn write_vectored_at(&mut self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
         self.check_writable("write")?;
-        self.check_range(offset, buf.len() as u64, "write")?;
-        for (vc, in_off, range) in self.split(offset, buf.len() as u64) {
-            self.write_cluster(vc, in_off, &buf[range])
-                .map_err(|e| e.with_operation("write"))?;
-        }
-        Ok(())
+        let len = total_len(bufs).unwrap_or(u64::MAX);
+        self.check_range(offset, len, "write")?;
+        self.write_segs(Segs::new(bufs), offset)
+            .map_err(|e| e.with_operation("write"))
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -369,14 +389,23 @@ impl Discard for Qcow2 {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable("discard")?;
         self.check_range(offset, len, "discard")?;
-        self.zero_range(offset, len, true)
+        self.zero_range(offset, len, ZeroMode::Discard)
             .map_err(|e| e.with_operation("discard"))
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes_unmap(offset, len, true)
+    }
+
+    fn write_zeroes_unmap(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.check_writable("write_zeroes")?;
         self.check_range(offset, len, "write_zeroes")?;
-        self.zero_range(offset, len, false)
+        let mode = if unmap {
+            ZeroMode::Unmap
+        } else {
+            ZeroMode::Keep
+        };
+        self.zero_range(offset, len, mode)
             .map_err(|e| e.with_operation("write_zeroes"))
     }
 }

@@ -4,10 +4,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::descriptor::{Access, ExtentLine, ExtentType};
-use super::fileio::{file_len, read_at, sync, write_at};
+use super::fileio::{file_len, sync, write_at};
 use super::header::SECTOR;
 use super::sparse::SparseExtent;
 use super::{open_file, resolve_extent_path};
+use crate::iov::{fill_zero, preadv_exact, pwritev_all};
 use crate::{Error, ErrorKind, OpenOptions, Result};
 
 /// Where an extent's data lives.
@@ -124,30 +125,42 @@ impl Extent {
         }
     }
 
-    /// Reads at offset `at` inside the extent.
-    pub fn read(&mut self, buf: &mut [u8], at: u64) -> Result<()> {
+    /// Whether writes of any data can go to this extent in place.
+    pub fn writable_in_place(&self) -> bool {
+        self.access == Access::ReadWrite
+            && match &self.data {
+                ExtentData::Flat { .. } => true,
+                ExtentData::Zero => false,
+                ExtentData::Sparse(s) => !s.header().compressed(),
+            }
+    }
+
+    /// Reads into `bufs` at offset `at` inside the extent.
+    pub fn read_segs(&mut self, mut bufs: Vec<&mut [u8]>, at: u64) -> Result<()> {
         self.check_access(false)?;
         match &mut self.data {
-            ExtentData::Flat { file, base } => read_at(file, buf, *base + at, "flat extent"),
+            ExtentData::Flat { file, base } => preadv_exact(file, &mut bufs, *base + at, false)
+                .map_err(|e| Error::io(e, "reading flat extent").with_offset(*base + at)),
             ExtentData::Zero => {
-                buf.fill(0);
+                fill_zero(&mut bufs);
                 Ok(())
             }
-            ExtentData::Sparse(s) => s.read(buf, at),
+            ExtentData::Sparse(s) => s.read_segs(bufs, at),
         }
     }
 
-    /// Writes at offset `at` inside the extent.
-    pub fn write(&mut self, buf: &[u8], at: u64) -> Result<()> {
+    /// Writes `bufs` at offset `at` inside the extent.
+    pub fn write_segs(&mut self, bufs: &[&[u8]], at: u64) -> Result<()> {
         self.check_access(true)?;
         match &mut self.data {
-            ExtentData::Flat { file, base } => write_at(file, buf, *base + at, "flat extent"),
-            ExtentData::Zero if buf.iter().all(|&b| b == 0) => Ok(()),
+            ExtentData::Flat { file, base } => pwritev_all(file, bufs, *base + at)
+                .map_err(|e| Error::io(e, "writing flat extent").with_offset(*base + at)),
+            ExtentData::Zero if bufs.iter().all(|b| b.iter().all(|&x| x == 0)) => Ok(()),
             ExtentData::Zero => Err(Error::new(
                 ErrorKind::Unsupported,
                 "ZERO extents cannot hold data",
             )),
-            ExtentData::Sparse(s) => s.write(buf, at),
+            ExtentData::Sparse(s) => s.write_segs(bufs, at),
         }
     }
 

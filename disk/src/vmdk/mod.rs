@@ -19,6 +19,7 @@ mod sparse;
 pub mod stream;
 
 use std::fs::File;
+use std::io::{IoSlice, IoSliceMut};
 use std::path::{Component, Path, PathBuf};
 
 pub use create::{create, Subformat, VmdkCreateOptions};
@@ -29,8 +30,10 @@ use self::fileio::{file_len, read_at};
 use self::header::{COWD_MAGIC, MAGIC, MAX_CAPACITY_SECTORS, SECTOR};
 use self::sparse::SparseExtent;
 use self::stream::StreamWriter;
+use crate::iov::{gather, total_len, total_len_mut, Segs, SegsMut};
 use crate::{
-    Discard, Disk, DiskSize, Error, ErrorKind, OpenOptions, ReadAt, Resize, Result, WriteAt,
+    Capabilities, Discard, Disk, DiskSize, Error, ErrorKind, Format, OpenOptions,
+    QueryCapabilities, ReadAt, Resize, Result, WriteAt,
 };
 
 /// Create types whose extents this library can open.
@@ -311,7 +314,12 @@ impl DiskSize for Vmdk {
 
 impl ReadAt for Vmdk {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64, "read")?;
+        self.read_vectored_at(&mut [IoSliceMut::new(buf)], offset)
+    }
+
+    fn read_vectored_at(&mut self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+        let len = total_len_mut(bufs).unwrap_or(u64::MAX);
+        self.check_range(offset, len, "read")?;
         if self.stream.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -320,24 +328,32 @@ impl ReadAt for Vmdk {
             .with_path(&self.path)
             .with_operation("read"));
         }
-        let len = buf.len() as u64;
-        self.for_each_piece(offset, len, "read", |e, at, pos, n| {
-            e.read(&mut buf[pos..pos + n], at)
+        let mut segs = SegsMut::new(bufs);
+        self.for_each_piece(offset, len, "read", |e, at, _, n| {
+            e.read_segs(segs.take(n), at)
         })
     }
 }
 
 impl WriteAt for Vmdk {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64, "write")?;
+        self.write_vectored_at(&[IoSlice::new(buf)], offset)
+    }
+
+    fn write_vectored_at(&mut self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
+        let len = total_len(bufs).unwrap_or(u64::MAX);
+        self.check_range(offset, len, "write")?;
         self.check_writable("write")?;
+        let mut segs = Segs::new(bufs);
         if let Some(s) = &mut self.stream {
+            // Stream grains are compressed: the data passes through the writer's buffer anyway.
+            let data = gather(&segs.take(len as usize));
             return s
-                .write(buf, offset)
+                .write(&data, offset)
                 .map_err(|e| e.with_path(&self.path).with_operation("write"));
         }
-        self.for_each_piece(offset, buf.len() as u64, "write", |e, at, pos, n| {
-            e.write(&buf[pos..pos + n], at)
+        self.for_each_piece(offset, len, "write", |e, at, _, n| {
+            e.write_segs(&segs.take(n), at)
         })
     }
 
@@ -381,6 +397,31 @@ impl Resize for Vmdk {
                 .with_path(&self.path)
                 .with_operation("resize"),
         )
+    }
+}
+
+impl QueryCapabilities for Vmdk {
+    /// Writable only if every extent can be written in place (no existing compressed
+    /// extents, no RDONLY/NOACCESS or ZERO extents); discard is accepted but does nothing, so it
+    /// is not offered; write-zeroes never deallocates grains.
+    fn capabilities(&self) -> Capabilities {
+        let writable = !self.read_only
+            && self.stream.is_none()
+            && self.extents.iter().all(Extent::writable_in_place);
+        Capabilities {
+            format: Format::Vmdk,
+            read_only: !writable,
+            flush: writable,
+            discard: false,
+            write_zeroes: writable,
+            write_zeroes_may_unmap: false,
+            resize: false,
+            logical_block_size: 512,
+            physical_block_size: 4096,
+            discard_alignment: 0,
+            direct: false,
+            buffer_alignment: 1,
+        }
     }
 }
 

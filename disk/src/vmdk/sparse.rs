@@ -13,6 +13,7 @@ use super::header::{
     MARKER_EOS, MARKER_FOOTER, SECTOR,
 };
 use super::stream::inflate_grain;
+use crate::iov::{fill_zero, gather, preadv_exact, pwritev_all, scatter, Segs, SegsMut};
 use crate::{Error, ErrorKind, Result};
 
 /// Grain tables kept in memory before the cache is emptied.
@@ -179,26 +180,28 @@ impl SparseExtent {
             .map_or(0, |gt| gt[(grain % gtes) as usize]))
     }
 
-    /// Reads `buf.len()` bytes at extent offset `offset` (the caller keeps it in range).
-    pub fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// Reads into `bufs` at extent offset `offset` (the caller keeps it in range), grain by
+    /// grain, straight into the buffers (compressed grains through the one-grain cache).
+    pub fn read_segs(&mut self, bufs: Vec<&mut [u8]>, offset: u64) -> Result<()> {
         let gb = self.layout.grain_bytes;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        let mut segs = SegsMut::from_vec(bufs);
+        let mut pos = offset;
+        while segs.len() > 0 {
             let (grain, in_grain) = (pos / gb, pos % gb);
-            let n = ((gb - in_grain) as usize).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
+            let n = ((gb - in_grain) as usize).min(segs.len());
+            let mut out = segs.take(n);
             let gte = self.entry(grain)?;
             if self.zero_grain(gte) {
-                out.fill(0);
+                fill_zero(&mut out);
             } else if self.header.compressed() {
                 let data = self.compressed_grain(gte)?;
-                out.copy_from_slice(&data[in_grain as usize..in_grain as usize + n]);
+                scatter(&mut out, &data[in_grain as usize..in_grain as usize + n]);
             } else {
                 let at = self.grain_offset(gte, grain, in_grain + n as u64)? + in_grain;
-                read_at(&self.file, out, at, "grain")?;
+                preadv_exact(&self.file, &mut out, at, false)
+                    .map_err(|e| Error::io(e, "reading grain").with_offset(at))?;
             }
-            done += n;
+            pos += n as u64;
         }
         Ok(())
     }
@@ -278,21 +281,27 @@ impl SparseExtent {
         Ok(())
     }
 
-    /// Writes `buf` at extent offset `offset`, allocating grains and tables as needed.
-    pub fn write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+    /// Writes `bufs` at extent offset `offset`, allocating grains and tables as needed.
+    /// Allocated grains and whole new grains are written straight from the buffers; a partial
+    /// new grain is assembled with zeroes in a buffer.
+    pub fn write_segs(&mut self, bufs: &[&[u8]], offset: u64) -> Result<()> {
         self.check_writable()?;
         let gb = self.layout.grain_bytes;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        let mut segs = Segs::from_vec(bufs.to_vec());
+        let mut pos = offset;
+        while segs.len() > 0 {
             let (grain, in_grain) = (pos / gb, pos % gb);
-            let n = ((gb - in_grain) as usize).min(buf.len() - done);
-            let data = &buf[done..done + n];
+            let n = ((gb - in_grain) as usize).min(segs.len());
+            let data = segs.take(n);
             let gte = self.entry(grain)?;
             if self.zero_grain(gte) {
-                let mut whole = vec![0u8; gb as usize];
-                whole[in_grain as usize..in_grain as usize + n].copy_from_slice(data);
-                self.allocate_grain(grain, &whole)?;
+                if in_grain == 0 && n as u64 == gb {
+                    self.allocate_grain(grain, &data)?;
+                } else {
+                    let mut whole = vec![0u8; gb as usize];
+                    whole[in_grain as usize..in_grain as usize + n].copy_from_slice(&gather(&data));
+                    self.allocate_grain(grain, &[&whole])?;
+                }
             } else {
                 let at = self.grain_offset(gte, grain, gb)?;
                 if at < self.header.overhead * SECTOR {
@@ -301,9 +310,10 @@ impl SparseExtent {
                         format!("grain {grain} at sector {gte} overlaps the metadata"),
                     ));
                 }
-                write_at(&self.file, data, at + in_grain, "grain")?;
+                pwritev_all(&self.file, &data, at + in_grain)
+                    .map_err(|e| Error::io(e, "writing grain").with_offset(at + in_grain))?;
             }
-            done += n;
+            pos += n as u64;
         }
         Ok(())
     }
@@ -330,22 +340,25 @@ impl SparseExtent {
                 }
                 let from = (grain * gb).max(pos);
                 let to = ((grain + 1) * gb).min(table_end);
-                self.write(&zeroes[..(to - from) as usize], from)?;
+                self.write_segs(&[&zeroes[..(to - from) as usize]], from)?;
             }
             pos = table_end;
         }
         Ok(())
     }
 
-    /// Appends `data` (padded to whole sectors) at the end of the file and returns its offset.
-    fn append(&mut self, data: &[u8]) -> Result<u64> {
+    /// Appends `data` (a whole number of sectors) at the end of the file and returns its
+    /// offset.
+    fn append(&mut self, data: &[&[u8]]) -> Result<u64> {
         let at = self.file_end;
-        write_at(&self.file, data, at, "new cluster")?;
-        self.file_end = at + (data.len() as u64).div_ceil(SECTOR) * SECTOR;
+        pwritev_all(&self.file, data, at)
+            .map_err(|e| Error::io(e, "writing new grain").with_offset(at))?;
+        let len: u64 = data.iter().map(|d| d.len() as u64).sum();
+        self.file_end = at + len.div_ceil(SECTOR) * SECTOR;
         Ok(at)
     }
 
-    fn allocate_grain(&mut self, grain: u64, data: &[u8]) -> Result<()> {
+    fn allocate_grain(&mut self, grain: u64, data: &[&[u8]]) -> Result<()> {
         let gtes = self.layout.gtes_per_gt;
         let gd_index = grain / gtes;
         if self.gd[gd_index as usize] == 0 {
@@ -388,10 +401,10 @@ impl SparseExtent {
     /// Allocates a zeroed grain table (and its redundant copy) for directory entry `gd_index`.
     fn allocate_table(&mut self, gd_index: u64) -> Result<()> {
         let zeroes = vec![0u8; self.layout.gt_bytes() as usize];
-        let at = sector_u32(self.append(&zeroes)?)?;
+        let at = sector_u32(self.append(&[&zeroes])?)?;
         if let Some(rgd_off) = self.layout.rgd_offset {
             if self.rgd.is_some() {
-                let rat = sector_u32(self.append(&zeroes)?)?;
+                let rat = sector_u32(self.append(&[&zeroes])?)?;
                 write_at(
                     &self.file,
                     &rat.to_le_bytes(),
