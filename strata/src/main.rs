@@ -118,6 +118,7 @@ fn serve(path: PathBuf, args: &[String]) -> ExitCode {
     let timeout = config.as_ref().and_then(|c| c.timeout);
     if let Some(config) = config {
         if let Err(e) = vmm.create(config).and_then(|()| vmm.boot()) {
+            socket.discard();
             return fail(&e);
         }
     }

@@ -117,6 +117,32 @@ fn test_api_boot_options_create_and_boot_at_once() {
 }
 
 #[test]
+fn test_api_boot_options_that_fail_exit_1_and_leave_no_socket() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("api-boot-fails");
+    let socket = dir.join("api.sock");
+    let missing = dir.join("missing.elf");
+
+    let end = ApiVmm::spawn(
+        &dir,
+        &socket,
+        &["--kernel", missing.to_str().expect("utf8")],
+    )
+    .wait();
+
+    assert_eq!(end.status, Some(1), "{end:?}");
+    assert!(
+        end.stderr.starts_with("strata: unable to boot the VM: "),
+        "{}",
+        end.stderr
+    );
+    assert!(end.stderr.contains("missing.elf"), "{}", end.stderr);
+    assert!(!socket.exists());
+}
+
+#[test]
 fn test_api_guest_debug_exit_leaves_vm_shutdown_and_vmm_serving() {
     if !kvm_available() {
         return;

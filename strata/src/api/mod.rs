@@ -89,6 +89,12 @@ pub struct ApiServer {
 }
 
 impl BoundSocket {
+    /// Closes the socket unserved and removes its path.
+    pub fn discard(self) {
+        drop(self.listener);
+        let _ = std::fs::remove_file(&self.path);
+    }
+
     /// Starts the `api` thread, sending requests through `requester`.
     pub fn serve(self, requester: Requester) -> Result<ApiServer, ApiError> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ApiError::Start)?);
