@@ -71,7 +71,7 @@
 //! `aio/iovec.rs` (the `unsafe` [`aio::Request::read`]/[`aio::Request::write`] constructors,
 //! whose caller promises the buffers outlive the request, and the slices and copies made from
 //! that promise) and `aio/uring.rs` (handing submission-queue entries to the kernel). Every
-//! block carries a `// SAFETY:` comment; see docs/decisions/0006.
+//! block carries a `// SAFETY:` comment; see docs/decisions/0007.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -1,7 +1,7 @@
 //! Caller-owned buffers of an asynchronous request, described by raw iovecs.
 //!
 //! This file and `uring.rs` are the only places in the crate with `unsafe` code
-//! (docs/decisions/0006). The contract is made once, by whoever builds a read or write
+//! (docs/decisions/0007). The contract is made once, by whoever builds a read or write
 //! [`crate::aio::Request`] (an `unsafe fn`): the memory the iovecs describe stays valid, and
 //! nobody else touches it, until the request's completion has been collected or the engine
 //! has been dropped. Everything here relies on that promise and nothing else.

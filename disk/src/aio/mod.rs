@@ -17,7 +17,7 @@
 //! Read and write requests carry the caller's buffers as raw iovecs; building one is
 //! `unsafe` because the buffers must stay valid until the completion is collected (see
 //! [`Request::read`]). The unsafe code is confined to `iovec.rs` and `uring.rs`
-//! (docs/decisions/0006).
+//! (docs/decisions/0007).
 
 mod eventfd;
 mod iovec;
