@@ -12,6 +12,19 @@
 #                    returns at once: the selftest executes `int3` in ring 0, which the KVM
 #                    instruction emulator on this (PVM) host does not implement.
 #   --no-int3-patch  pristine source: reproduces the emulation-fallback failure.
+#   --virtio         int3 patch + the devices of issues 8, 10 and 11 (a kernel that boots from an
+#                    ext4 root on virtio-blk rather than from an initramfs): virtio core, virtio-mmio
+#                    (+ `virtio_mmio.device=` command-line devices), PCI (+ MMCONFIG, MSI),
+#                    virtio-pci (+ legacy 0.9.5), virtio-blk, virtio-console (hvc0 console),
+#                    virtio-rng, virtio-net, vsock over virtio, NET + INET + IP_PNP (`ip=`), EXT4,
+#                    DEVTMPFS(+_MOUNT), SMP (NR_CPUS=8), ACPI (MADT, MCFG, power button, S5
+#                    poweroff) with INPUT_EVBUG (a pressed power button is logged at KERN_DEBUG:
+#                    `loglevel=8`), MAGIC_SYSRQ (Ctrl-O o on hvc0 or BREAK o on ttyS0: ACPI poweroff
+#                    without user space). No embedded /init: the kernel mounts `root=` and runs
+#                    /sbin/init from it (see scripts/make-rootfs.sh). No initramfs.cpio.
+#                    Give `ro` with `root=`: a PVH or direct boot leaves boot_params.root_flags
+#                    at 0, which makes Linux mount the root read-write. Command lines and what
+#                    QEMU shows: docs/guests.md, "Linux 6.1 with virtio".
 #
 # Output (cached outside the checkout, idempotent):
 #   ${STRATA_CACHE:-$HOME/.cache/strata}/linux-6.1-<variant>/
@@ -19,6 +32,7 @@
 #     vmlinux         ELF, PVH entry note; initramfs embedded
 #     initramfs.cpio  separate (uncompressed newc) initramfs whose /init prints a different
 #                     marker, to prove an external initrd was loaded (it overrides the embedded one)
+#                     (not for --virtio)
 #     config          the .config used
 #     System.map      symbol addresses (e.g. int3_selftest_ip, where --no-int3-patch stops)
 # Ring-0 code runs ~1000x slower on the PVM test host, so the config also avoids boot-time work:
@@ -37,19 +51,26 @@
 #
 # The int3 patch is scripts/linux-6.1-skip-int3-selftest.patch.
 #
-# Usage: scripts/build-linux.sh [--int3-patch|--no-int3-patch] [--jobs N] [--force]
+# `make` runs under `nice -n 19` (the machine is shared); run one build at a time.
+# --config-only writes $build/.config, checks it and stops (no compile; nothing in $out changes).
+#
+# Usage: scripts/build-linux.sh [--int3-patch|--no-int3-patch|--virtio] [--jobs N] [--force]
+#                               [--config-only]
 set -euo pipefail
 
 variant=int3-patch
 jobs=$(nproc)
 force=0
+config_only=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --int3-patch) variant=int3-patch ;;
         --no-int3-patch) variant=no-int3-patch ;;
+        --virtio) variant=virtio ;;
         --jobs) jobs="$2"; shift ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --config-only) config_only=1 ;;
+        -h|--help) sed -n '2,58p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -69,12 +90,12 @@ log() { echo "build-linux: $*" >&2; }
 print_outputs() {
     echo "bzImage=$out/bzImage"
     echo "vmlinux=$out/vmlinux"
-    echo "initramfs=$out/initramfs.cpio"
+    [[ $variant == virtio ]] || echo "initramfs=$out/initramfs.cpio"
     echo "config=$out/config"
     echo "system_map=$out/System.map"
 }
 
-if [[ $force == 0 && -f "$out/stamp" && "$(cat "$out/stamp")" == "$script_hash" ]]; then
+if [[ $force == 0 && $config_only == 0 && -f "$out/stamp" && "$(cat "$out/stamp")" == "$script_hash" ]]; then
     log "up to date ($out)"
     print_outputs
     exit 0
@@ -118,7 +139,7 @@ if [[ ! -f "$tree/.strata-tree" ]]; then
     rm -rf "$tree"
     cp -al "$src" "$tree"     # hard links: cheap; files we patch are replaced, not edited in place
     alt="$tree/arch/x86/kernel/alternative.c"
-    if [[ $variant == int3-patch ]]; then
+    if [[ $variant != no-int3-patch ]]; then
         # Break the hard link first so the pristine copy stays untouched.
         cp "$alt" "$alt.tmp" && mv "$alt.tmp" "$alt"
         patch -s -p1 -d "$tree" <"$here/linux-6.1-skip-int3-selftest.patch"
@@ -166,7 +187,7 @@ cpio_list "$build/init-embedded" >"$build/initramfs-embedded.list"
 cpio_list "$build/init-external" >"$build/initramfs-external.list"
 
 # --- config ----------------------------------------------------------------------------------
-kmake() { make -C "$tree" O="$build" ARCH=x86_64 -j"$jobs" "$@"; }
+kmake() { nice -n 19 make -C "$tree" O="$build" ARCH=x86_64 -j"$jobs" "$@"; }
 log "configuring ($variant)"
 kmake tinyconfig >/dev/null
 cfg="$tree/scripts/config --file $build/.config"
@@ -176,22 +197,68 @@ $cfg -e 64BIT -e PRINTK -e EARLY_PRINTK -e TTY -e SERIAL_8250 -e SERIAL_8250_CON
      -e CRYPTO -e CRYPTO_MANAGER_DISABLE_TESTS -d HZ_250 -e HZ_100 \
      -d VT -d LEGACY_PTYS -d UNIX98_PTYS -e IA32_EMULATION \
      -d RD_GZIP -d RD_BZIP2 -d RD_LZMA -d RD_XZ -d RD_LZO -d RD_LZ4 -d RD_ZSTD \
-     --set-str INITRAMFS_SOURCE "$build/initramfs-embedded.list" \
      -e INITRAMFS_COMPRESSION_NONE \
      --set-str LOCALVERSION "-strata-$variant" -d LOCALVERSION_AUTO
+want=(64BIT PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE BINFMT_ELF BLK_DEV_INITRD PVH KERNEL_LZ4
+      CRYPTO_MANAGER_DISABLE_TESTS HZ_100 IA32_EMULATION)
+unwanted=(VT LEGACY_PTYS UNIX98_PTYS)
+if [[ $variant == virtio ]]; then
+    # No INITRAMFS_SOURCE: the built-in initramfs is the default one (/dev/console, /root), so
+    # there is no /init and the kernel mounts root= and runs its /sbin/init.
+    # Enabled: the devices and buses. Disabled: what they would otherwise pull in by default and
+    # what costs boot time under ring-0 emulation (probing i8042/keyboards/mice, Intel/AMD/VIA
+    # RNG probes (intel-rng pokes the firmware hub on ICH chipsets), IPv6, wireless, ethernet
+    # vendor drivers, ACPI processor/thermal/fan/battery/AC drivers, cpufreq/cpuidle (SCHED_MC would
+    # select intel_pstate, which selects the ACPI processor driver), HID, Intel uncore/RAPL PMUs,
+    # PCI hotplug, ports, ASPM and PCI serial cards). SMP brings Tree RCU and its stall detector:
+    # RCU_CPU_STALL_TIMEOUT at its maximum (300 s) keeps slow emulated stretches quiet.
+    $cfg -e SMP --set-val NR_CPUS 8 --set-val RCU_CPU_STALL_TIMEOUT 300 -d SCHED_MC -d CPU_FREQ -d CPU_IDLE \
+         -e PCI -e PCI_MMCONFIG -e PCI_MSI -d PCIEPORTBUS -d HOTPLUG_PCI -d VGA_ARB \
+         -e ACPI -e ACPI_BUTTON -d ACPI_TINY_POWER_BUTTON -d ACPI_PROCESSOR -d ACPI_THERMAL \
+         -d ACPI_FAN -d ACPI_AC -d ACPI_BATTERY -d ACPI_VIDEO -d ACPI_DOCK -d ACPI_TABLE_UPGRADE \
+         -d ACPI_DEBUGGER -d ACPI_APEI -d ACPI_NFIT -d ACPI_HED -d ACPI_PCI_SLOT \
+         -e INPUT -e INPUT_EVBUG -d INPUT_MOUSEDEV -d INPUT_KEYBOARD -d INPUT_MOUSE \
+         -d INPUT_JOYSTICK -d INPUT_TABLET -d INPUT_TOUCHSCREEN -d INPUT_MISC -d SERIO \
+         -e MAGIC_SYSRQ --set-val MAGIC_SYSRQ_DEFAULT_ENABLE 0x1 -e MAGIC_SYSRQ_SERIAL \
+         -e VIRTIO_MENU -e VIRTIO -e VIRTIO_MMIO -e VIRTIO_MMIO_CMDLINE_DEVICES \
+         -e VIRTIO_PCI -e VIRTIO_PCI_LEGACY \
+         -e BLOCK -e VIRTIO_BLK -e VIRTIO_CONSOLE -e HVC_DRIVER \
+         -e HW_RANDOM -e HW_RANDOM_VIRTIO -d HW_RANDOM_INTEL -d HW_RANDOM_AMD -d HW_RANDOM_VIA \
+         -d HW_RANDOM_TIMERIOMEM -d HW_RANDOM_BA431 -d HW_RANDOM_XIPHERA \
+         -e EXT4_FS -e DEVTMPFS -e DEVTMPFS_MOUNT \
+         -e NET -e INET -e IP_PNP -d IPV6 -d WIRELESS -d WLAN -d ETHERNET -d PACKET -d UNIX \
+         -d INET_DIAG -d NETFILTER -d SYN_COOKIES \
+         -e NETDEVICES -e NET_CORE -e VIRTIO_NET \
+         -e VSOCKETS -e VIRTIO_VSOCKETS -d VSOCKETS_LOOPBACK -d VSOCKETS_DIAG \
+         -d HID -d PERF_EVENTS_INTEL_UNCORE -d PERF_EVENTS_INTEL_RAPL -d PERF_EVENTS_INTEL_CSTATE \
+         -d PCIEASPM -d PNP_DEBUG_MESSAGES -d NETWORK_FILESYSTEMS -d SERIAL_8250_PCI \
+         -d SERIAL_8250_EXAR -d SERIAL_8250_LPSS -d SERIAL_8250_MID -d SERIAL_8250_PERICOM
+    want+=(SMP PCI PCI_MMCONFIG PCI_MSI ACPI ACPI_BUTTON INPUT_EVBUG MAGIC_SYSRQ VIRTIO VIRTIO_MMIO
+           VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_PCI VIRTIO_PCI_LEGACY BLOCK VIRTIO_BLK VIRTIO_CONSOLE
+           HVC_DRIVER HW_RANDOM HW_RANDOM_VIRTIO EXT4_FS DEVTMPFS DEVTMPFS_MOUNT NET INET IP_PNP
+           VIRTIO_NET VSOCKETS VIRTIO_VSOCKETS X86_IO_APIC X86_LOCAL_APIC)
+    unwanted+=(SERIO INPUT_KEYBOARD IPV6 HW_RANDOM_INTEL ACPI_PROCESSOR CPU_FREQ CPU_IDLE)
+else
+    $cfg --set-str INITRAMFS_SOURCE "$build/initramfs-embedded.list"
+fi
 kmake olddefconfig >/dev/null
-for opt in 64BIT PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE BINFMT_ELF BLK_DEV_INITRD PVH KERNEL_LZ4 \
-           CRYPTO_MANAGER_DISABLE_TESTS HZ_100 IA32_EMULATION; do
+for opt in "${want[@]}"; do
     grep -q "^CONFIG_$opt=y" "$build/.config" || { echo "CONFIG_$opt did not stick" >&2; exit 1; }
 done
-for opt in VT LEGACY_PTYS UNIX98_PTYS; do
+for opt in "${unwanted[@]}"; do
     grep -q "^CONFIG_$opt=y" "$build/.config" && { echo "CONFIG_$opt still set" >&2; exit 1; }
 done
+if [[ $config_only == 1 ]]; then
+    log "config only: $build/.config"
+    exit 0
+fi
 
 # --- build -----------------------------------------------------------------------------------
 log "building with -j$jobs (several minutes)"
 kmake bzImage >"$build/build.log" 2>&1 || { tail -40 "$build/build.log" >&2; exit 1; }
-"$build/usr/gen_init_cpio" "$build/initramfs-external.list" >"$out/initramfs.cpio"
+if [[ $variant != virtio ]]; then
+    "$build/usr/gen_init_cpio" "$build/initramfs-external.list" >"$out/initramfs.cpio"
+fi
 cp "$build/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$build/vmlinux" "$out/vmlinux"
 cp "$build/.config" "$out/config"

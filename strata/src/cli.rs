@@ -107,13 +107,41 @@ const OPTIONS: &[OptionSpec] = &[
 
 /// The usage text of `strata run`.
 pub const RUN_USAGE: &str =
-    "usage: strata run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline STR]
-                  [--cpus boot=N] [--memory size=SIZE] [--serial stdio|null|off|file=PATH]
-                  [--vga off|text[,file=PATH]] [--timeout SECS] [--emulation-fallback on|off]
+    "usage: strata run [--api-socket PATH] [--config FILE] [--kernel PATH] [--initrd PATH]
+                  [--cmdline STR] [--cpus boot=N] [--memory size=SIZE]
+                  [--serial stdio|null|off|file=PATH] [--vga off|text[,file=PATH]]
+                  [--timeout SECS] [--emulation-fallback on|off]
                   [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]
                   [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
                   [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
-                          [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...";
+                          [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...
+With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
+VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
+
+/// Takes `--api-socket PATH` (a VMM option, not part of the VM's configuration) out of the
+/// arguments of `strata run`.
+pub fn take_api_socket(args: &[String]) -> Result<(Option<PathBuf>, Vec<String>), ConfigError> {
+    let mut socket = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value = if arg == "--api-socket" {
+            Some(
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| option_error("api-socket", "missing value"))?,
+            )
+        } else {
+            arg.strip_prefix("--api-socket=").map(str::to_string)
+        };
+        match value {
+            Some(_) if socket.is_some() => return Err(option_error("api-socket", "given twice")),
+            Some(v) => socket = Some(PathBuf::from(v)),
+            None => rest.push(arg.clone()),
+        }
+    }
+    Ok((socket, rest))
+}
 
 fn option_error(option: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Option {
@@ -392,6 +420,24 @@ mod tests {
             e.to_string(),
             "unknown option --kernal (see strata run --help)"
         );
+    }
+
+    #[test]
+    fn test_take_api_socket_splits_it_out() {
+        let (socket, rest) = take_api_socket(&args(&[
+            "--kernel",
+            "k",
+            "--api-socket",
+            "/tmp/s",
+            "--cpus",
+            "2",
+        ]))
+        .unwrap();
+
+        assert_eq!(socket, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(rest, args(&["--kernel", "k", "--cpus", "2"]));
+        assert!(take_api_socket(&args(&["--api-socket=/a", "--api-socket=/b"])).is_err());
+        assert_eq!(take_api_socket(&args(&[])).unwrap(), (None, vec![]));
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! The `strata` binary: argv in, library calls out.
 
+mod api;
 mod cli;
 mod img;
+mod remote;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use vmm::{VmOutcome, Vmm, VmmExit};
+
 const USAGE: &str = "usage: strata run [OPTIONS]      boot a VM (strata run --help)
-       strata img COMMAND ...   manage disk images (strata img --help)";
+       strata img COMMAND ...   manage disk images (strata img --help)
+       strata remote --api-socket PATH COMMAND   drive a VM through its API";
 
 /// An error and its sources on one line, without repeating text.
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -34,21 +40,28 @@ fn run(args: &[String]) -> ExitCode {
         println!("{}", cli::RUN_USAGE);
         return ExitCode::SUCCESS;
     }
-    let config = match cli::parse_run_args(args) {
+    let (api_socket, args) = match cli::take_api_socket(args) {
+        Ok(split) => split,
+        Err(e) => return fail(&e),
+    };
+    if let Some(path) = api_socket {
+        return serve(path, &args);
+    }
+    let config = match cli::parse_run_args(&args) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let vm = match vmm::Vm::build(&config) {
-        Ok(vm) => vm,
-        Err(e) => return fail(&e),
-    };
-    if let Some(pty) = vm.console_pty() {
-        eprintln!("strata: virtio console on {}", pty.display());
-    }
-    let outcome = match vm.run() {
+    let outcome = match vmm::run(&config) {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    report(&outcome, config.timeout);
+    ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+}
+
+/// Prints how a VM ended: emulated instructions, every vCPU's registers when a signal or the
+/// timeout stopped it, the culprit of a fatal stop.
+fn report(outcome: &VmOutcome, timeout: Option<u64>) {
     if outcome.emulated.total() > 0 {
         eprintln!("strata: {}", outcome.emulated);
     }
@@ -66,7 +79,7 @@ fn run(args: &[String]) -> ExitCode {
         }
         eprintln!(
             "strata: timeout: stopped the guest after {} s",
-            config.timeout.unwrap_or(0)
+            timeout.unwrap_or(0)
         );
     } else if outcome.stop.is_fatal() {
         let culprit = outcome
@@ -77,7 +90,61 @@ fn run(args: &[String]) -> ExitCode {
             .unwrap_or_default();
         eprintln!("strata: guest stopped: {}: {culprit}", outcome.stop);
     }
-    ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+}
+
+/// `strata run --api-socket PATH [OPTIONS]`: serves the REST API until `vmm.shutdown` or a
+/// terminating signal; with boot options, creates and boots that VM first.
+fn serve(path: PathBuf, args: &[String]) -> ExitCode {
+    let config = match args.is_empty() {
+        true => None,
+        false => match cli::parse_run_args(args) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(&e),
+        },
+    };
+    let (requester, queue) = match vmm::control::actions::request_channel() {
+        Ok(channel) => channel,
+        Err(e) => return fail(&e),
+    };
+    // Before any thread starts: the VMM blocks the signals it reads from its signalfd.
+    let mut vmm = match Vmm::new(Some(queue)) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let socket = match api::bind(&path) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let timeout = config.as_ref().and_then(|c| c.timeout);
+    if let Some(config) = config {
+        if let Err(e) = vmm.create(config).and_then(|()| vmm.boot()) {
+            socket.discard();
+            return fail(&e);
+        }
+    }
+    let server = match socket.serve(requester) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let exit = vmm.run();
+    server.stop();
+    match exit {
+        Ok(VmmExit { outcome, signal }) => {
+            if let Some(outcome) = &outcome {
+                report(outcome, timeout);
+            }
+            match signal {
+                Some(sig) => {
+                    if outcome.is_none() {
+                        eprintln!("strata: stopped on signal {}", signal_name(sig));
+                    }
+                    ExitCode::from((128 + sig).clamp(0, 255) as u8)
+                }
+                None => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// The name of a signal that stops the VM.
@@ -95,6 +162,16 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("img") => img::main(&args[1..]),
+        Some("remote")
+            if args.len() == 1 || args[1..].iter().any(|a| a == "--help" || a == "-h") =>
+        {
+            println!("{}", remote::REMOTE_USAGE);
+            ExitCode::SUCCESS
+        }
+        Some("remote") => match remote::main(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => fail(&e),
+        },
         Some("--version") | Some("-V") => {
             println!("strata {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -126,6 +126,35 @@ pub fn run_command(cmd: &mut Command) -> Run {
     }
 }
 
+/// Runs a command with `stdin` as its standard input (writing `input` to it first when it is a
+/// pipe, then closing it) and a hang guard, capturing its output.
+pub fn run_command_with_stdin(cmd: &mut Command, stdin: Stdio, input: &[u8]) -> Run {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = read_all(child.stdout.take().expect("stdout"));
+    let err = read_all(child.stderr.take().expect("stderr"));
+    let writer = child.stdin.take().map(|mut pipe| {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
+    let status = wait_guarded(&mut child, start);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Run {
+        stdout: String::from_utf8_lossy(&out.join().expect("join")).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().expect("join")).into_owned(),
+        status: status.code(),
+    }
+}
+
 /// Runs a command until its standard output contains every one of `markers` (a guest-side
 /// event: the guest printed what the test waits for), then sends it SIGTERM and collects
 /// everything it printed. A command that never prints them all runs until it exits by itself or
@@ -185,7 +214,7 @@ pub fn terminate(child: &Child) {
         .status();
 }
 
-/// Sends SIGUSR1 to a child once it catches SIGUSR1 (before that the signal would kill it):
+/// Sends SIGUSR1 to a child once it handles SIGUSR1 (before that the signal would kill it):
 /// returns false, sending nothing, if the child exited first.
 pub fn signal_usr1(child: &mut Child) -> bool {
     if !wait_until_caught(child, libc::SIGUSR1) {
@@ -197,24 +226,35 @@ pub fn signal_usr1(child: &mut Child) -> bool {
     true
 }
 
-/// Waits until `child` has a handler for `signal` (the `SigCgt` mask of /proc/PID/status);
-/// false if it exited first.
+/// Waits until `child` handles `signal`: catches it (the `SigCgt` mask of /proc/PID/status)
+/// or blocks it in its main thread to read it from a signalfd (`SigBlk`); false if it exited
+/// first. Only once the child has exec'd (between fork and exec a child still runs this
+/// process's image), and a mask that blocks nearly every signal does not count: programs
+/// block everything for a moment around fork, and a signal sent then is not handled.
 pub fn wait_until_caught(child: &mut Child, signal: libc::c_int) -> bool {
     let status_file = format!("/proc/{}/status", child.id());
+    let exe_file = format!("/proc/{}/exe", child.id());
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
     let bit = 1u64 << (signal - 1);
+    let mask = |status: &str, field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0)
+    };
     loop {
         if child.try_wait().ok().flatten().is_some() {
             return false;
         }
-        let caught = std::fs::read_to_string(&status_file)
+        let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+        let execd = std::fs::read_link(&exe_file)
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("SigCgt:"))
-                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            })
-            .is_some_and(|mask| mask & bit != 0);
-        if caught {
+            .is_some_and(|e| Some(e) != own_exe);
+        // A mask blocking (nearly) every signal is a fork in progress, not a signalfd reader.
+        let blocked = Some(mask(&status, "SigBlk:")).filter(|m| m.count_ones() < 16);
+        let handled = execd && (mask(&status, "SigCgt:") | blocked.unwrap_or(0)) & bit != 0;
+        if handled {
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -67,7 +67,11 @@ pub struct VmConfig {
     #[serde(default)]
     pub vga: VgaConfig,
     /// Stop the guest after this many seconds and print every vCPU's state.
-    #[serde(default, deserialize_with = "de_opt_u64")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<u64>,
     /// Emulate in userspace the instructions the host's KVM instruction emulator lacks.
     #[serde(default = "default_true", deserialize_with = "de_bool")]
@@ -208,12 +212,13 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct PayloadConfig {
     /// Kernel image: ELF vmlinux, bzImage, PVH ELF or multiboot image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk, or first module for PVH and multiboot.
-    #[serde(default, alias = "initrd")]
+    #[serde(default, alias = "initrd", skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
 }
 
@@ -224,11 +229,23 @@ pub struct CpusConfig {
     /// Number of vCPUs at boot.
     #[serde(alias = "boot", deserialize_with = "de_u8")]
     pub boot_vcpus: u8,
+    /// Most vCPUs the VM may have (Cloud Hypervisor's field, for CPU hotplug). There is no
+    /// hotplug: when given it must equal `boot_vcpus`.
+    #[serde(
+        default,
+        alias = "max",
+        deserialize_with = "de_opt_u8",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_vcpus: Option<u8>,
 }
 
 impl Default for CpusConfig {
     fn default() -> Self {
-        CpusConfig { boot_vcpus: 1 }
+        CpusConfig {
+            boot_vcpus: 1,
+            max_vcpus: None,
+        }
     }
 }
 
@@ -254,9 +271,9 @@ pub enum ConsoleMode {
     Off,
     /// The device exists; its output is discarded (same as `Off` for the 16550).
     Null,
-    /// Standard output (Cloud Hypervisor calls this `Tty`).
+    /// Standard output (Cloud Hypervisor's `Tty`, the name it is serialized with).
     #[default]
-    #[serde(alias = "Tty", alias = "stdio", alias = "tty")]
+    #[serde(rename = "Tty", alias = "Stdio", alias = "stdio", alias = "tty")]
     Stdio,
     /// A file, given in `file`.
     #[serde(alias = "file")]
@@ -274,7 +291,7 @@ pub struct ConsoleConfig {
     #[serde(default, deserialize_with = "de_console_mode")]
     pub mode: ConsoleMode,
     /// Output file, with mode `File`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
 }
 
@@ -298,7 +315,7 @@ pub struct VgaConfig {
     #[serde(default)]
     pub mode: VgaMode,
     /// Render into this file instead of standard error.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
 }
 
@@ -332,6 +349,15 @@ fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> 
 fn de_u8<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     let n = de_u64(d)?;
     u8::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is more than 255")))
+}
+
+fn de_opt_u8<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    match de_opt_u64(d)? {
+        None => Ok(None),
+        Some(n) => u8::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is more than 255"))),
+    }
 }
 
 fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -444,6 +470,16 @@ impl VmConfig {
             return Err(ConfigError::Invalid {
                 field: "cpus",
                 reason: "boot must be at least 1".into(),
+            });
+        }
+        if self
+            .cpus
+            .max_vcpus
+            .is_some_and(|m| m != self.cpus.boot_vcpus)
+        {
+            return Err(ConfigError::Invalid {
+                field: "cpus",
+                reason: "max_vcpus must equal boot_vcpus (there is no CPU hotplug)".into(),
             });
         }
         if self.memory.size < (2 << 20) {
@@ -616,6 +652,19 @@ mod tests {
         assert_eq!(c.disks[0].format, DiskFormat::Qcow2);
         assert!(dup.contains("id blk0 is used twice"), "{dup}");
         assert!(long.contains("longer than 20 bytes"), "{long}");
+    }
+
+    #[test]
+    fn test_validate_max_vcpus_must_equal_boot() {
+        let mut c: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"k"},"cpus":{"boot_vcpus":2,"max_vcpus":2}}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+
+        c.cpus.max_vcpus = Some(4);
+
+        assert!(c.validate().unwrap_err().to_string().contains("max_vcpus"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Strata's VMM library.
 //!
-//! The library takes a [`config::VmConfig`] and runs a VM from it; it never sees argv or HTTP.
+//! The library takes a [`config::VmConfig`] and actions ([`control::actions::VmmAction`]) and
+//! runs a VM from them; it never sees argv or HTTP.
 //! ARCHITECTURE.md at the top of the repository describes the boot sequence and the threads;
 //! the modules below follow it.
 #![deny(missing_docs)]
@@ -8,6 +9,7 @@
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod device_manager;
 pub mod devices;
@@ -19,5 +21,8 @@ pub mod resources;
 pub mod virtio;
 pub mod vm;
 pub mod vm_events;
+pub mod vmm;
 
-pub use vm::{run, Vm, VmOutcome, VmmError};
+pub use control::outcome::VmOutcome;
+pub use vm::{Vm, VmmError};
+pub use vmm::{run, Vmm, VmmExit};

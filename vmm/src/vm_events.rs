@@ -2,9 +2,12 @@
 //!
 //! A device (i8042 reset, port 0xcf9, the debug-exit port, later ACPI) holds a [`VmEvents`]
 //! sender; the VMM's control loop waits on the eventfd of the [`VmEventQueue`] and drains it.
-//! The vCPU that made the request is not stopped by the device: it runs on until the control
-//! loop stops every vCPU.
+//! The vCPU that made the request is not stopped by the device; every vCPU looks at
+//! [`VmEventQueue::sent_flag`] after each exit it handles and, once an event was sent, stops
+//! running the guest and waits for the control loop (so a guest that goes on after asking to
+//! exit cannot print more).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -26,12 +29,14 @@ pub enum VmEvent {
 pub struct VmEvents {
     tx: mpsc::Sender<VmEvent>,
     notify: Arc<EventFd>,
+    sent: Arc<AtomicBool>,
 }
 
 /// The receiving side, owned by the VMM's control loop.
 pub struct VmEventQueue {
     rx: mpsc::Receiver<VmEvent>,
     notify: Arc<EventFd>,
+    sent: Arc<AtomicBool>,
 }
 
 /// Errors creating the queue.
@@ -46,18 +51,21 @@ pub enum VmEventsError {
 pub fn vm_events() -> Result<(VmEvents, VmEventQueue), VmEventsError> {
     let notify = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmEventsError::CreateEventFd)?);
     let (tx, rx) = mpsc::channel();
+    let sent = Arc::new(AtomicBool::new(false));
     Ok((
         VmEvents {
             tx,
             notify: Arc::clone(&notify),
+            sent: Arc::clone(&sent),
         },
-        VmEventQueue { rx, notify },
+        VmEventQueue { rx, notify, sent },
     ))
 }
 
 impl VmEvents {
     /// Sends `event` and wakes the control loop. A VMM that is already gone ignores it.
     pub fn send(&self, event: VmEvent) {
+        self.sent.store(true, Ordering::Release);
         if self.tx.send(event).is_ok() {
             let _ = self.notify.write(1);
         }
@@ -68,6 +76,11 @@ impl VmEventQueue {
     /// The eventfd that becomes readable when events are pending (for epoll).
     pub fn eventfd(&self) -> &EventFd {
         &self.notify
+    }
+
+    /// Set once any event has been sent (never cleared: every event ends or resets the VM).
+    pub fn sent_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.sent)
     }
 
     /// Every pending event, oldest first; clears the eventfd.
@@ -86,9 +99,11 @@ mod tests {
         let (events, queue) = vm_events().expect("vm events");
         let device = events.clone();
 
+        assert!(!queue.sent_flag().load(Ordering::Acquire));
         device.send(VmEvent::DebugExit(3));
         events.send(VmEvent::Reset);
 
+        assert!(queue.sent_flag().load(Ordering::Acquire));
         assert_eq!(queue.eventfd().read().expect("signalled"), 2);
         assert_eq!(queue.drain(), vec![VmEvent::DebugExit(3), VmEvent::Reset]);
         assert!(queue.drain().is_empty());

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+pub mod api;
+
 #[allow(unused_imports)]
 pub use testkit::{
     host_is_pvm, kvm_available, require, run_command, run_until, scratch, Run, HANG_GUARD,

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::output::{lock_output, OutputWriter, SharedOutput};
 use super::PortDevice;
+use crate::counters::Counters;
 use crate::vm_events::VmEvent;
 
 /// First port of COM1.
@@ -35,13 +36,21 @@ pub const COM1_IRQ: u32 = 4;
 /// Host input held beyond the 64-byte UART FIFO before bytes are refused.
 pub const PENDING_INPUT_LIMIT: usize = 4096;
 
+/// Names of the device's counters: bytes the guest wrote, bytes of host input it was given.
+pub const SERIAL_COUNTER_NAMES: &[&str] = &["tx_bytes", "rx_bytes"];
+const TX_BYTES: usize = 0;
+const RX_BYTES: usize = 1;
+
 /// Size of vm-superio's receive FIFO.
 const UART_FIFO_SIZE: usize = 64;
 
 const DATA: u16 = 0;
 const IER: u16 = 1;
+const LCR: u16 = 3;
 const MCR: u16 = 4;
 const LSR: u16 = 5;
+/// LCR bit 7: the data register is the divisor latch.
+const LCR_DLAB: u8 = 0x80;
 
 /// An interrupt line backed by an eventfd (registered by the VMM as an irqfd).
 #[derive(Debug)]
@@ -61,6 +70,8 @@ pub struct SerialDevice {
     output: SharedOutput,
     pending: VecDeque<u8>,
     lsr_polls: u8,
+    lcr: u8,
+    counters: Arc<Counters>,
 }
 
 impl SerialDevice {
@@ -72,6 +83,8 @@ impl SerialDevice {
             output,
             pending: VecDeque::new(),
             lsr_polls: 0,
+            lcr: 0,
+            counters: Counters::new(SERIAL_COUNTER_NAMES),
         }
     }
 
@@ -101,6 +114,7 @@ impl SerialDevice {
             Err(_) => 0,
         };
         self.pending.drain(..taken);
+        self.counters.add(RX_BYTES, taken as u64);
     }
 
     /// Hands buffered output to the host writer.
@@ -135,7 +149,13 @@ impl SerialDevice {
         // The writer never fails and a lost interrupt cannot be reported to the guest.
         let _ = self.uart.write(reg as u8, value);
         match reg {
-            DATA => self.lsr_polls = 0,
+            DATA => {
+                self.lsr_polls = 0;
+                if self.lcr & LCR_DLAB == 0 {
+                    self.counters.inc(TX_BYTES);
+                }
+            }
+            LCR => self.lcr = value,
             IER => self.flush_output(),
             // Leaving loopback mode lets held input in.
             MCR => self.refill_fifo(),
@@ -205,36 +225,50 @@ impl SerialHandle {
         self.first_byte.get().copied()
     }
 
-    /// Copies `input` (stdin, a pipe, a file) into the guest until end of file or a read
-    /// error, waiting while the guest has [`PENDING_INPUT_LIMIT`] bytes unread. Meant for a
-    /// dedicated thread. Returns the number of bytes forwarded. End of file (stdin closed,
-    /// `/dev/null`) returns at once; a non-tty input is forwarded as is.
-    pub fn pump_input<R: Read>(&self, mut input: R) -> io::Result<u64> {
-        let mut buf = [0u8; 256];
-        let mut total = 0u64;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A non-blocking input with nothing to read: wait a little and retry.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let taken = self.enqueue_raw_bytes(rest);
-                rest = &rest[taken..];
-                if taken == 0 {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+    /// Bytes of host input the device can take now (room in the pending queue).
+    pub fn input_room(&self) -> usize {
+        PENDING_INPUT_LIMIT.saturating_sub(self.lock().pending.len())
+    }
+
+    /// The device's counters (names in [`SERIAL_COUNTER_NAMES`]).
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.lock().counters)
+    }
+
+    /// Reads once from `input` (standard input, a pipe, a file), at most as many bytes as
+    /// the device can take, and queues them for the guest. Never reads what it could not
+    /// queue: with no room it reads nothing and says [`InputRead::Full`].
+    pub fn forward_input<R: Read>(&self, input: &mut R) -> io::Result<InputRead> {
+        let room = self.input_room();
+        if room == 0 {
+            return Ok(InputRead::Full);
+        }
+        let mut buf = [0u8; PENDING_INPUT_LIMIT];
+        match input.read(&mut buf[..room]) {
+            Ok(0) => Ok(InputRead::Eof),
+            Ok(n) => Ok(InputRead::Forwarded(self.enqueue_raw_bytes(&buf[..n]))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Ok(InputRead::Forwarded(0))
             }
-            total += n as u64;
+            Err(e) => Err(e),
         }
     }
+}
+
+/// What [`SerialHandle::forward_input`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRead {
+    /// This many bytes went to the guest (0: the read was interrupted or would block).
+    Forwarded(usize),
+    /// The guest has [`PENDING_INPUT_LIMIT`] bytes unread: nothing was read.
+    Full,
+    /// The input is at its end.
+    Eof,
 }
 
 #[cfg(test)]
@@ -243,7 +277,6 @@ mod tests {
     use crate::devices::output::{ConsoleOutput, VecWriter};
 
     const IIR: u16 = 2;
-    const LCR: u16 = 3;
     const LSR_THRE_TEMT: u8 = 0x60;
     const LSR_DR: u8 = 0x01;
 
@@ -384,14 +417,17 @@ mod tests {
     }
 
     #[test]
-    fn test_serial_handle_pump_input_stops_at_eof() {
+    fn test_serial_handle_forward_input_then_eof() {
         let (dev, _sink, _irq) = serial();
         let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
+        let mut input = &b"abc"[..];
 
-        let n = handle.pump_input(&b"abc"[..]).expect("pump");
+        let first = handle.forward_input(&mut input).expect("forward");
+        let second = handle.forward_input(&mut input).expect("forward");
 
-        assert_eq!(n, 3);
+        assert_eq!((first, second), (InputRead::Forwarded(3), InputRead::Eof));
         assert_eq!(handle.lock().input_backlog(), 3);
+        assert_eq!(handle.counters().get(RX_BYTES), 3);
     }
 
     /// Reads that fail once with `kind`, then yield `data`, then end of file.
@@ -413,31 +449,64 @@ mod tests {
     }
 
     #[test]
-    fn test_serial_handle_pump_input_retries_would_block() {
+    fn test_serial_handle_forward_input_would_block_forwards_nothing() {
         let (dev, _sink, _irq) = serial();
         let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
-        let input = FlakyReader {
+        let mut input = FlakyReader {
             kind: Some(io::ErrorKind::WouldBlock),
             data: b"xy",
         };
 
-        let n = handle.pump_input(input).expect("pump");
+        let first = handle.forward_input(&mut input).expect("forward");
+        let second = handle.forward_input(&mut input).expect("forward");
 
-        assert_eq!(n, 2);
+        assert_eq!(
+            (first, second),
+            (InputRead::Forwarded(0), InputRead::Forwarded(2))
+        );
     }
 
     #[test]
-    fn test_serial_handle_pump_input_reports_read_error() {
+    fn test_serial_handle_forward_input_reports_read_error() {
         let (dev, _sink, _irq) = serial();
         let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
-        let input = FlakyReader {
+        let mut input = FlakyReader {
             kind: Some(io::ErrorKind::BrokenPipe),
             data: b"",
         };
 
-        let result = handle.pump_input(input);
+        let result = handle.forward_input(&mut input);
 
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn test_serial_handle_forward_input_full_reads_nothing() {
+        let (dev, _sink, _irq) = serial();
+        let handle = SerialHandle::new(Arc::new(Mutex::new(dev)));
+        // The first UART_FIFO_SIZE bytes go on into the FIFO, the rest fill the queue.
+        handle.enqueue_raw_bytes(&[b'a'; PENDING_INPUT_LIMIT]);
+        handle.enqueue_raw_bytes(&[b'a'; UART_FIFO_SIZE]);
+        assert_eq!(handle.input_room(), 0);
+        let mut input = &b"z"[..];
+
+        let result = handle.forward_input(&mut input).expect("forward");
+
+        assert_eq!(result, InputRead::Full);
+        assert_eq!(input, b"z");
+    }
+
+    #[test]
+    fn test_serial_thr_writes_counted() {
+        let (mut dev, _sink, _irq) = serial();
+
+        dev.write(DATA, b"h");
+        dev.write(LCR, &[LCR_DLAB]);
+        dev.write(DATA, &[0x01]);
+        dev.write(LCR, &[0x03]);
+        dev.write(DATA, b"i");
+
+        assert_eq!(dev.counters.get(TX_BYTES), 2);
     }
 
     #[test]

@@ -71,8 +71,10 @@ impl Vcpu {
             ram: &self.ctx.mem,
             mmio: &self.ctx.mmio,
         };
-        let outcome = emulate::emulate(&mut state, &memory, bytes.as_deref(), &mut self.stats)
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = emulate::emulate(&mut state, &memory, bytes.as_deref(), &mut stats)
             .map_err(|e| VcpuStop::EmulationFailed(e.to_string()))?;
+        drop(stats);
         match outcome {
             Outcome::Emulated(wb) => {
                 self.fd.set_regs(&state.regs).map_err(kvm_err("set regs"))?;

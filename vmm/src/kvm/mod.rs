@@ -3,8 +3,12 @@
 
 mod fallback;
 pub mod irq;
+pub mod kick;
 pub mod vcpu;
 pub mod vm;
 
-pub use vcpu::{CpuMode, Vcpu, VcpuContext, VcpuEnd, VcpuError, VcpuReport, VcpuStop};
+pub use vcpu::{
+    CpuMode, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent, VcpuEventKind,
+    VcpuLink, VcpuReport, VcpuStop, VCPU_COUNTER_NAMES,
+};
 pub use vm::{KvmVm, VmError};

@@ -1,20 +1,28 @@
 //! A vCPU: its KVM file descriptor, its boot-time configuration and its run loop.
 //!
-//! The run loop is a state machine with one function per state. A vCPU is `Running` until
-//! something ends the VM (a device action, a fatal exit) or the VMM asks every vCPU to stop
-//! (another vCPU ended the VM, the timeout fired); then it is `Exited` with a [`VcpuStop`]
-//! that says why, and a [`VcpuReport`] of its registers at that moment.
+//! The run loop is a state machine with one function per state: `Running` (KVM_RUN and the
+//! exit dispatch, [`handle_exit`]), `Paused` (out of KVM_RUN, waiting for a command) and
+//! `Exited`, with a [`VcpuStop`] that says why and a [`VcpuReport`] of its registers at that
+//! moment. The VMM's control loop drives it with [`VcpuCommand`]s on a channel and a kick
+//! (`kick.rs`: one signal, `immediate_exit`); the thread answers with [`VcpuEvent`]s. Pause and
+//! exit first run KVM_RUN once more with `immediate_exit` set, so the port I/O or MMIO
+//! instruction whose exit was handled completes without entering the guest: a paused vCPU
+//! resumes at exactly the next instruction.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::kick::{self, KickBinding};
 
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::boot::BootEntry;
+use crate::counters::Counters;
 use crate::devices::Bus;
 use crate::emulate::EmulationStats;
 
@@ -60,8 +68,9 @@ pub struct VcpuContext {
     pub pio: Bus,
     /// The MMIO bus.
     pub mmio: Bus,
-    /// Set when every vCPU must stop; the VMM also kicks the threads out of KVM_RUN.
-    pub stop: Arc<AtomicBool>,
+    /// Set when a device sent a `VmEvent` (the guest asked to end or reset the machine): each
+    /// vCPU stops running the guest at its next exit and waits for the control loop.
+    pub guest_request: Arc<AtomicBool>,
     /// Emulate in userspace what KVM's instruction emulator cannot (PVM hosts).
     pub emulation_fallback: bool,
 }
@@ -263,12 +272,60 @@ impl fmt::Display for VcpuReport {
     }
 }
 
+/// Names of a vCPU's counters (`vm.counters`, `GET /metrics`): exits by kind, and kicks
+/// (KVM_RUN returning `EINTR` because the VMM asked the vCPU to look at its commands).
+pub const VCPU_COUNTER_NAMES: &[&str] = &[
+    "exits_io_in",
+    "exits_io_out",
+    "exits_mmio_read",
+    "exits_mmio_write",
+    "exits_hlt",
+    "exits_shutdown",
+    "exits_system_event",
+    "exits_fail_entry",
+    "exits_internal_error",
+    "exits_intr",
+    "exits_other",
+    "kicks",
+];
+
+const EXITS_IO_IN: usize = 0;
+const EXITS_IO_OUT: usize = 1;
+const EXITS_MMIO_READ: usize = 2;
+const EXITS_MMIO_WRITE: usize = 3;
+const EXITS_HLT: usize = 4;
+const EXITS_SHUTDOWN: usize = 5;
+const EXITS_SYSTEM_EVENT: usize = 6;
+const EXITS_FAIL_ENTRY: usize = 7;
+const EXITS_INTERNAL_ERROR: usize = 8;
+const EXITS_INTR: usize = 9;
+const EXITS_OTHER: usize = 10;
+const KICKS: usize = 11;
+
+/// The counter an exit counts under.
+fn exit_counter(exit: &VcpuExit<'_>) -> usize {
+    match exit {
+        VcpuExit::IoIn(..) => EXITS_IO_IN,
+        VcpuExit::IoOut(..) => EXITS_IO_OUT,
+        VcpuExit::MmioRead(..) => EXITS_MMIO_READ,
+        VcpuExit::MmioWrite(..) => EXITS_MMIO_WRITE,
+        VcpuExit::Hlt => EXITS_HLT,
+        VcpuExit::Shutdown => EXITS_SHUTDOWN,
+        VcpuExit::SystemEvent(..) => EXITS_SYSTEM_EVENT,
+        VcpuExit::FailEntry(..) => EXITS_FAIL_ENTRY,
+        VcpuExit::InternalError => EXITS_INTERNAL_ERROR,
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => EXITS_INTR,
+        _ => EXITS_OTHER,
+    }
+}
+
 /// One vCPU.
 pub struct Vcpu {
     id: u8,
     pub(super) fd: VcpuFd,
     pub(super) ctx: VcpuContext,
-    pub(super) stats: EmulationStats,
+    pub(super) stats: Arc<Mutex<EmulationStats>>,
+    counters: Arc<Counters>,
 }
 
 /// What a vCPU's run loop ends with.
@@ -281,10 +338,117 @@ pub struct VcpuEnd {
     pub stats: EmulationStats,
 }
 
+/// A command from the VMM's control loop to one vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuCommand {
+    /// Leave KVM_RUN with pending I/O completed, acknowledge with [`VcpuEventKind::Paused`]
+    /// and wait for the next command.
+    Pause,
+    /// Continue where the vCPU paused; acknowledged with [`VcpuEventKind::Resumed`].
+    Resume,
+    /// Leave KVM_RUN with pending I/O completed and end the thread.
+    Exit,
+}
+
+/// What happened to a vCPU, as its thread tells the control loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEventKind {
+    /// It acknowledged [`VcpuCommand::Pause`]: it is out of KVM_RUN, pending I/O completed.
+    Paused,
+    /// It acknowledged [`VcpuCommand::Resume`].
+    Resumed,
+    /// It stopped by itself (a guest request to KVM, a fatal exit); its thread ends.
+    Stopped(VcpuStop),
+}
+
+/// A vCPU event, with the vCPU it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuEvent {
+    /// vCPU index.
+    pub id: u8,
+    /// What happened.
+    pub kind: VcpuEventKind,
+}
+
+/// A vCPU thread's ends of its channels: commands in, events out (with the eventfd the
+/// control loop waits on).
+pub struct VcpuLink {
+    /// Commands from the control loop.
+    pub commands: mpsc::Receiver<VcpuCommand>,
+    /// Events to the control loop.
+    pub events: mpsc::Sender<VcpuEvent>,
+    /// Written after each event.
+    pub notify: Arc<EventFd>,
+}
+
+impl VcpuLink {
+    fn send(&self, id: u8, kind: VcpuEventKind) {
+        if self.events.send(VcpuEvent { id, kind }).is_ok() {
+            let _ = self.notify.write(1);
+        }
+    }
+}
+
 /// The states of the run loop.
 enum VcpuState {
     Running,
+    Paused,
     Exited(VcpuStop),
+}
+
+/// What one KVM_RUN came back with.
+enum RunOnce {
+    /// An exit was handled; the guest may go on.
+    Continue,
+    /// KVM_RUN returned `EINTR`: a kick (`immediate_exit`) or another signal.
+    Kicked,
+    /// The vCPU must stop.
+    Stop(VcpuStop),
+}
+
+/// What the exit dispatch decided.
+enum ExitAction {
+    /// Handled; run the guest again.
+    Continue,
+    /// KVM could not go on (an emulation failure goes to the fallback emulator).
+    InternalError,
+    /// The vCPU stops.
+    Stop(VcpuStop),
+}
+
+/// Dispatches one exit: port I/O to the `pio` bus, MMIO to the `mmio` bus; says whether the
+/// vCPU goes on.
+fn handle_exit(ctx: &VcpuContext, exit: VcpuExit<'_>) -> ExitAction {
+    let stop = match exit {
+        VcpuExit::IoIn(port, data) => {
+            ctx.pio.read(u64::from(port), data);
+            return ExitAction::Continue;
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            return ExitAction::Continue;
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            ctx.mmio.read(addr, data);
+            return ExitAction::Continue;
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            return ExitAction::Continue;
+        }
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => return ExitAction::Continue,
+        VcpuExit::InternalError => return ExitAction::InternalError,
+        VcpuExit::Hlt => VcpuStop::Halted,
+        VcpuExit::Shutdown => VcpuStop::Shutdown,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
+            other => VcpuStop::UnexpectedExit(format!("system event {other}")),
+        },
+        VcpuExit::FailEntry(reason, _) => VcpuStop::FailEntry { reason },
+        other => VcpuStop::UnexpectedExit(format!("{other:?}")),
+    };
+    ExitAction::Stop(stop)
 }
 
 impl Vcpu {
@@ -294,7 +458,8 @@ impl Vcpu {
             id,
             fd,
             ctx,
-            stats: EmulationStats::default(),
+            stats: Arc::new(Mutex::new(EmulationStats::default())),
+            counters: Counters::new(VCPU_COUNTER_NAMES),
         }
     }
 
@@ -353,67 +518,145 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until it stops; returns why, its state at that point and what the
-    /// fallback emulator did.
-    pub fn run(mut self) -> VcpuEnd {
+    /// The vCPU's exit counters (names in [`VCPU_COUNTER_NAMES`]).
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The fallback emulator's per-mnemonic counts for this vCPU (locked only on emulation
+    /// exits and when the VMM reads them).
+    pub fn emulation_stats(&self) -> Arc<Mutex<EmulationStats>> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs the vCPU on the calling thread until it stops or is told to exit: the state
+    /// machine `Running <-> Paused -> Exited`, driven by `link`'s commands. Returns why it
+    /// stopped, its state at that point and what the fallback emulator did.
+    pub fn run(mut self, link: &VcpuLink) -> VcpuEnd {
+        let binding = KickBinding::bind(&mut self.fd);
         let mut state = VcpuState::Running;
-        loop {
+        let stop = loop {
             state = match state {
-                VcpuState::Running => self.running(),
-                VcpuState::Exited(stop) => {
-                    return VcpuEnd {
-                        stop,
-                        report: self.report(),
-                        stats: std::mem::take(&mut self.stats),
-                    };
+                VcpuState::Running => self.running(link),
+                VcpuState::Paused => self.paused(link),
+                VcpuState::Exited(stop) => break stop,
+            }
+        };
+        drop(binding);
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        VcpuEnd {
+            stop,
+            report: self.report(),
+            stats,
+        }
+    }
+
+    /// The `Running` state: KVM_RUN and exit dispatch, looking at the commands after every
+    /// kick, until the vCPU pauses, is told to exit or stops by itself.
+    fn running(&mut self, link: &VcpuLink) -> VcpuState {
+        loop {
+            match link.commands.try_recv() {
+                Ok(VcpuCommand::Pause) => return self.pause(link),
+                Ok(VcpuCommand::Exit) | Err(mpsc::TryRecvError::Disconnected) => {
+                    return self.exit();
                 }
+                Ok(VcpuCommand::Resume) => link.send(self.id, VcpuEventKind::Resumed),
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            match self.run_once() {
+                RunOnce::Continue if self.ctx.guest_request.load(Ordering::Acquire) => {
+                    return self.park();
+                }
+                RunOnce::Continue => {}
+                // Cleared before the commands are looked at again: a kick that lands after
+                // this sets it anew, and its command is seen on the next pass.
+                RunOnce::Kicked => kick::set_immediate_exit(0),
+                RunOnce::Stop(stop) => return self.stopped(link, stop),
             }
         }
     }
 
-    /// The `Running` state: KVM_RUN and exit dispatch until the vCPU must leave the state.
-    fn running(&mut self) -> VcpuState {
+    /// The `Paused` state: out of KVM_RUN, waiting for a command.
+    fn paused(&mut self, link: &VcpuLink) -> VcpuState {
+        match link.commands.recv() {
+            Ok(VcpuCommand::Resume) => {
+                link.send(self.id, VcpuEventKind::Resumed);
+                VcpuState::Running
+            }
+            Ok(VcpuCommand::Pause) => {
+                link.send(self.id, VcpuEventKind::Paused);
+                VcpuState::Paused
+            }
+            Ok(VcpuCommand::Exit) | Err(_) => VcpuState::Exited(VcpuStop::Stopped),
+        }
+    }
+
+    /// Running -> Paused: completes pending I/O, then acknowledges.
+    fn pause(&mut self, link: &VcpuLink) -> VcpuState {
+        if let Some(stop) = self.complete_pending_io() {
+            return self.stopped(link, stop);
+        }
+        link.send(self.id, VcpuEventKind::Paused);
+        VcpuState::Paused
+    }
+
+    /// Running -> Paused without being asked: the guest asked a device to end or reset the
+    /// machine, and the control loop is about to stop the VM. Pending I/O completes; no
+    /// acknowledgement is sent (none is awaited).
+    fn park(&mut self) -> VcpuState {
+        match self.complete_pending_io() {
+            Some(stop) => VcpuState::Exited(stop),
+            None => VcpuState::Paused,
+        }
+    }
+
+    /// Running -> Exited on the VMM's command: completes pending I/O, then ends.
+    fn exit(&mut self) -> VcpuState {
+        VcpuState::Exited(self.complete_pending_io().unwrap_or(VcpuStop::Stopped))
+    }
+
+    /// Running -> Exited by the vCPU's own stop, which the control loop is told about.
+    fn stopped(&mut self, link: &VcpuLink, stop: VcpuStop) -> VcpuState {
+        link.send(self.id, VcpuEventKind::Stopped(stop.clone()));
+        VcpuState::Exited(stop)
+    }
+
+    /// Runs KVM_RUN with `immediate_exit` set until it returns `EINTR`: KVM completes the
+    /// port I/O or MMIO instruction whose exit was just handled without entering the guest
+    /// (a string instruction may exit again; that exit is handled and the loop goes on).
+    /// Returns a stop if one of those exits stops the vCPU.
+    fn complete_pending_io(&mut self) -> Option<VcpuStop> {
         loop {
-            if self.ctx.stop.load(Ordering::Acquire) {
-                return VcpuState::Exited(VcpuStop::Stopped);
+            kick::set_immediate_exit(1);
+            match self.run_once() {
+                RunOnce::Kicked => break,
+                RunOnce::Continue => {}
+                RunOnce::Stop(stop) => return Some(stop),
             }
-            let exit = match self.fd.run() {
-                Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => return VcpuState::Exited(VcpuStop::RunFailed(e.errno())),
-            };
-            let stop = match exit {
-                VcpuExit::IoIn(port, data) => {
-                    self.ctx.pio.read(u64::from(port), data);
-                    None
-                }
-                VcpuExit::IoOut(port, data) => {
-                    self.ctx.pio.write(u64::from(port), data);
-                    None
-                }
-                VcpuExit::MmioRead(addr, data) => {
-                    self.ctx.mmio.read(addr, data);
-                    None
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    self.ctx.mmio.write(addr, data);
-                    None
-                }
-                VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
-                VcpuExit::Hlt => Some(VcpuStop::Halted),
-                VcpuExit::Shutdown => Some(VcpuStop::Shutdown),
-                VcpuExit::SystemEvent(kind, _) => Some(match kind {
-                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
-                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
-                    other => VcpuStop::UnexpectedExit(format!("system event {other}")),
-                }),
-                VcpuExit::FailEntry(reason, _) => Some(VcpuStop::FailEntry { reason }),
-                VcpuExit::InternalError => self.handle_internal_error(),
-                other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
-            };
-            if let Some(stop) = stop {
-                return VcpuState::Exited(stop);
+        }
+        kick::set_immediate_exit(0);
+        None
+    }
+
+    /// One KVM_RUN and the dispatch of its exit.
+    fn run_once(&mut self) -> RunOnce {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR => {
+                self.counters.inc(KICKS);
+                return RunOnce::Kicked;
             }
+            Err(e) if e.errno() == libc::EAGAIN => return RunOnce::Continue,
+            Err(e) => return RunOnce::Stop(VcpuStop::RunFailed(e.errno())),
+        };
+        self.counters.inc(exit_counter(&exit));
+        match handle_exit(&self.ctx, exit) {
+            ExitAction::Continue => RunOnce::Continue,
+            ExitAction::Stop(stop) => RunOnce::Stop(stop),
+            ExitAction::InternalError => match self.handle_internal_error() {
+                None => RunOnce::Continue,
+                Some(stop) => RunOnce::Stop(stop),
+            },
         }
     }
 
