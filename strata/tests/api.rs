@@ -385,7 +385,10 @@ fn test_api_unknown_field_gets_400_naming_it() {
     let answer = vmm.api("PUT", "vm.create", Some(body));
 
     assert_eq!(answer.status, 400);
-    assert!(answer.body.contains("unknown field `balloon`"), "{answer:?}");
+    assert!(
+        answer.body.contains("unknown field `balloon`"),
+        "{answer:?}"
+    );
 }
 
 #[test]
@@ -405,10 +408,16 @@ fn test_api_disk_without_format_gets_400_and_missing_disk_boot_400() {
     let boot = vmm.api("PUT", "vm.boot", None);
 
     assert_eq!(refused.status, 400);
-    assert!(refused.body.contains("missing field `format`"), "{refused:?}");
+    assert!(
+        refused.body.contains("missing field `format`"),
+        "{refused:?}"
+    );
     assert_eq!(created.status, 204, "{created:?}");
     assert_eq!(boot.status, 400, "{boot:?}");
-    assert!(boot.body.contains("unable to open disk /nonexistent/d.img"), "{boot:?}");
+    assert!(
+        boot.body.contains("unable to open disk /nonexistent/d.img"),
+        "{boot:?}"
+    );
 }
 
 #[test]
