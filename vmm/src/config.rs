@@ -80,7 +80,7 @@ pub struct VmConfig {
     #[serde(default)]
     pub transport: Transport,
     /// A virtio-rng device.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
     /// The virtio-console device (one port): off unless asked for.
     #[serde(default)]
@@ -123,13 +123,13 @@ pub struct DiskConfig {
     #[serde(default, deserialize_with = "de_bool")]
     pub backing: bool,
     /// The device's name (`blk0`, `blk1`, ... by default); its worker thread is `virtio-<id>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// What VIRTIO_BLK_T_GET_ID answers (at most 20 bytes).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     /// This device's transport (the machine's `transport` when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
 }
 
@@ -143,10 +143,10 @@ pub struct VirtioConsoleConfig {
     #[serde(default = "console_off", deserialize_with = "de_console_mode")]
     pub mode: ConsoleMode,
     /// Output file, with mode `File`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// This device's transport (the machine's `transport` when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
 }
 
@@ -172,7 +172,7 @@ pub struct RngConfig {
     #[serde(default = "default_rng_src")]
     pub src: PathBuf,
     /// This device's transport (the machine's `transport` when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
 }
 
@@ -576,6 +576,43 @@ mod tests {
         assert_eq!(back, c);
         c.timeout = Some(3);
         let back: VmConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    fn assert_no_null(v: &serde_json::Value, path: &str) {
+        match v {
+            serde_json::Value::Null => {
+                panic!("{path} serializes as null (docs/openapi.yaml has no nullable field)")
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    assert_no_null(x, &format!("{path}[{i}]"));
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    assert_no_null(x, &format!("{path}.{k}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn test_vmconfig_serializes_absent_options_as_absent() {
+        // vm.info returns the config; schemathesis validates it against docs/openapi.yaml,
+        // where no property is nullable.
+        let c: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"k"},"disks":[{"path":"d","format":"raw"}],"rng":{},"console":{"mode":"null"}}"#,
+        )
+        .unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_no_null(&v, "config");
+        assert_no_null(
+            &serde_json::to_value(VmConfig::default()).unwrap(),
+            "default",
+        );
+        let back: VmConfig = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
     }
 
