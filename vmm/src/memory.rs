@@ -1,6 +1,6 @@
 //! Guest RAM: anonymous host memory mapped in as few regions (and so KVM memslots) as possible.
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::ram_ranges;
 
@@ -49,16 +49,34 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(base, len)| (base, len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate {
         size: size >> 20,
         reason: e.to_string(),
-    })
+    })?;
+    dont_fork(&mem);
+    Ok(mem)
+}
+
+/// Marks guest RAM `MADV_DONTFORK`: a fork (the KVM reaper, `kvm/reaper.rs`) then copies no
+/// guest page tables, and the RAM is freed when the VMM exits. QEMU does the same with its RAM.
+/// Advice the kernel refuses changes nothing but the fork's cost, so it is not an error.
+fn dont_fork(mem: &GuestMemoryMmap) {
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one of `mem`'s own mappings; MADV_DONTFORK changes
+        // only what a fork inherits, never the mapping's contents in this process.
+        unsafe {
+            libc::madvise(
+                region.as_ptr().cast::<libc::c_void>(),
+                region.len() as usize,
+                libc::MADV_DONTFORK,
+            )
+        };
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryBackend;
 
     #[test]
     fn test_create_guest_memory_small_is_one_region() {

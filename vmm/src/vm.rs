@@ -12,6 +12,7 @@ use crate::config::{ConfigError, ConsoleMode, VgaConfig, VmConfig};
 use crate::counters::Counters;
 use crate::device_manager::{self, DeviceContext, DeviceManager, DeviceManagerError, DevicePlan};
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
+use crate::kvm::reaper::Reaper;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VmError};
 use crate::memory::{self, MemoryError};
 use crate::resources::{ResourceError, SystemResources};
@@ -97,6 +98,17 @@ pub struct Vm {
     pub(crate) timeout: Option<Duration>,
     /// Every device's counters, by device name (`vm.counters`, `GET /metrics`).
     pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
+    /// Set when the VM is dropped, and dropped last: the KVM descriptors' final close, and
+    /// with it the kernel's teardown, happens in a reaper process (docs/decisions/0014).
+    pub(crate) reaper: Reaper,
+}
+
+impl Drop for Vm {
+    /// Hands the VM's destruction to a reaper before the fields (the KVM descriptors first)
+    /// are dropped; the `reaper` field, dropped last, lets it proceed.
+    fn drop(&mut self) {
+        self.reaper = crate::kvm::reaper::release();
+    }
 }
 
 pub(crate) fn create_output(
@@ -226,6 +238,7 @@ impl Vm {
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
             device_counters,
+            reaper: Reaper::default(),
         })
     }
 

@@ -1,9 +1,11 @@
 //! Everything that talks to KVM: the VM file descriptor (memslots, irqchip, PIT), the device
-//! wiring (ioeventfds, irqfds, GSI routing: `irq.rs`) and the vCPUs with their run loop.
+//! wiring (ioeventfds, irqfds, GSI routing: `irq.rs`), the vCPUs with their run loop, and the
+//! reaper that takes the VM's destruction off the VMM's exit path (`reaper.rs`).
 
 mod fallback;
 pub mod irq;
 pub mod kick;
+pub mod reaper;
 pub mod vcpu;
 pub mod vm;
 
