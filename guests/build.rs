@@ -41,6 +41,22 @@ struct Guest {
 
 const GUESTS: &[Guest] = &[
     Guest {
+        file: "density.elf",
+        source: "density.S",
+        defines: &[],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
+        file: "density-stay.elf",
+        source: "density.S",
+        defines: &["STAY"],
+        elf32: false,
+        script: "elf.ld",
+        output: Output::Elf,
+    },
+    Guest {
         file: "pvh.elf",
         source: "pvh.S",
         defines: &[],

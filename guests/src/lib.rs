@@ -39,6 +39,17 @@ pub fn pvh() -> &'static Path {
     guest_path!("pvh.elf")
 }
 
+/// The one-line PVH guest of the density and teardown benchmarks: prints a line and ends the
+/// VM (ACPI shutdown port, i8042 reset, debug exit: whichever the VMM has).
+pub fn density() -> &'static Path {
+    guest_path!("density.elf")
+}
+
+/// The density guest that stays up (halted, interrupts off) after its line.
+pub fn density_stay() -> &'static Path {
+    guest_path!("density-stay.elf")
+}
+
 /// The multiboot1 guest as an ELF32 image (no a.out kludge).
 pub fn multiboot1_elf() -> &'static Path {
     guest_path!("multiboot1-elf.elf")
@@ -163,6 +174,8 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("smp", smp()),
             ("virtio", virtio()),
             ("counter", counter()),
+            ("density", density()),
+            ("density-stay", density_stay()),
         ]
     })
 }
@@ -185,7 +198,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 10);
+        assert_eq!(guests.len(), 12);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 
