@@ -248,7 +248,11 @@ fn bench_op(d: &mut Drivers, dma: &mut Dma, op: Op) -> Result<(), Error> {
         bail!("op={}: bs={bs} (a multiple of 512)", op.name);
     }
     if !(1..=blk::MAX_IN_FLIGHT as u64).contains(&qd) || qd * bs > BENCH_BYTES as u64 {
-        bail!("op={}: qd={qd} (1 to {}, qd*bs at most {BENCH_BYTES})", op.name, blk::MAX_IN_FLIGHT);
+        bail!(
+            "op={}: qd={qd} (1 to {}, qd*bs at most {BENCH_BYTES})",
+            op.name,
+            blk::MAX_IN_FLIGHT
+        );
     }
     if d.bench.is_none() {
         d.bench = Some(dma.alloc(BENCH_BYTES, 4096)?);
@@ -257,7 +261,10 @@ fn bench_op(d: &mut Drivers, dma: &mut Dma, op: Op) -> Result<(), Error> {
         d.tsc_hz = kit::clock::tsc_hz(CALIBRATION_SECONDS);
     }
     let Some(hz) = d.tsc_hz else {
-        bail!("op={}: the CMOS RTC does not tick (QEMU microvm: add rtc=on)", op.name);
+        bail!(
+            "op={}: the CMOS RTC does not tick (QEMU microvm: add rtc=on)",
+            op.name
+        );
     };
     let (Some(disk), Some(buf)) = (d.disks.get_mut(n).and_then(Option::as_mut), &d.bench) else {
         bail!("op={}: no disk {n}", op.name);

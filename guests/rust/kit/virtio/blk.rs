@@ -215,11 +215,9 @@ impl Blk {
             len: len as u32,
             device_writes: kind == T_IN,
         };
-        let head = self.vq.add(&[
-            Buf::readable(base, 16),
-            data,
-            Buf::writable(base + 16, 1),
-        ])?;
+        let head = self
+            .vq
+            .add(&[Buf::readable(base, 16), data, Buf::writable(base + 16, 1)])?;
         self.tags[usize::from(head)] = tag as u8;
         Ok(())
     }
