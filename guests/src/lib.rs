@@ -136,6 +136,13 @@ pub fn counter() -> &'static Path {
     guest_path!("counter.elf")
 }
 
+/// The hostile guest (Rust, ring 3): breaks every virtio rule it can on
+/// one disk and checks that the device, a second disk and an rng recover
+/// (see rust/hostile.rs).
+pub fn hostile() -> &'static Path {
+    guest_path!("hostile.elf")
+}
+
 /// The contents of sectors `first..first + sectors` of the `virtio`
 /// guest's disk pattern for `seed`.
 pub fn pattern_bytes(seed: u32, first: u64, sectors: u64) -> Vec<u8> {
@@ -163,6 +170,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("smp", smp()),
             ("virtio", virtio()),
             ("counter", counter()),
+            ("hostile", hostile()),
         ]
     })
 }

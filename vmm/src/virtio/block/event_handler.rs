@@ -20,7 +20,7 @@ use super::request::{self, total, BlkRequest, Op, Segment};
 use super::{metrics, status, ID_BYTES, QUEUE_SIZE};
 use crate::counters::Counters;
 use crate::virtio::queue::BrokenQueue;
-use crate::virtio::{ActiveQueue, VirtioInterrupt};
+use crate::virtio::{ActiveQueue, QueueT, VirtioInterrupt};
 
 /// A request the engine holds.
 struct InFlight {
@@ -116,7 +116,7 @@ impl BlockHandler {
                 }
                 return Ok(());
             };
-            match request::parse(chain, &mem) {
+            match request::parse(chain, &mem, self.queue.queue.size()) {
                 Ok(req) => self.start(req)?,
                 Err(head) => {
                     self.counters.inc(metrics::BAD_CHAINS);
