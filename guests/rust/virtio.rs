@@ -11,7 +11,8 @@
 
 use kit::cmdline::{Cmdline, Op};
 use kit::crc32::Crc32;
-use kit::dma::DmaBuf;
+use kit::dma::{Dma, DmaBuf};
+use kit::io::rdtsc;
 use kit::pattern::{fill_sector, SECTOR};
 use kit::virtio::blk::{self, Blk};
 use kit::virtio::console::Console;
@@ -27,6 +28,10 @@ const MAX_DISKS: usize = 4;
 const CHUNK_SECTORS: u64 = 128;
 /// Most bytes `op=rng` and `op=console-read` take.
 const MAX_BYTES: u64 = 4096;
+/// Buffer of the bench operations (`qd` times `bs` at most).
+const BENCH_BYTES: usize = 16 << 20;
+/// RTC seconds the TSC's rate is measured over (once, at the first bench).
+const CALIBRATION_SECONDS: u32 = 2;
 
 /// The started drivers and the buffers the operations share.
 struct Drivers {
@@ -37,6 +42,10 @@ struct Drivers {
     chunk: DmaBuf,
     /// Small-transfer buffer: MAX_BYTES bytes.
     small: DmaBuf,
+    /// The bench operations' buffer (allocated at the first one).
+    bench: Option<DmaBuf>,
+    /// TSC cycles per second (measured at the first bench).
+    tsc_hz: Option<u64>,
 }
 
 fn main(boot: &mut Boot) -> Result<(), Error> {
@@ -55,6 +64,8 @@ fn main(boot: &mut Boot) -> Result<(), Error> {
         console: None,
         chunk: dma.alloc((CHUNK_SECTORS * SECTOR as u64) as usize, 4096)?,
         small: dma.alloc(MAX_BYTES as usize, 4096)?,
+        bench: None,
+        tsc_hz: None,
     };
     for slot in drivers.disks.iter_mut() {
         match devices.take(ID_BLK) {
@@ -68,7 +79,11 @@ fn main(boot: &mut Boot) -> Result<(), Error> {
         .map(|t| Console::new(t, dma))
         .transpose()?;
     for op in boot.cmdline.ops() {
-        run_op(&mut drivers, op)?;
+        if op.name.starts_with("bench-") {
+            bench_op(&mut drivers, dma, op)?;
+        } else {
+            run_op(&mut drivers, op)?;
+        }
     }
     Ok(())
 }
@@ -214,6 +229,112 @@ fn blk_discard(n: usize, disk: &mut Blk, op: Op) -> Result<(), Error> {
     disk.discard_or_zero(kind, sector, count, unmap)?;
     println!("blk{n}: {done} {count} sectors at {sector}");
     Ok(())
+}
+
+/// bench-randread (random `bs`-aligned reads) and bench-seqread
+/// (consecutive reads, wrapping at the end): `ios` reads of `bs` bytes
+/// with `qd` in flight, timed with the TSC.
+fn bench_op(d: &mut Drivers, dma: &mut Dma, op: Op) -> Result<(), Error> {
+    let n = number(op.args, "disk")?.unwrap_or(0) as usize;
+    let random = match op.name {
+        "bench-randread" => true,
+        "bench-seqread" => false,
+        other => bail!("unknown op={other}"),
+    };
+    let bs = number(op.args, "bs")?.unwrap_or(if random { 4096 } else { 1 << 20 });
+    let qd = number(op.args, "qd")?.unwrap_or(1);
+    let ios = number(op.args, "ios")?.unwrap_or(10_000);
+    if bs == 0 || bs % SECTOR as u64 != 0 || bs > u64::from(u32::MAX) {
+        bail!("op={}: bs={bs} (a multiple of 512)", op.name);
+    }
+    if !(1..=blk::MAX_IN_FLIGHT as u64).contains(&qd) || qd * bs > BENCH_BYTES as u64 {
+        bail!(
+            "op={}: qd={qd} (1 to {}, qd*bs at most {BENCH_BYTES})",
+            op.name,
+            blk::MAX_IN_FLIGHT
+        );
+    }
+    if d.bench.is_none() {
+        d.bench = Some(dma.alloc(BENCH_BYTES, 4096)?);
+    }
+    if d.tsc_hz.is_none() {
+        d.tsc_hz = kit::clock::tsc_hz(CALIBRATION_SECONDS);
+    }
+    let Some(hz) = d.tsc_hz else {
+        bail!(
+            "op={}: the CMOS RTC does not tick (QEMU microvm: add rtc=on)",
+            op.name
+        );
+    };
+    let (Some(disk), Some(buf)) = (d.disks.get_mut(n).and_then(Option::as_mut), &d.bench) else {
+        bail!("op={}: no disk {n}", op.name);
+    };
+    let per = bs / SECTOR as u64;
+    let slots = disk.capacity / per;
+    if slots == 0 {
+        bail!("op={}: bs={bs} is larger than disk {n}", op.name);
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut i = 0u64;
+    let mut next = move || {
+        i += 1;
+        if random {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % slots) * per
+        } else {
+            ((i - 1) % slots) * per
+        }
+    };
+    let cycles = run_bench(disk, buf, bs, qd.min(ios), ios, &mut next)?;
+    let iops = ios * hz / cycles.max(1);
+    let mib_x10 = ((ios * bs) >> 20) * hz * 10 / cycles.max(1);
+    let kind = if random { "randread" } else { "seqread" };
+    println!(
+        "blk{n}: bench {kind} bs={bs} qd={qd} ios={ios} cycles={cycles} tsc_hz={hz} iops={iops} mib_s={}.{}",
+        mib_x10 / 10,
+        mib_x10 % 10
+    );
+    Ok(())
+}
+
+/// Keeps `qd` reads in flight until `ios` have finished; returns the TSC
+/// cycles from the first submission to the last completion.
+fn run_bench(
+    disk: &mut Blk,
+    buf: &DmaBuf,
+    bs: u64,
+    qd: u64,
+    ios: u64,
+    next: &mut impl FnMut() -> u64,
+) -> Result<u64, Error> {
+    let addr = |tag: usize| buf.addr() + tag as u64 * bs;
+    let start = rdtsc();
+    for tag in 0..qd as usize {
+        disk.start(tag, blk::T_IN, next(), addr(tag), bs as usize)?;
+    }
+    disk.kick();
+    let (mut submitted, mut completed) = (qd, 0u64);
+    let mut progress = start;
+    while completed < ios {
+        let mut restarted = false;
+        while let Some(tag) = disk.poll()? {
+            completed += 1;
+            progress = rdtsc();
+            if submitted < ios {
+                disk.start(tag, blk::T_IN, next(), addr(tag), bs as usize)?;
+                submitted += 1;
+                restarted = true;
+            }
+        }
+        if restarted {
+            disk.kick();
+        } else if rdtsc().wrapping_sub(progress) > kit::virtio::queue::TIMEOUT_CYCLES {
+            bail!("bench: the device did not answer ({completed} of {ios} done)");
+        }
+    }
+    Ok(rdtsc().wrapping_sub(start))
 }
 
 fn rng(d: &mut Drivers, args: Cmdline) -> Result<(), Error> {

@@ -147,6 +147,13 @@ pub fn counter() -> &'static Path {
     guest_path!("counter.elf")
 }
 
+/// The hostile guest (Rust, ring 3): breaks every virtio rule it can on
+/// one disk and checks that the device, a second disk and an rng recover
+/// (see rust/hostile.rs).
+pub fn hostile() -> &'static Path {
+    guest_path!("hostile.elf")
+}
+
 /// The contents of sectors `first..first + sectors` of the `virtio`
 /// guest's disk pattern for `seed`.
 pub fn pattern_bytes(seed: u32, first: u64, sectors: u64) -> Vec<u8> {
@@ -176,6 +183,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("counter", counter()),
             ("density", density()),
             ("density-stay", density_stay()),
+            ("hostile", hostile()),
         ]
     })
 }
@@ -198,7 +206,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 12);
+        assert_eq!(guests.len(), 13);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 

@@ -108,7 +108,7 @@ const OPTIONS: &[OptionSpec] = &[
 /// The usage text of `strata run`.
 pub const RUN_USAGE: &str =
     "usage: strata run [--api-socket PATH] [--config FILE] [--kernel PATH] [--initrd PATH]
-                  [--cmdline STR] [--cpus boot=N] [--memory size=SIZE]
+                  [--cmdline STR] [--cpus boot=N] [--memory size=SIZE[,thp=on|off]]
                   [--serial stdio|null|off|file=PATH] [--vga off|text[,file=PATH]]
                   [--timeout SECS] [--emulation-fallback on|off]
                   [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]

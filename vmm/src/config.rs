@@ -256,11 +256,19 @@ pub struct MemoryConfig {
     /// Size in bytes; strings take K, M, G suffixes (powers of 1024).
     #[serde(deserialize_with = "de_size")]
     pub size: u64,
+    /// Ask the host for transparent huge pages (madvise MADV_HUGEPAGE) on guest RAM, as Cloud
+    /// Hypervisor (`thp=on`, its default) and QEMU do: fewer TLB misses for the guest, and
+    /// O_DIRECT disk I/O into guest buffers pins 2 MiB pages instead of 4 KiB ones.
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub thp: bool,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { size: 128 << 20 }
+        MemoryConfig {
+            size: 128 << 20,
+            thp: true,
+        }
     }
 }
 
@@ -665,6 +673,16 @@ mod tests {
             "{no_file}"
         );
         assert!(serial_pty.contains("virtio console"), "{serial_pty}");
+    }
+
+    #[test]
+    fn test_vmconfig_memory_thp_default_on_and_off() {
+        let default: VmConfig = serde_json::from_str(r#"{"payload":{}}"#).unwrap();
+        let off: VmConfig =
+            serde_json::from_str(r#"{"payload":{},"memory":{"size":"64M","thp":"off"}}"#).unwrap();
+
+        assert!(default.memory.thp);
+        assert_eq!((off.memory.size, off.memory.thp), (64 << 20, false));
     }
 
     #[test]

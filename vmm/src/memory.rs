@@ -35,8 +35,9 @@ fn host_memory() -> Option<u64> {
     Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
 }
 
-/// Allocates `size` bytes of guest RAM laid out around the 32-bit MMIO hole.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+/// Allocates `size` bytes of guest RAM laid out around the 32-bit MMIO hole; with `thp`, asks
+/// for transparent huge pages on it (a hint: hosts with THP off or `never` ignore it).
+pub fn create_guest_memory(size: u64, thp: bool) -> Result<GuestMemoryMmap, MemoryError> {
     if let Some(host) = host_memory() {
         if size > host {
             return Err(MemoryError::TooLarge {
@@ -53,6 +54,20 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         size: size >> 20,
         reason: e.to_string(),
     })?;
+    if thp {
+        for region in mem.iter() {
+            // SAFETY: the range is exactly one of our own anonymous mappings (the region's
+            // host address and length); MADV_HUGEPAGE only changes how the kernel backs it,
+            // never its contents or its validity.
+            let _ = unsafe {
+                libc::madvise(
+                    region.as_ptr().cast(),
+                    region.len() as usize,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+    }
     dont_fork(&mem);
     Ok(mem)
 }
@@ -80,13 +95,13 @@ mod tests {
 
     #[test]
     fn test_create_guest_memory_small_is_one_region() {
-        let m = create_guest_memory(16 << 20).unwrap();
+        let m = create_guest_memory(16 << 20, true).unwrap();
         assert_eq!(m.num_regions(), 1);
     }
 
     #[test]
     fn test_create_guest_memory_beyond_host_refused() {
-        let e = create_guest_memory(1 << 50).unwrap_err();
+        let e = create_guest_memory(1 << 50, false).unwrap_err();
         assert!(
             e.to_string().contains("more than this host can give"),
             "{e}"

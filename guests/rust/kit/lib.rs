@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod clock;
 pub mod cmdline;
 pub mod crc32;
 pub mod dma;

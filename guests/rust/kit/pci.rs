@@ -221,7 +221,7 @@ impl Function {
     }
 
     /// Writes `addr` into BAR `index` (both halves of a 64-bit one).
-    fn set_bar(&self, index: u8, addr: u64, wide: bool) {
+    pub fn set_bar(&self, index: u8, addr: u64, wide: bool) {
         let off = BAR0 + index * 4;
         let low = self.bdf.read32(off) & 0xf;
         self.bdf.write32(off, addr as u32 | low);

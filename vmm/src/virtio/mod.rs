@@ -13,6 +13,8 @@
 
 pub mod block;
 pub mod console;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod queue;
 pub mod rng;
 pub mod transport;

@@ -1,5 +1,7 @@
-//! virtio-blk, polled, one request at a time on queue 0: read, write,
-//! flush, get-id, discard and write-zeroes (where offered).
+//! virtio-blk, polled, on queue 0: read, write, flush, get-id, discard and
+//! write-zeroes (where offered), one request at a time; and reads and
+//! writes with many requests in flight ([`Blk::start`], [`Blk::poll`],
+//! [`Blk::kick`]) for benchmarks.
 //!
 //! A request is three descriptors: the 16-byte header (type, reserved,
 //! sector) the device reads, the data, and the status byte it writes.
@@ -60,6 +62,13 @@ const ID: usize = 32;
 const SEGMENT: usize = 64;
 const REQ_LEN: usize = 80;
 
+/// Requests [`Blk::start`] keeps in flight at most (tags 0 to this - 1).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes of header and status per in-flight request.
+const SLOT: usize = 32;
+/// Largest queue whose heads [`Blk::poll`] can map back to tags.
+const MAX_QUEUE: usize = 1024;
+
 /// A virtio-blk device.
 #[derive(Debug)]
 pub struct Blk {
@@ -70,6 +79,10 @@ pub struct Blk {
     req: DmaBuf,
     /// Capacity in 512-byte sectors.
     pub capacity: u64,
+    /// Headers and status bytes of in-flight requests, [`SLOT`] bytes per tag.
+    slots: DmaBuf,
+    /// The tag of each chain head in flight.
+    tags: [u8; MAX_QUEUE],
 }
 
 impl Blk {
@@ -78,6 +91,7 @@ impl Blk {
         let mut dev = Device::init(transport, WANTED)?;
         let vq = dev.queue(dma, 0, 128)?;
         let req = dma.alloc(REQ_LEN, 64)?;
+        let slots = dma.alloc(MAX_IN_FLIGHT * SLOT, 64)?;
         dev.driver_ok();
         let capacity = dev.config().read64(0);
         Ok(Self {
@@ -85,6 +99,8 @@ impl Blk {
             vq,
             req,
             capacity,
+            slots,
+            tags: [0; MAX_QUEUE],
         })
     }
 
@@ -170,6 +186,59 @@ impl Blk {
         id.copy_from_slice(&self.req.as_slice()[ID..ID + 20]);
         let len = id.iter().position(|&b| b == 0).unwrap_or(20);
         Ok((id, len))
+    }
+
+    /// Starts request `tag` (below [`MAX_IN_FLIGHT`], not already in
+    /// flight): a read (`T_IN`) or write (`T_OUT`) of `len` bytes (a
+    /// multiple of 512) at physical address `addr`, at `sector`. The device
+    /// hears of it at the next [`Blk::kick`].
+    pub fn start(
+        &mut self,
+        tag: usize,
+        kind: u32,
+        sector: u64,
+        addr: u64,
+        len: usize,
+    ) -> Result<(), Error> {
+        if tag >= MAX_IN_FLIGHT || usize::from(self.vq.size()) > MAX_QUEUE {
+            bail!("blk: tag {tag} or queue size {} too large", self.vq.size());
+        }
+        self.check_range(sector, len as u64 / SECTOR)?;
+        let at = tag * SLOT;
+        self.slots.write::<u32>(at, kind);
+        self.slots.write::<u32>(at + 4, 0);
+        self.slots.write::<u64>(at + 8, sector);
+        self.slots.write::<u8>(at + 16, 0xff);
+        let base = self.slots.addr() + at as u64;
+        let data = Buf {
+            addr,
+            len: len as u32,
+            device_writes: kind == T_IN,
+        };
+        let head = self
+            .vq
+            .add(&[Buf::readable(base, 16), data, Buf::writable(base + 16, 1)])?;
+        self.tags[usize::from(head)] = tag as u8;
+        Ok(())
+    }
+
+    /// Tells the device about started requests, unless it said it is still
+    /// looking at the queue.
+    pub fn kick(&self) {
+        self.vq.kick_if_needed();
+    }
+
+    /// The tag of a finished request, if one finished; an error if it did
+    /// not end with status OK.
+    pub fn poll(&mut self) -> Result<Option<usize>, Error> {
+        let Some(used) = self.vq.pop_used()? else {
+            return Ok(None);
+        };
+        let tag = usize::from(self.tags[used.id as usize % MAX_QUEUE]);
+        match self.slots.read::<u8>(tag * SLOT + 16) {
+            S_OK => Ok(Some(tag)),
+            s => bail!("blk: request {tag}: status {s}"),
+        }
     }
 
     /// Discards (`T_DISCARD`) or zeroes (`T_WRITE_ZEROES`, `unmap` allowed

@@ -69,6 +69,12 @@ impl MmioTransport {
         self.regs.base()
     }
 
+    /// The register window (for drivers that write registers the kit does
+    /// not, such as the hostile guest).
+    pub fn regs(&self) -> Mmio {
+        self.regs
+    }
+
     /// 1 (legacy) or 2.
     pub fn version(&self) -> u32 {
         self.version

@@ -107,6 +107,17 @@ impl PciModern {
         self.device_id
     }
 
+    /// The common configuration structure (for drivers that write
+    /// registers the kit does not, such as the hostile guest).
+    pub fn common(&self) -> Mmio {
+        self.common
+    }
+
+    /// The notification structure and its queue offset multiplier.
+    pub fn notify(&self) -> (Mmio, u32) {
+        (self.notify, self.notify_multiplier)
+    }
+
     /// Reads (and so acknowledges) the ISR status.
     pub fn isr(&self) -> u8 {
         self.isr.read8(0)

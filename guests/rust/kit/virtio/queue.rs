@@ -21,6 +21,8 @@ pub const DESC_F_WRITE: u16 = 2;
 pub const DESC_F_INDIRECT: u16 = 4;
 /// Available-ring flag: no interrupts wanted.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Used-ring flag: the device does not need notifications right now.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 /// How long [`Virtq::wait_used`] polls before giving up, in TSC cycles
 /// (tens of seconds: a hang guard, not a speed requirement).
@@ -217,6 +219,21 @@ impl Virtq {
             Notifier::Mmio16(reg) => reg.write16(0, self.index),
             Notifier::Port(port) => outw(port, self.index),
         }
+    }
+
+    /// Notifies the device unless it said (used-ring flags) that it does
+    /// not need to be: it is still working through the available ring and
+    /// will see the new entries. Linux's rule without event indexes.
+    pub fn kick_if_needed(&self) {
+        fence(Ordering::SeqCst);
+        if self.mem.read::<u16>(self.layout.used) & USED_F_NO_NOTIFY == 0 {
+            self.kick();
+        }
+    }
+
+    /// Descriptors not in use by any chain.
+    pub fn free(&self) -> u16 {
+        self.num_free
     }
 
     // Managed requests.

@@ -20,7 +20,7 @@ use super::request::{self, total, BlkRequest, Op, Segment};
 use super::{metrics, status, ID_BYTES, QUEUE_SIZE};
 use crate::counters::Counters;
 use crate::virtio::queue::BrokenQueue;
-use crate::virtio::{ActiveQueue, VirtioInterrupt};
+use crate::virtio::{ActiveQueue, QueueT, VirtioInterrupt};
 
 /// A request the engine holds.
 struct InFlight {
@@ -116,7 +116,7 @@ impl BlockHandler {
                 }
                 return Ok(());
             };
-            match request::parse(chain, &mem) {
+            match request::parse(chain, &mem, self.queue.queue.size()) {
                 Ok(req) => self.start(req)?,
                 Err(head) => {
                     self.counters.inc(metrics::BAD_CHAINS);
@@ -288,6 +288,18 @@ impl BlockHandler {
         } else if std::mem::take(&mut self.stalled) {
             self.process_queue();
         }
+    }
+
+    /// Serves the queue and waits until the engine finished every request it took (the fuzz
+    /// harness; a worker never blocks like this).
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn drain(&mut self) -> disk::Result<()> {
+        self.process_queue();
+        while self.engine.in_flight() > 0 {
+            self.engine.wait()?;
+            self.process_completions();
+        }
+        Ok(())
     }
 
     fn engine_fd(&self) -> RawFd {

@@ -125,16 +125,26 @@ fn gather(mem: &GuestMemoryMmap, segs: &[Segment], buf: &mut [u8]) -> bool {
     done == buf.len()
 }
 
-/// The chain as a request; `Err(head)` for a chain without a status byte (it cannot be
-/// answered, only returned).
-pub fn parse(chain: Chain<'_>, mem: &GuestMemoryMmap) -> Result<BlkRequest, u16> {
+/// The chain as a request; `Err(head)` for a chain that cannot be answered, only returned
+/// (with nothing written): one without a device-writable last descriptor for the status byte,
+/// or one virtio-queue's iterator cut short (a loop, a `next` or an indirect table it could
+/// not follow, an indirect table inside another), whose last byte is no status byte the
+/// driver meant. A chain of more than `max_descs` descriptors (the queue size, which the spec
+/// forbids drivers to exceed, indirect tables included) is answered IOERR.
+pub fn parse(chain: Chain<'_>, mem: &GuestMemoryMmap, max_descs: u16) -> Result<BlkRequest, u16> {
     let head = chain.head_index();
     let mut readable = Vec::new();
     let mut writable = Vec::new();
+    let mut count = 0usize;
+    let mut cut = false;
+    let mut last_writable = false;
     for d in chain {
+        count += 1;
+        cut = d.has_next();
         if d.len() == 0 {
             continue;
         }
+        last_writable = d.is_write_only();
         let seg = Segment {
             addr: d.addr(),
             len: u64::from(d.len()),
@@ -148,6 +158,9 @@ pub fn parse(chain: Chain<'_>, mem: &GuestMemoryMmap) -> Result<BlkRequest, u16>
             readable.push(seg);
         }
     }
+    if cut || !last_writable {
+        return Err(head);
+    }
     let Some(last) = writable.pop() else {
         return Err(head);
     };
@@ -159,7 +172,9 @@ pub fn parse(chain: Chain<'_>, mem: &GuestMemoryMmap) -> Result<BlkRequest, u16>
         });
     }
     let mut header = [0u8; 16];
-    let op = if gather(mem, &readable, &mut header) {
+    let op = if count > usize::from(max_descs) {
+        Op::Invalid
+    } else if gather(mem, &readable, &mut header) {
         let (_, data_out) = split(&readable, 16);
         decode(&header, data_out, writable, mem)
     } else {
@@ -183,11 +198,13 @@ fn decode(
     };
     let whole_sectors = |segs: &[Segment]| total(segs).is_multiple_of(SECTOR_SIZE);
     match kind {
-        kind::IN if whole_sectors(&data_in) => Op::Read {
+        // Data in the wrong direction (a read's buffer the device may only read, a write's
+        // buffer it may only write) makes the request malformed (the last arm).
+        kind::IN if whole_sectors(&data_in) && data_out.is_empty() => Op::Read {
             offset,
             data: data_in,
         },
-        kind::OUT if whole_sectors(&data_out) => Op::Write {
+        kind::OUT if whole_sectors(&data_out) && data_in.is_empty() => Op::Write {
             offset,
             data: data_out,
         },
@@ -262,7 +279,7 @@ mod tests {
         vq.add_desc_chains(descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let chain = q.iter(m).unwrap().next().unwrap();
-        parse(chain, m)
+        parse(chain, m, 16)
     }
 
     #[test]
@@ -399,6 +416,90 @@ mod tests {
             }
         );
         assert_eq!(discard_unmap.unwrap().op, Op::Unsupported);
+    }
+
+    #[test]
+    fn test_parse_looping_chain_and_readable_last_descriptor_are_bad_chains() {
+        let m = mem();
+        header(&m, 0x1000, kind::IN, 0);
+
+        let looping = parse_chain(
+            &m,
+            &[
+                d(0x1000, 16, false, Some(1)),
+                d(0x2000, 512, true, Some(2)),
+                d(0x3000, 1, true, Some(0)),
+            ],
+        );
+        let next_beyond_queue = parse_chain(
+            &m,
+            &[
+                d(0x1000, 16, false, Some(1)),
+                d(0x2000, 513, true, Some(40)),
+            ],
+        );
+        let readable_last = parse_chain(
+            &m,
+            &[
+                d(0x1000, 16, false, Some(1)),
+                d(0x2000, 512, true, Some(2)),
+                d(0x3000, 1, false, None),
+            ],
+        );
+
+        assert_eq!(looping.unwrap_err(), 0);
+        assert_eq!(next_beyond_queue.unwrap_err(), 0);
+        assert_eq!(readable_last.unwrap_err(), 0);
+    }
+
+    #[test]
+    fn test_parse_data_in_wrong_direction_invalid() {
+        let m = mem();
+        header(&m, 0x1000, kind::IN, 0);
+        header(&m, 0x5000, kind::OUT, 0);
+
+        let read_into_readable = parse_chain(
+            &m,
+            &[
+                d(0x1000, 16, false, Some(1)),
+                d(0x2000, 512, false, Some(2)),
+                d(0x3000, 1, true, None),
+            ],
+        );
+        let write_from_writable = parse_chain(
+            &m,
+            &[
+                d(0x5000, 16, false, Some(1)),
+                d(0x2000, 512, true, Some(2)),
+                d(0x3000, 1, true, None),
+            ],
+        );
+
+        assert_eq!(read_into_readable.unwrap().op, Op::Invalid);
+        assert_eq!(write_from_writable.unwrap().op, Op::Invalid);
+    }
+
+    #[test]
+    fn test_parse_more_descriptors_than_queue_size_invalid() {
+        let m = mem();
+        header(&m, 0x1000, kind::IN, 0);
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x40000), 16);
+        vq.add_desc_chains(
+            &[
+                d(0x1000, 16, false, Some(1)),
+                d(0x2000, 512, true, Some(2)),
+                d(0x3000, 1, true, None),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let chain = q.iter(&m).unwrap().next().unwrap();
+
+        let r = parse(chain, &m, 2).unwrap();
+
+        assert_eq!(r.op, Op::Invalid);
+        assert_eq!(r.status, GuestAddress(0x3000));
     }
 
     #[test]

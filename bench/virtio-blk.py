@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""virtio-blk benchmark: Strata vs QEMU 7.2 running the same guest, io_uring on the host as the
+ceiling.
+
+Run by hand (never in CI):  cargo build --release && python3 bench/virtio-blk.py
+Needs qemu-system-x86_64, qemu-img and fio.
+
+The guest is the kit's `virtio` guest (guests/rust/virtio.rs); in ring 3 it keeps `qd` reads
+in flight on one virtio-blk device, polls the used ring, and times them with the TSC, whose rate
+it measures against the CMOS RTC (op=bench-randread, op=bench-seqread). Every VM runs three
+operations in one boot: 4 KiB random reads at QD1 (5,000) and QD32 (50,000), 1 MiB sequential
+reads at QD4 (512 MiB).
+
+Images (DIR, default /tmp/strata-blk-bench): a 2 GiB raw file of random data and a qcow2 copy
+(qemu-img convert: every cluster allocated). Modes: raw with O_DIRECT (Strata direct=on, QEMU
+cache=none), raw through the page cache and qcow2 through the page cache (both warmed by one
+`cat` first). The host ceiling is fio's io_uring engine on the raw file in the same mode.
+
+VMMs: Strata over virtio-mmio and virtio-pci; QEMU -M microvm (virtio-mmio v2) and -M q35
+(virtio-pci modern), each with aio=io_uring.
+
+Boot-to-first-byte: exec -> first serial byte of the `pvh` guest (which touches no device)
+with no disk, one raw disk and one qcow2 disk (virtio-mmio), `--boot-runs` interleaved runs,
+medians: what attaching a disk costs before the guest runs.
+
+Prints a Markdown table and the commands, ready for docs/benchmarks.md.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QD1_IOS = 5000
+QD32_IOS = 50000
+SEQ_IOS = 512
+SEQ_QD = 4
+
+COMMANDS = []
+
+
+def guest_path(name):
+    exe = os.path.join(ROOT, "target/release/guest-path")
+    return subprocess.check_output([exe, name], text=True).strip()
+
+
+def run(cmd, timeout=900):
+    COMMANDS.append(" ".join(cmd))
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       stdin=subprocess.DEVNULL, timeout=timeout)
+    return p.stdout
+
+
+def make_images(d):
+    os.makedirs(d, exist_ok=True)
+    raw, qcow2 = os.path.join(d, "a.raw"), os.path.join(d, "a.qcow2")
+    if not os.path.exists(raw):
+        with open(raw, "wb") as f:
+            for _ in range(2048):
+                f.write(os.urandom(1 << 20))
+    if not os.path.exists(qcow2):
+        subprocess.check_call(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2])
+    return raw, qcow2
+
+
+def warm(path):
+    subprocess.check_call(["cat", path], stdout=subprocess.DEVNULL)
+
+
+def guest_ops(transport):
+    return (f"transport={transport} op=bench-randread qd=1 ios={QD1_IOS} "
+            f"op=bench-randread qd=32 ios={QD32_IOS} "
+            f"op=bench-seqread qd={SEQ_QD} ios={SEQ_IOS} exit=0")
+
+
+BENCH = re.compile(r"bench (\w+) bs=(\d+) qd=(\d+) .* iops=(\d+) mib_s=([\d.]+)")
+
+
+def parse(out):
+    """(QD1 IOPS, QD32 IOPS, seq MiB/s) from a guest's output."""
+    got = {}
+    for m in BENCH.finditer(out):
+        kind, qd, iops, mib = m.group(1), int(m.group(3)), int(m.group(4)), float(m.group(5))
+        got[(kind, qd)] = mib if kind == "seqread" else iops
+    try:
+        return got[("randread", 1)], got[("randread", 32)], got[("seqread", SEQ_QD)]
+    except KeyError:
+        sys.exit(f"a guest did not report every bench line:\n{out}")
+
+
+def strata(kernel, transport, path, fmt, direct):
+    disk = f"path={path},format={fmt},readonly=on" + (",direct=on" if direct else "")
+    return [os.path.join(ROOT, "target/release/strata"), "run", "--kernel", kernel,
+            "--transport", transport, "--disk", disk, "--cmdline", guest_ops(transport)]
+
+
+def qemu(kernel, machine, path, fmt, direct, aio):
+    drive = f"file={path},if=none,id=d0,format={fmt},readonly=on,aio={aio}"
+    if direct:
+        drive += ",cache=none"
+    if machine == "microvm":
+        m = ["-M", "microvm,acpi=off,rtc=on", "-global", "virtio-mmio.force-legacy=false"]
+        dev, transport = "virtio-blk-device,drive=d0", "mmio"
+    else:
+        m = ["-M", "q35"]
+        dev, transport = "virtio-blk-pci,drive=d0,disable-legacy=on", "pci"
+    return (["qemu-system-x86_64"] + m + ["-enable-kvm", "-cpu", "qemu64", "-m", "128",
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-drive", drive,
+            "-device", dev, "-kernel", kernel, "-append", guest_ops(transport)])
+
+
+def fio(path, direct, rw, bs, qd, ios):
+    out = run(["fio", "--name=b", f"--filename={path}", "--ioengine=io_uring", f"--rw={rw}",
+               f"--bs={bs}", f"--direct={int(direct)}", f"--iodepth={qd}",
+               f"--number_ios={ios}", "--size=2g", "--norandommap", "--readonly",
+               "--output-format=json"])
+    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+    return job["iops"] if rw == "randread" else job["bw_bytes"] / (1 << 20)
+
+
+def first_byte(cmd):
+    """Seconds from exec to the first byte on standard output (the serial port)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL)
+    first = p.stdout.read(1)
+    t1 = time.perf_counter()
+    p.stdout.read()
+    p.wait()
+    if not first:
+        sys.exit(f"no output from {cmd}")
+    return t1 - t0
+
+
+def boot_rows(raw, qcow2, runs):
+    pvh = guest_path("pvh")
+    base = [os.path.join(ROOT, "target/release/strata"), "run", "--kernel", pvh,
+            "--cmdline", "bench"]
+    cases = [("no disk", base),
+             ("one raw disk (mmio)", base + ["--disk", f"path={raw},format=raw,readonly=on"]),
+             ("one qcow2 disk (mmio)", base + ["--disk", f"path={qcow2},format=qcow2,readonly=on"])]
+    for _, cmd in cases:
+        COMMANDS.append(" ".join(cmd))
+    times = {name: [] for name, _ in cases}
+    for _ in range(runs):
+        for name, cmd in cases:
+            times[name].append(first_byte(cmd) * 1000)
+    return [(name, statistics.median(v), min(v), max(v)) for name, v in times.items()]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default=os.environ.get("DIR", "/tmp/strata-blk-bench"))
+    ap.add_argument("--boot-runs", type=int, default=20)
+    ap.add_argument("--skip-io", action="store_true")
+    args = ap.parse_args()
+    load_start = os.getloadavg()
+    kernel = guest_path("virtio")
+    raw, qcow2 = make_images(args.dir)
+    boot = boot_rows(raw, qcow2, args.boot_runs)
+    rows = []
+    if args.skip_io:
+        modes = []
+    else:
+        modes = [("raw, O_DIRECT", raw, "raw", True),
+                 ("raw, page cache", raw, "raw", False),
+                 ("qcow2, page cache", qcow2, "qcow2", False)]
+    for label, path, fmt, direct in modes:
+        if not direct:
+            warm(path)
+        if fmt == "raw":
+            host = (fio(path, direct, "randread", "4k", 1, QD1_IOS),
+                    fio(path, direct, "randread", "4k", 32, QD32_IOS),
+                    fio(path, direct, "read", "1m", SEQ_QD, SEQ_IOS))
+            rows.append((label, "host: fio io_uring", host))
+        runs = [("strata, virtio-mmio", strata(kernel, "mmio", path, fmt, direct)),
+                ("strata, virtio-pci", strata(kernel, "pci", path, fmt, direct)),
+                ("qemu microvm, aio=io_uring", qemu(kernel, "microvm", path, fmt, direct, "io_uring")),
+                ("qemu q35, aio=io_uring", qemu(kernel, "q35", path, fmt, direct, "io_uring"))]
+        for name, cmd in runs:
+            rows.append((label, name, parse(run(cmd))))
+            print(f"{label:18} {name:28} {rows[-1][2]}", file=sys.stderr)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_end = os.getloadavg()
+    print(f"Date: {now}; machine: {platform.node()} {os.cpu_count()} CPUs, {platform.release()}")
+    print(f"Load average (1/5/15 min) at start {load_start}, at end {load_end}")
+    print()
+    print("| boot case | exec -> first serial byte median (ms) | min | max |")
+    print("|---|---|---|---|")
+    for name, med, lo, hi in boot:
+        print(f"| {name} | {med:.1f} | {lo:.1f} | {hi:.1f} |")
+    print()
+    print(f"| image | reader | 4 KiB rand QD1 IOPS | 4 KiB rand QD32 IOPS | 1 MiB seq QD{SEQ_QD} MiB/s |")
+    print("|---|---|---|---|---|")
+    for label, name, (q1, q32, seq) in rows:
+        print(f"| {label} | {name} | {q1:,.0f} | {q32:,.0f} | {seq:,.0f} |")
+    print()
+    print("Commands as run:")
+    print()
+    for c in COMMANDS:
+        print(f"    {c}")
+
+
+if __name__ == "__main__":
+    main()
