@@ -130,6 +130,13 @@ pub fn virtio() -> &'static Path {
     guest_path!("virtio.elf")
 }
 
+/// The net guest (Rust, ring 3): a polling virtio-net driver that answers
+/// ARP and ICMP echo, and a virtio-vsock driver that echoes or connects
+/// (see README.md).
+pub fn net() -> &'static Path {
+    guest_path!("net.elf")
+}
+
 /// The counter guest (Rust, ring 3): prints `count 1`, `count 2`, ...
 /// forever, or up to `limit=N`.
 pub fn counter() -> &'static Path {
@@ -163,6 +170,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("smp", smp()),
             ("virtio", virtio()),
             ("counter", counter()),
+            ("net", net()),
         ]
     })
 }

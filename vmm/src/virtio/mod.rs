@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod console;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
