@@ -23,8 +23,10 @@ pub const F_STATUS: u64 = 1 << 16;
 pub const MAX_FRAME: usize = 9216;
 /// Bytes per transmit buffer.
 const TX_BUF: usize = 2048;
-/// Queue entries at most.
+/// Queue entries at most (modern interfaces).
 const QUEUE_MAX: u16 = 256;
+/// Queue entries at most (legacy interfaces, whose size the device fixes).
+const MAX_LEGACY_QUEUE: usize = 1024;
 
 /// A virtio-net device.
 #[derive(Debug)]
@@ -46,7 +48,7 @@ pub struct Net {
     rx_last: u16,
     tx_mem: DmaBuf,
     tx_last: u16,
-    tx_free: [u16; QUEUE_MAX as usize],
+    tx_free: [u16; MAX_LEGACY_QUEUE],
     tx_nfree: usize,
     frame: [u8; MAX_FRAME],
     /// Frames received and sent, and buffers a frame took at most.
@@ -86,6 +88,9 @@ impl Net {
         }
         let rx = dev.queue(dma, 0, QUEUE_MAX)?;
         let tx = dev.queue(dma, 1, QUEUE_MAX)?;
+        if usize::from(tx.size()) > MAX_LEGACY_QUEUE {
+            bail!("net: transmit queue of {} entries", tx.size());
+        }
         let rx_mem = dma.alloc(rx_buf_len * usize::from(rx.size()), 4096)?;
         let tx_mem = dma.alloc(TX_BUF * usize::from(tx.size()), 4096)?;
         let cfg = dev.config();
@@ -108,7 +113,7 @@ impl Net {
             rx_last: 0,
             tx_mem,
             tx_last: 0,
-            tx_free: [0; QUEUE_MAX as usize],
+            tx_free: [0; MAX_LEGACY_QUEUE],
             tx_nfree: 0,
             frame: [0; MAX_FRAME],
             stats: Stats::default(),

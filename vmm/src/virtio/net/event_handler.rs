@@ -398,3 +398,319 @@ impl MutEventSubscriber for NetHandler {
         self.rx_then_poll(ops);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::virtio::transport::test_util::CountingInterrupt;
+    use crate::virtio::Queue;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    }
+
+    /// A SOCK_SEQPACKET pair: the handler's "tap" and the test's end (the host side).
+    fn tap_pair() -> (Tap, std::fs::File) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds into the array, which the test then owns.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned by nothing else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (Tap::from_file(a.into()), b.into())
+    }
+
+    struct Rig {
+        h: NetHandler,
+        host: std::fs::File,
+        counters: Arc<Counters>,
+    }
+
+    fn rig<'a>(
+        m: &'a GuestMemoryMmap,
+        rx: &MockSplitQueue<'a, GuestMemoryMmap>,
+        tx: &MockSplitQueue<'a, GuestMemoryMmap>,
+        mode: NetMode,
+    ) -> Rig {
+        let (tap, host) = tap_pair();
+        let q = |vq: &MockSplitQueue<GuestMemoryMmap>, index| ActiveQueue {
+            index,
+            queue: vq.create_queue::<Queue>().unwrap(),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        };
+        let counters = Counters::new(metrics::NAMES);
+        let h = NetHandler::new(
+            NetQueues {
+                rx: Some(q(rx, 0)),
+                tx: Some(q(tx, 1)),
+            },
+            tap,
+            mode,
+            m.clone(),
+            Arc::new(CountingInterrupt::default()),
+            counters.clone(),
+        );
+        Rig {
+            h,
+            host,
+            counters,
+        }
+    }
+
+    const MRG: NetMode = NetMode {
+        hdr_len: 12,
+        mergeable: true,
+        mtu: 1500,
+        host_tso: false,
+    };
+
+    fn send_host(host: &std::fs::File, frame: &[u8]) {
+        use std::io::Write;
+        (&*host).write_all(frame).unwrap();
+    }
+
+    fn frame(len: usize, hdr: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| if i < hdr { 0 } else { (i * 7) as u8 })
+            .collect()
+    }
+
+    #[test]
+    fn test_net_rx_without_buffers_leaves_frame_in_tap_and_asks_to_stop_polling() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(100, 12));
+
+        let state = r.h.process_rx();
+
+        assert_eq!(state, RxState::NeedBuffers);
+        assert_eq!(r.h.rx_pending, 0, "no frame may be read without a buffer");
+        assert_eq!(r.counters.get(metrics::RX_FRAMES), 0);
+        // Buffers arrive: the frame is delivered; with buffers left and the tap empty the
+        // tap stays polled.
+        rx.add_desc_chains(
+            &[
+                desc(0x10000, 2048, VRING_DESC_F_WRITE, 0),
+                desc(0x11000, 2048, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.h.process_rx(), RxState::Drained);
+        assert_eq!(rx.used().idx().load(), 1);
+        assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 100);
+    }
+
+    #[test]
+    fn test_net_rx_mergeable_frame_spans_chains_with_num_buffers() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.add_desc_chains(
+            &[
+                desc(0x10000, 512, VRING_DESC_F_WRITE, 0),
+                desc(0x11000, 512, VRING_DESC_F_WRITE, 0),
+                desc(0x12000, 512, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+        let f = frame(1200, 12);
+        send_host(&r.host, &f);
+
+        r.h.process_rx();
+
+        let used = |i| rx.used().ring().ref_at(i).unwrap().load().len();
+        assert_eq!(rx.used().idx().load(), 3);
+        assert_eq!((used(0), used(1), used(2)), (512, 512, 176));
+        let nb: u16 = m.read_obj(GuestAddress(0x10000 + 10)).unwrap();
+        assert_eq!(nb, 3);
+        let mut got = vec![0u8; 176];
+        m.read_slice(&mut got, GuestAddress(0x12000)).unwrap();
+        assert_eq!(got, f[1024..]);
+        assert_eq!(r.counters.get(metrics::RX_BYTES), 1188);
+    }
+
+    #[test]
+    fn test_net_rx_mergeable_not_enough_buffers_waits_without_using_any() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.add_desc_chains(&[desc(0x10000, 512, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(1200, 12));
+
+        let state = r.h.process_rx();
+
+        assert_eq!(state, RxState::NeedBuffers);
+        assert_eq!(rx.used().idx().load(), 0);
+        assert_eq!(r.h.rx_pending, 1200);
+        assert_eq!(r.counters.get(metrics::RX_DROPPED), 0);
+    }
+
+    #[test]
+    fn test_net_rx_chain_too_short_for_header_returned_empty_and_counted() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.add_desc_chains(
+            &[
+                desc(0x10000, 4, VRING_DESC_F_WRITE, 0),
+                desc(0x11000, 2048, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(100, 12));
+
+        r.h.process_rx();
+
+        let used = |i| rx.used().ring().ref_at(i).unwrap().load();
+        assert_eq!(r.counters.get(metrics::RX_BAD_CHAIN), 1);
+        assert_eq!((used(0).id(), used(0).len()), (0, 0));
+        assert_eq!((used(1).id(), used(1).len()), (1, 100));
+    }
+
+    #[test]
+    fn test_net_rx_without_mergeable_too_small_buffer_drops_frame_keeps_buffer() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.add_desc_chains(&[desc(0x10000, 256, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let mode = NetMode {
+            hdr_len: 10,
+            mergeable: false,
+            ..MRG
+        };
+        let mut r = rig(&m, &rx, &tx, mode);
+        send_host(&r.host, &frame(1000, 10));
+        send_host(&r.host, &frame(100, 10));
+
+        r.h.process_rx();
+
+        assert_eq!(r.counters.get(metrics::RX_DROPPED), 1);
+        assert_eq!(rx.used().idx().load(), 1);
+        assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 100);
+    }
+
+    fn host_recv(host: &std::fs::File) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = vec![0u8; 70000];
+        match (&*host).read(&mut buf) {
+            Ok(n) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn test_net_tx_good_frame_reaches_tap_bad_ones_dropped_and_counted() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        let good = frame(12 + 60, 12);
+        m.write_slice(&good[..12], GuestAddress(0x20000)).unwrap();
+        m.write_slice(&good[12..], GuestAddress(0x21000)).unwrap();
+        let mut gso = vec![0u8; 12 + 200];
+        gso[1] = 1;
+        m.write_slice(&gso, GuestAddress(0x23000)).unwrap();
+        tx.add_desc_chains(
+            &[
+                // header and frame in two descriptors
+                desc(0x20000, 12, VRING_DESC_F_NEXT, 1),
+                desc(0x21000, 60, 0, 0),
+                // 4 bytes: shorter than a header
+                desc(0x22000, 4, 0, 0),
+                // longer than the MTU allows
+                desc(0x24000, 12 + 1500 + 18 + 1, 0, 0),
+                // GSO without HOST_TSO
+                desc(0x23000, 12 + 200, 0, 0),
+                // outside RAM
+                desc(0xfff0_0000, 100, 0, 0),
+                // 4 GiB
+                desc(0x25000, u32::MAX, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+
+        r.h.process_tx();
+
+        assert_eq!(tx.used().idx().load(), 6);
+        assert_eq!(host_recv(&r.host), Some(good));
+        assert_eq!(host_recv(&r.host), None);
+        assert_eq!(r.counters.get(metrics::TX_FRAMES), 1);
+        assert_eq!(r.counters.get(metrics::TX_MALFORMED), 2);
+        assert_eq!(r.counters.get(metrics::TX_OVERSIZE), 3);
+    }
+
+    #[test]
+    fn test_net_broken_rx_ring_sets_needs_reset_once() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.avail().idx().store(100);
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(100, 12));
+
+        r.h.process_rx();
+        r.h.process_rx();
+
+        assert_eq!(r.counters.get(metrics::QUEUE_BROKEN), 1);
+    }
+
+    #[test]
+    fn test_net_guest_without_buffers_cannot_make_worker_spin() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        let r = rig(&m, &rx, &tx, MRG);
+        let host = r.host;
+        use event_manager::SubscriberOps;
+        let mut manager = event_manager::EventManager::<NetHandler>::new().unwrap();
+        let id = manager.add_subscriber(r.h);
+        send_host(&host, &frame(100, 12));
+        // The first round may see the tap readable; after it the tap is out of the set.
+        let _ = manager.run_with_timeout(10).unwrap();
+
+        let mut dispatched = 0;
+        for _ in 0..5 {
+            dispatched += manager.run_with_timeout(10).unwrap();
+        }
+
+        assert_eq!(dispatched, 0, "the worker woke for a tap it cannot serve");
+        // The guest posts a buffer and notifies: the frame arrives.
+        rx.add_desc_chains(&[desc(0x10000, 2048, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let h = manager.subscriber_mut(id).unwrap();
+        h.queues.rx.as_ref().unwrap().notify.write(1).unwrap();
+        manager.run_with_timeout(100).unwrap();
+        assert_eq!(rx.used().idx().load(), 1);
+        assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 100);
+    }
+}

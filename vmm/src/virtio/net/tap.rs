@@ -190,6 +190,17 @@ impl Tap {
         })
     }
 
+    /// A "tap" over any datagram fd (one end of a SOCK_SEQPACKET pair keeps frame
+    /// boundaries the way a tap does), for tests without CAP_NET_ADMIN.
+    #[cfg(test)]
+    pub(crate) fn from_file(file: File) -> Tap {
+        Tap {
+            file,
+            name: "test".into(),
+            created: false,
+        }
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
