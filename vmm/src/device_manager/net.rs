@@ -7,6 +7,7 @@ use super::{DeviceKind, DeviceManagerError, DeviceRequest, PlannedDevice};
 use crate::config::{MacAddr, VmConfig};
 use crate::virtio::net::tap::Tap;
 use crate::virtio::net::{Net, NetParams};
+use crate::virtio::vsock::Vsock;
 use crate::virtio::VirtioDevice;
 
 /// The `--net` and `--vsock` devices, after the others.
@@ -56,7 +57,16 @@ pub(super) fn virtio_device(
             };
             Ok(Box::new(Net::new(&planned.id, tap, params)))
         }
-        // VSOCK-PENDING
+        DeviceKind::Vsock => {
+            let v = config.vsock.as_ref().ok_or_else(missing)?;
+            let dev = Vsock::new(&planned.id, u64::from(v.cid), &v.socket).map_err(|source| {
+                DeviceManagerError::VsockSocket {
+                    path: v.socket.clone(),
+                    source,
+                }
+            })?;
+            Ok(Box::new(dev))
+        }
         _ => Err(missing()),
     }
 }
