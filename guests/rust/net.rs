@@ -278,15 +278,80 @@ fn vsock_op(v: &mut Vsock, op: Op) -> Result<(), Error> {
         "vsock-connect" => {
             let port = number(op.args, "port")?.unwrap_or(1234) as u32;
             let text = op.args.get("text").unwrap_or("hello-from-the-guest");
+            let mut line = [0u8; 256];
+            if text.len() >= line.len() {
+                bail!("op=vsock-connect: text too long");
+            }
+            line[..text.len()].copy_from_slice(text.as_bytes());
+            line[text.len()] = b'\n';
             let mut back = [0u8; 256];
-            let n = v.connect_roundtrip(port, text.as_bytes(), &mut back)?;
+            let n = v.connect_roundtrip(port, &line[..=text.len()], &mut back)?;
+            let back = back[..n].strip_suffix(b"\n").unwrap_or(&back[..n]);
             kit::print!("vsock: host answered ");
-            for &b in &back[..n] {
+            for &b in back {
                 kit::serial::putc(if b.is_ascii_graphic() { b } else { b'?' });
             }
             println!();
             Ok(())
         }
+        "vsock-hostile" => {
+            let port = number(op.args, "port")?.unwrap_or(5001) as u32;
+            vsock_hostile(v, port)
+        }
         other => bail!("unknown op={other}"),
     }
+}
+
+/// `op=vsock-hostile port=P`: a packet whose `len` is not its payload
+/// (dropped), an unknown op (answered with RST), and a connection to host
+/// port P flooded past the credit the device gave (reset).
+fn vsock_hostile(v: &mut Vsock, port: u32) -> Result<(), Error> {
+    use kit::virtio::vsock::{Hdr, HOST_CID, MAX_PAYLOAD, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW};
+    let base = Hdr {
+        src_cid: v.cid,
+        dst_cid: HOST_CID,
+        dst_port: port,
+        kind: 1,
+        buf_alloc: 65536,
+        ..Hdr::default()
+    };
+    v.send_raw(Hdr { src_port: 7000, op: OP_RW, len: 100, ..base }, &[0u8; 10])?;
+    v.send_raw(Hdr { src_port: 7001, op: 99, ..base }, &[])?;
+    let mut buf = [0u8; MAX_PAYLOAD];
+    loop {
+        let (h, _) = v.recv(&mut buf)?;
+        if h.dst_port == 7001 && h.op == OP_RST {
+            break;
+        }
+    }
+    println!("vsock: unknown op answered with RST");
+    v.send_raw(Hdr { src_port: 7002, op: OP_REQUEST, ..base }, &[])?;
+    loop {
+        let (h, _) = v.recv(&mut buf)?;
+        if h.dst_port == 7002 && h.op == OP_RESPONSE {
+            break;
+        }
+        if h.dst_port == 7002 && h.op == OP_RST {
+            bail!("vsock: host port {port} refused");
+        }
+    }
+    let data = [0x5au8; MAX_PAYLOAD];
+    let mut sent = 0u64;
+    loop {
+        if sent > 64 << 20 {
+            bail!("vsock: {sent} bytes past the credit and no RST");
+        }
+        v.send_raw(
+            Hdr { src_port: 7002, op: OP_RW, len: MAX_PAYLOAD as u32, ..base },
+            &data,
+        )?;
+        sent += MAX_PAYLOAD as u64;
+        if let Some((h, _)) = v.try_recv(&mut buf)? {
+            if h.dst_port == 7002 && h.op == OP_RST {
+                break;
+            }
+        }
+    }
+    println!("vsock: flood past the credit reset after {sent} bytes");
+    Ok(())
 }

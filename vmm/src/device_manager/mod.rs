@@ -175,6 +175,8 @@ pub struct DeviceManager {
     devices: Vec<(String, Attached)>,
     pci: Option<Arc<Mutex<PciRoot>>>,
     console_pty: Option<PathBuf>,
+    /// Unix sockets the devices listen on, removed when the VM ends.
+    sockets: Vec<PathBuf>,
 }
 
 impl DeviceManager {
@@ -235,6 +237,7 @@ impl DeviceManager {
                 }
             };
             dm.devices.push((planned.id.clone(), attached));
+            dm.sockets.extend(net::socket_of(config, planned));
         }
         Ok(dm)
     }
@@ -265,6 +268,9 @@ impl DeviceManager {
                 Attached::Mmio(t) => lock(t).shutdown(),
                 Attached::Pci(t) => lock(t).shutdown(),
             }
+        }
+        for path in &self.sockets {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

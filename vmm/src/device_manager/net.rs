@@ -70,3 +70,11 @@ pub(super) fn virtio_device(
         _ => Err(missing()),
     }
 }
+
+/// The Unix socket a planned device listens on, if it is the vsock device.
+pub(super) fn socket_of(config: &VmConfig, planned: &PlannedDevice) -> Option<std::path::PathBuf> {
+    match (planned.kind, &config.vsock) {
+        (DeviceKind::Vsock, Some(v)) => Some(v.socket.clone()),
+        _ => None,
+    }
+}

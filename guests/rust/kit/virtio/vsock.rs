@@ -175,7 +175,7 @@ impl Vsock {
 
     /// Waits for the next received packet; copies its payload into `out`
     /// (at most `out.len()` bytes) and returns the header.
-    fn recv(&mut self, out: &mut [u8]) -> Result<(Hdr, usize), Error> {
+    pub fn recv(&mut self, out: &mut [u8]) -> Result<(Hdr, usize), Error> {
         let start = rdtsc();
         while self.rx.used_idx() == self.rx_last {
             if rdtsc().wrapping_sub(start) > super::queue::TIMEOUT_CYCLES {
@@ -183,6 +183,18 @@ impl Vsock {
             }
             core::hint::spin_loop();
         }
+        self.take_rx(out)
+    }
+
+    /// The next received packet if one arrived.
+    pub fn try_recv(&mut self, out: &mut [u8]) -> Result<Option<(Hdr, usize)>, Error> {
+        if self.rx.used_idx() == self.rx_last {
+            return Ok(None);
+        }
+        self.take_rx(out).map(Some)
+    }
+
+    fn take_rx(&mut self, out: &mut [u8]) -> Result<(Hdr, usize), Error> {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         let used = self.rx.used_elem(self.rx_last);
         self.rx_last = self.rx_last.wrapping_add(1);
@@ -203,8 +215,19 @@ impl Vsock {
         Ok((h, n))
     }
 
-    /// Sends one packet (header `h`, with `len` set from `data`).
+    /// Sends one packet (header `h`, with `len`, type, CIDs and `buf_alloc`
+    /// filled in).
     fn send(&mut self, mut h: Hdr, data: &[u8]) -> Result<(), Error> {
+        h.len = data.len() as u32;
+        h.kind = TYPE_STREAM;
+        h.src_cid = self.cid;
+        h.dst_cid = HOST_CID;
+        h.buf_alloc = BUF_ALLOC;
+        self.send_raw(h, data)
+    }
+
+    /// Sends one packet with header `h` exactly as given (hostile tests).
+    pub fn send_raw(&mut self, h: Hdr, data: &[u8]) -> Result<(), Error> {
         if data.len() > MAX_PAYLOAD {
             bail!("vsock: {} bytes in one packet", data.len());
         }
@@ -226,11 +249,6 @@ impl Vsock {
         self.tx_next = self.tx_next.wrapping_add(1);
         self.tx_inflight += 1;
         let off = usize::from(d) * BUF;
-        h.len = data.len() as u32;
-        h.kind = TYPE_STREAM;
-        h.src_cid = self.cid;
-        h.dst_cid = HOST_CID;
-        h.buf_alloc = BUF_ALLOC;
         let buf = &mut self.tx_mem.as_mut_slice()[off..off + HDR_LEN + data.len()];
         h.write(buf);
         buf[HDR_LEN..].copy_from_slice(data);
