@@ -193,7 +193,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 10);
+        assert_eq!(guests.len(), 11);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 
