@@ -87,6 +87,7 @@ fn run_op(d: &mut Drivers, op: Op) -> Result<(), Error> {
         "net-serve" => serve(net, op.args),
         "net-hostile" => hostile(net),
         "net-blast" => blast(net, op.args),
+        "net-sink" => sink(net),
         other => bail!("unknown op={other}"),
     }
 }
@@ -181,7 +182,9 @@ fn reply(f: &mut [u8], len: usize, mac: [u8; 6], ip: [u8; 4]) -> (Answered, usiz
 /// `op=net-serve ip=A.B.C.D count=N`: answers ARP and ICMP echo until it
 /// has answered `count` echo requests.
 fn serve(net: &mut Net, args: Cmdline) -> Result<(), Error> {
-    let ip_text = args.get("ip").ok_or_else(|| err!("op=net-serve: ip= missing"))?;
+    let ip_text = args
+        .get("ip")
+        .ok_or_else(|| err!("op=net-serve: ip= missing"))?;
     let ip = parse_ip(ip_text).ok_or_else(|| err!("op=net-serve: bad ip={ip_text}"))?;
     let count = number(args, "count")?.unwrap_or(20);
     println!("net: ready ip={ip_text}");
@@ -259,6 +262,33 @@ fn blast(net: &mut Net, args: Cmdline) -> Result<(), Error> {
     Ok(())
 }
 
+/// `op=net-sink`: counts received frames of ethertype 0x88b5 until one of
+/// ethertype 0x88b6 arrives (benchmark).
+fn sink(net: &mut Net) -> Result<(), Error> {
+    println!("net: sink ready");
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    loop {
+        let Some(len) = net.recv()? else {
+            core::hint::spin_loop();
+            continue;
+        };
+        let f = net.frame();
+        if len < 14 {
+            continue;
+        }
+        match (f[12], f[13]) {
+            (0x88, 0xb5) => {
+                frames += 1;
+                bytes += len as u64;
+            }
+            (0x88, 0xb6) => break,
+            _ => {}
+        }
+    }
+    println!("net: received {frames} frames, {bytes} bytes");
+    Ok(())
+}
+
 fn vsock_op(v: &mut Vsock, op: Op) -> Result<(), Error> {
     match op.name {
         "vsock-info" => {
@@ -315,8 +345,23 @@ fn vsock_hostile(v: &mut Vsock, port: u32) -> Result<(), Error> {
         buf_alloc: 65536,
         ..Hdr::default()
     };
-    v.send_raw(Hdr { src_port: 7000, op: OP_RW, len: 100, ..base }, &[0u8; 10])?;
-    v.send_raw(Hdr { src_port: 7001, op: 99, ..base }, &[])?;
+    v.send_raw(
+        Hdr {
+            src_port: 7000,
+            op: OP_RW,
+            len: 100,
+            ..base
+        },
+        &[0u8; 10],
+    )?;
+    v.send_raw(
+        Hdr {
+            src_port: 7001,
+            op: 99,
+            ..base
+        },
+        &[],
+    )?;
     let mut buf = [0u8; MAX_PAYLOAD];
     loop {
         let (h, _) = v.recv(&mut buf)?;
@@ -325,7 +370,14 @@ fn vsock_hostile(v: &mut Vsock, port: u32) -> Result<(), Error> {
         }
     }
     println!("vsock: unknown op answered with RST");
-    v.send_raw(Hdr { src_port: 7002, op: OP_REQUEST, ..base }, &[])?;
+    v.send_raw(
+        Hdr {
+            src_port: 7002,
+            op: OP_REQUEST,
+            ..base
+        },
+        &[],
+    )?;
     loop {
         let (h, _) = v.recv(&mut buf)?;
         if h.dst_port == 7002 && h.op == OP_RESPONSE {
@@ -342,7 +394,12 @@ fn vsock_hostile(v: &mut Vsock, port: u32) -> Result<(), Error> {
             bail!("vsock: {sent} bytes past the credit and no RST");
         }
         v.send_raw(
-            Hdr { src_port: 7002, op: OP_RW, len: MAX_PAYLOAD as u32, ..base },
+            Hdr {
+                src_port: 7002,
+                op: OP_RW,
+                len: MAX_PAYLOAD as u32,
+                ..base
+            },
             &data,
         )?;
         sent += MAX_PAYLOAD as u64;

@@ -477,7 +477,10 @@ mod tests {
 
         assert_eq!(c.net.len(), 2);
         assert_eq!(c.net[0].tap.as_deref(), Some("t0"));
-        assert_eq!(c.net[0].mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(
+            c.net[0].mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
         assert_eq!(c.net[1].mtu, Some(9000));
         assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
     }
@@ -487,7 +490,8 @@ mod tests {
         let e = parse_run_args(&args(&["--kernel", "k", "--net", "mac=52:54:00"])).unwrap_err();
 
         assert!(
-            e.to_string().starts_with("invalid value for --net: '52:54:00' is not a MAC"),
+            e.to_string()
+                .starts_with("invalid value for --net: '52:54:00' is not a MAC"),
             "{e}"
         );
     }

@@ -78,15 +78,30 @@ fn ping_test(tag: &str, transport: &str, guest_opts: &str, size: u32) -> String 
 
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = std::fs::read_to_string(&serial).expect("serial");
-    assert_eq!((sent, received), (PINGS, PINGS), "{ping_out}\n{text}\n{stderr}");
-    assert!(links_running.iter().any(|l| l == "stap0"), "{links_running:?}");
+    assert_eq!(
+        (sent, received),
+        (PINGS, PINGS),
+        "{ping_out}\n{text}\n{stderr}"
+    );
+    assert!(
+        links_running.iter().any(|l| l == "stap0"),
+        "{links_running:?}"
+    );
     assert_eq!(out.status.code(), Some(3), "{text}\n{stderr}");
     assert!(
         text.contains(&format!("net: answered {PINGS} echo requests")),
         "{text}"
     );
-    assert!(text.lines().any(|l| l.starts_with(&format!("net: mac={MAC} mtu=1500 link=up"))), "{text}");
-    assert_eq!(links_after, vec!["lo".to_string()], "the tap outlived the VM");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("net: mac={MAC} mtu=1500 link=up"))),
+        "{text}"
+    );
+    assert_eq!(
+        links_after,
+        vec!["lo".to_string()],
+        "the tap outlived the VM"
+    );
     assert!(!netns_exists(&name), "namespace {name} left behind");
     text
 }
@@ -142,7 +157,14 @@ fn test_virtio_net_hostile_tx_chains_dropped_counted_device_keeps_serving() {
     let child = ns
         .command(strata_bin(), &["run", "--api-socket"])
         .arg(&socket)
-        .args(["--kernel", &kernel, "--cmdline", &cmdline, "--timeout", TIMEOUT])
+        .args([
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            &cmdline,
+            "--timeout",
+            TIMEOUT,
+        ])
         .arg("--serial")
         .arg(format!("file={}", serial.display()))
         .args(["--net", &format!("tap=stap0,mac={MAC},ip={HOST_IP}")])
@@ -151,11 +173,7 @@ fn test_virtio_net_hostile_tx_chains_dropped_counted_device_keeps_serving() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn strata");
-    let vmm = ApiVmm {
-        child,
-        socket,
-        dir,
-    };
+    let vmm = ApiVmm { child, socket, dir };
     wait_for_line(&serial, "net: ready", || true);
 
     let oversize = vmm.counter("net0", "tx_oversize");
@@ -242,7 +260,10 @@ fn test_virtio_net_two_devices_on_one_tap_rejected() {
         .expect("run strata");
 
     assert_one_line_error(
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()),
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
         "invalid net: tap stapx is given to two devices",
     );
 }
@@ -259,7 +280,11 @@ fn test_virtio_net_without_cap_net_admin_fails_naming_the_tap() {
     let result = bad_net(
         Some(&ns),
         "tap=stap0",
-        &["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"],
+        &[
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+        ],
     );
 
     assert_one_line_error(
@@ -274,16 +299,26 @@ fn qemu_ping(tag: &str, machine: &[&str], device: &str, transport: &str) {
     require("/usr/bin/qemu-system-x86_64", "qemu-system-x86");
     let ns = NetNs::new(tag);
     ns.run_ok("ip", &["tuntap", "add", "qtap0", "mode", "tap"]);
-    ns.run_ok("ip", &["addr", "add", &format!("{HOST_IP}/24"), "dev", "qtap0"]);
+    ns.run_ok(
+        "ip",
+        &["addr", "add", &format!("{HOST_IP}/24"), "dev", "qtap0"],
+    );
     ns.run_ok("ip", &["link", "set", "qtap0", "up"]);
     let dir = scratch(tag);
     let serial = dir.join("serial.txt");
-    let cmdline =
-        format!("transport={transport} op=net-info op=net-serve ip={GUEST_IP} count={PINGS} exit=3");
+    let cmdline = format!(
+        "transport={transport} op=net-info op=net-serve ip={GUEST_IP} count={PINGS} exit=3"
+    );
     let mut child = ns
         .command("qemu-system-x86_64", machine)
         .args(["-accel", "kvm", "-cpu", "qemu64", "-m", "128"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))

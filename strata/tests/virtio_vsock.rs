@@ -174,8 +174,14 @@ fn test_virtio_vsock_hostile_packets_dropped_reset_and_counted() {
     wait_for_line(&serial, "done", || true);
     let ended = vmm.shutdown();
 
-    assert!(text.contains("vsock: unknown op answered with RST"), "{text}");
-    assert!(text.contains("vsock: flood past the credit reset after"), "{text}");
+    assert!(
+        text.contains("vsock: unknown op answered with RST"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vsock: flood past the credit reset after"),
+        "{text}"
+    );
     assert_eq!((bad, unknown, credit), (1, 1, 1));
     assert!(held.is_ok());
     assert_eq!(&back, b"still-alive");
@@ -195,7 +201,10 @@ fn test_virtio_vsock_bad_options_fail_with_one_line_naming_vsock() {
             .args(["--serial", "null", "--vsock", vsock])
             .output()
             .expect("run strata");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let taken = dir.join("taken.sock");
     std::fs::write(&taken, b"").expect("create a file");

@@ -194,7 +194,9 @@ pub(super) fn validate_net(nets: &[NetConfig]) -> Result<(), ConfigError> {
                 )));
             }
             if tap.contains(['/', ' ', ':', '\0']) || tap == "." || tap == ".." {
-                return Err(invalid(format!("tap name '{tap}' is not an interface name")));
+                return Err(invalid(format!(
+                    "tap name '{tap}' is not an interface name"
+                )));
             }
             if !taps.insert(tap.clone()) {
                 return Err(invalid(format!(
@@ -321,8 +323,7 @@ mod tests {
         let long = config(r#"{"payload":{"kernel":"k"},"net":[{"tap":"abcdefghijklmnop"}]}"#);
         let twice = config(r#"{"payload":{"kernel":"k"},"net":[{"tap":"t"},{"tap":"t"}]}"#);
         let mq = config(r#"{"payload":{"kernel":"k"},"net":[{"num_queues":4}]}"#);
-        let bad_mac =
-            serde_json::from_str::<VmConfig>(r#"{"payload":{},"net":[{"mac":"nope"}]}"#);
+        let bad_mac = serde_json::from_str::<VmConfig>(r#"{"payload":{},"net":[{"mac":"nope"}]}"#);
 
         let long = long.validate().unwrap_err().to_string();
         let twice = twice.validate().unwrap_err().to_string();
@@ -331,7 +332,10 @@ mod tests {
         assert!(long.starts_with("invalid net: tap name"), "{long}");
         assert!(twice.contains("given to two devices"), "{twice}");
         assert!(mq.contains("num_queues=4"), "{mq}");
-        assert!(bad_mac.unwrap_err().to_string().contains("not a MAC address"));
+        assert!(bad_mac
+            .unwrap_err()
+            .to_string()
+            .contains("not a MAC address"));
     }
 
     #[test]

@@ -44,9 +44,8 @@ pub(super) fn virtio_device(
                 source,
             };
             let tap = Tap::open(n.tap.as_deref()).map_err(tap_err)?;
-            let ip = n
-                .ip
-                .map(|ip| (ip, n.mask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0))));
+            let ip =
+                n.ip.map(|ip| (ip, n.mask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0))));
             tap.configure_host(ip, n.mtu).map_err(tap_err)?;
             let params = NetParams {
                 mac: n.mac.unwrap_or_else(MacAddr::random).0,

@@ -283,9 +283,9 @@ impl Vsock {
         let mut sent = 0;
         let mut scratch = [0u8; 64];
         while sent < data.len() {
-            let credit = c
-                .peer_buf_alloc
-                .wrapping_sub(c.tx_cnt.wrapping_sub(c.peer_fwd_cnt)) as usize;
+            let credit =
+                c.peer_buf_alloc
+                    .wrapping_sub(c.tx_cnt.wrapping_sub(c.peer_fwd_cnt)) as usize;
             if credit == 0 {
                 self.ctl(c, OP_CREDIT_REQUEST, 0)?;
                 let (h, _) = self.recv(&mut scratch)?;

@@ -204,7 +204,6 @@ impl VirtioDevice for Net {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -469,11 +469,7 @@ mod tests {
             Arc::new(CountingInterrupt::default()),
             counters.clone(),
         );
-        Rig {
-            h,
-            host,
-            counters,
-        }
+        Rig { h, host, counters }
     }
 
     const MRG: NetMode = NetMode {

@@ -24,8 +24,8 @@ use vmm_sys_util::epoll::EventSet;
 use super::connection::{Connection, Refused, State};
 use super::packet::{op, Header, HDR_LEN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{
-    metrics, CONN_BUF, FIRST_HOST_PORT, HOST_CID, MAX_CONNECTIONS, MAX_HANDSHAKES,
-    MAX_PAYLOAD, MAX_PENDING_CONTROL,
+    metrics, CONN_BUF, FIRST_HOST_PORT, HOST_CID, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_PAYLOAD,
+    MAX_PENDING_CONTROL,
 };
 use crate::counters::Counters;
 use crate::virtio::queue::{BrokenQueue, Chain};
@@ -347,7 +347,7 @@ impl VsockHandler {
     /// Sends control packets and host data into receive buffers while both exist.
     pub fn process_rx(&mut self, ops: &mut EventOps) {
         let mut delivered = 0usize;
-        while !self.broken && !(self.control.is_empty() && self.ready.is_empty()) {
+        while !self.broken && (!self.control.is_empty() || !self.ready.is_empty()) {
             let Some(rx) = self.rx.as_mut() else { return };
             let chain = match rx.pop(&self.mem) {
                 Ok(Some(c)) => c,
@@ -472,8 +472,7 @@ impl VsockHandler {
         loop {
             match self.listener.accept() {
                 Ok((s, _)) => {
-                    if self.handshakes.len() >= MAX_HANDSHAKES || s.set_nonblocking(true).is_err()
-                    {
+                    if self.handshakes.len() >= MAX_HANDSHAKES || s.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let fd = s.as_raw_fd();
@@ -624,9 +623,7 @@ impl MutEventSubscriber for VsockHandler {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let mut ok = ops
-            .add(Events::new(&self.listener, EventSet::IN))
-            .is_ok();
+        let mut ok = ops.add(Events::new(&self.listener, EventSet::IN)).is_ok();
         for q in [&self.rx, &self.tx].into_iter().flatten() {
             ok &= ops.add(Events::new(&q.notify, EventSet::IN)).is_ok();
         }
