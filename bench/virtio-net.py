@@ -20,6 +20,7 @@ Usage: run as root, after `cargo build --release`:
 """
 
 import argparse
+import ctypes
 import os
 import socket
 import statistics
@@ -38,15 +39,25 @@ def sh(*args, check=True):
     return subprocess.run(args, check=check, capture_output=True, text=True)
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd):
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
 def in_ns(fn, *a):
-    """Runs fn(*a) with this thread in the namespace (AF_PACKET sockets are per namespace)."""
+    """Runs fn(*a) with this thread in the namespace (AF_PACKET sockets and
+    /proc/thread-self/net are per namespace)."""
     fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        os.setns(fd, os.CLONE_NEWNET)
+        setns(fd)
         return fn(*a)
     finally:
-        os.setns(own, os.CLONE_NEWNET)
+        setns(own)
         os.close(fd)
         os.close(own)
 
@@ -105,8 +116,13 @@ def finish(vmm, proc, tap):
 
 
 def rx_packets(tap):
-    with open(f"/sys/class/net/{tap}/statistics/rx_packets") as f:
-        return int(f.read())
+    """The tap's received-packets counter (frames the VMM wrote), in the caller's namespace."""
+    with open("/proc/thread-self/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == tap:
+                return int(rest.split()[1])
+    raise RuntimeError(f"no {tap} in /proc/thread-self/net/dev")
 
 
 def guest_to_host(vmm, args, size):
@@ -157,8 +173,11 @@ def host_to_guest(vmm, args, size):
                     pass
         elapsed.append(time.perf_counter() - t0)
         time.sleep(0.2)
-        for _ in range(50):
-            s.send(end)
+        for _ in range(500):
+            try:
+                s.send(end)
+            except OSError:
+                break  # the guest got it, exited, and the tap went away
             time.sleep(0.01)
             if proc.poll() is not None:
                 break

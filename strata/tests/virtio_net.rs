@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::api::ApiVmm;
 use common::{kvm_available, require, scratch, strata_bin};
-use net_common::{netns_exists, wait_for_line, NetNs};
+use net_common::{netns_exists, wait_for_line, KillOnDrop, NetNs};
 
 /// The guest's MAC and addresses (inside each test's own namespace).
 const MAC: &str = "52:54:00:12:34:56";
@@ -64,14 +64,18 @@ fn ping_test(tag: &str, transport: &str, guest_opts: &str, size: u32) -> String 
     );
     let net = format!("tap=stap0,mac={MAC},ip={HOST_IP},mask=255.255.255.0");
     let vm_transport = if transport == "mmio" { "mmio" } else { "pci" };
-    let mut child = strata_in(&ns, &serial, &cmdline, &net, &["--transport", vm_transport]);
-    wait_for_line(&serial, "net: ready", || {
-        child.try_wait().map(|s| s.is_none()).unwrap_or(false)
-    });
+    let mut child = KillOnDrop(Some(strata_in(
+        &ns,
+        &serial,
+        &cmdline,
+        &net,
+        &["--transport", vm_transport],
+    )));
+    wait_for_line(&serial, "net: ready", || child.alive());
     let links_running = ns.links();
 
     let (sent, received, ping_out) = ns.ping(GUEST_IP, PINGS, size);
-    let out = child.wait_with_output().expect("wait for strata");
+    let out = child.wait_with_output();
     let links_after = ns.links();
     let name = ns.name.clone();
     drop(ns);
@@ -309,7 +313,7 @@ fn qemu_ping(tag: &str, machine: &[&str], device: &str, transport: &str) {
     let cmdline = format!(
         "transport={transport} op=net-info op=net-serve ip={GUEST_IP} count={PINGS} exit=3"
     );
-    let mut child = ns
+    let child = ns
         .command("qemu-system-x86_64", machine)
         .args(["-accel", "kvm", "-cpu", "qemu64", "-m", "128"])
         .args([
@@ -335,12 +339,11 @@ fn qemu_ping(tag: &str, machine: &[&str], device: &str, transport: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn qemu");
-    wait_for_line(&serial, "net: ready", || {
-        child.try_wait().map(|s| s.is_none()).unwrap_or(false)
-    });
+    let mut child = KillOnDrop(Some(child));
+    wait_for_line(&serial, "net: ready", || child.alive());
 
     let (sent, received, ping_out) = ns.ping(GUEST_IP, PINGS, 56);
-    let out = child.wait_with_output().expect("wait for qemu");
+    let out = child.wait_with_output();
 
     let text = std::fs::read_to_string(&serial).expect("serial");
     assert_eq!((sent, received), (PINGS, PINGS), "{ping_out}\n{text}");

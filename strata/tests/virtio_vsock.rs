@@ -12,11 +12,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
 use std::thread::JoinHandle;
 
 use common::api::ApiVmm;
 use common::{kvm_available, pseudo_random, scratch, strata_bin};
-use net_common::wait_for_line;
+use net_common::{wait_for_line, KillOnDrop};
 
 /// A guard against hangs (Strata stops the guest and exits 124), not a speed assertion.
 const TIMEOUT: &str = "240";
@@ -77,10 +78,13 @@ fn both_directions(tag: &str, transport: &str) {
         "transport={transport} op=vsock-info op=vsock-echo port=1234 op=vsock-connect port=5000 text=hello-host exit=3"
     );
     let vsock = format!("cid=42,socket={}", socket.display());
-    let mut child = spawn_strata(&serial, &cmdline, &vsock, &["--transport", transport]);
-    wait_for_line(&serial, "vsock: listening on port 1234", || {
-        child.try_wait().map(|s| s.is_none()).unwrap_or(false)
-    });
+    let mut child = KillOnDrop(Some(spawn_strata(
+        &serial,
+        &cmdline,
+        &vsock,
+        &["--transport", transport],
+    )));
+    wait_for_line(&serial, "vsock: listening on port 1234", || child.alive());
     let data = pseudo_random(ECHO_BYTES, 7);
 
     let (mut s, ok) = connect(&socket, 1234);
@@ -92,7 +96,7 @@ fn both_directions(tag: &str, transport: &str) {
     s.write_all(&data).expect("send to the guest");
     let got = echo.join().expect("reader").expect("read the echo");
     s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    let out = child.wait_with_output().expect("wait for strata");
+    let out = child.wait_with_output();
     let guest_line = host_port.join().expect("host listener");
 
     let text = std::fs::read_to_string(&serial).expect("serial");

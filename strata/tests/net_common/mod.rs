@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -131,9 +131,50 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A child process killed (and reaped) when dropped, so that a failing test leaves no VMM
+/// running.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    /// Whether the child still runs.
+    pub fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().map(|s| s.is_none()).unwrap_or(false))
+    }
+
+    /// Waits for the child and returns its output.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("wait for the child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits until `file` holds a line containing `marker` (the guest got there), or `alive`
 /// says the process ended; returns the file's text.
-pub fn wait_for_line(file: &Path, marker: &str, mut alive: impl FnMut() -> bool) -> String {
+pub fn wait_for_line(file: &Path, marker: &str, alive: impl FnMut() -> bool) -> String {
+    wait_for_line_within(file, marker, alive, HANG_GUARD)
+}
+
+/// [`wait_for_line`] with a hang guard of `limit` (Linux boots on a loaded PVM host).
+pub fn wait_for_line_within(
+    file: &Path,
+    marker: &str,
+    mut alive: impl FnMut() -> bool,
+    limit: std::time::Duration,
+) -> String {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -145,7 +186,7 @@ pub fn wait_for_line(file: &Path, marker: &str, mut alive: impl FnMut() -> bool)
             "the VMM ended before the guest printed '{marker}':\n{text}"
         );
         assert!(
-            start.elapsed() < HANG_GUARD,
+            start.elapsed() < limit,
             "the guest never printed '{marker}':\n{text}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
