@@ -79,8 +79,10 @@ impl NetNs {
                 &count.to_string(),
                 "-i",
                 "0.05",
-                "-W",
-                "10",
+                // A deadline, not a per-reply timeout: with -W, ping stops waiting two
+                // round trips after the first reply, too soon for a guest on a loaded host.
+                "-w",
+                "120",
                 "-s",
                 &size.to_string(),
                 addr,
