@@ -141,6 +141,13 @@ pub fn virtio() -> &'static Path {
     guest_path!("virtio.elf")
 }
 
+/// The net guest (Rust, ring 3): a polling virtio-net driver that answers
+/// ARP and ICMP echo, and a virtio-vsock driver that echoes or connects
+/// (see README.md).
+pub fn net() -> &'static Path {
+    guest_path!("net.elf")
+}
+
 /// The counter guest (Rust, ring 3): prints `count 1`, `count 2`, ...
 /// forever, or up to `limit=N`.
 pub fn counter() -> &'static Path {
@@ -184,6 +191,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("density", density()),
             ("density-stay", density_stay()),
             ("hostile", hostile()),
+            ("net", net()),
         ]
     })
 }
@@ -206,7 +214,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 13);
+        assert_eq!(guests.len(), 14);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 

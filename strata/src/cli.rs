@@ -103,6 +103,18 @@ const OPTIONS: &[OptionSpec] = &[
         primary: Some("src"),
         repeat: false,
     },
+    OptionSpec {
+        name: "net",
+        path: &["net"],
+        primary: Some("tap"),
+        repeat: true,
+    },
+    OptionSpec {
+        name: "vsock",
+        path: &["vsock"],
+        primary: Some("socket"),
+        repeat: false,
+    },
 ];
 
 /// The usage text of `strata run`.
@@ -115,6 +127,9 @@ pub const RUN_USAGE: &str =
                   [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
                   [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
                           [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...
+                  [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,queue_size=N]
+                         [,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
+                  [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
 VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
 
@@ -444,5 +459,40 @@ mod tests {
     fn test_parse_run_args_bad_number() {
         let e = parse_run_args(&args(&["--kernel", "k", "--cpus", "boot=x"])).unwrap_err();
         assert!(e.to_string().contains("--cpus"), "{e}");
+    }
+
+    #[test]
+    fn test_parse_run_args_net_repeats_and_vsock() {
+        let c = parse_run_args(&args(&[
+            "--kernel",
+            "k",
+            "--net",
+            "tap=t0,mac=52:54:00:00:00:01,ip=10.0.0.1,mask=255.255.255.0",
+            "--net",
+            "mtu=9000,transport=pci",
+            "--vsock",
+            "cid=3,socket=/tmp/v.sock",
+        ]))
+        .unwrap();
+
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0].tap.as_deref(), Some("t0"));
+        assert_eq!(
+            c.net[0].mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
+        assert_eq!(c.net[1].mtu, Some(9000));
+        assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
+    }
+
+    #[test]
+    fn test_parse_run_args_bad_mac_names_option() {
+        let e = parse_run_args(&args(&["--kernel", "k", "--net", "mac=52:54:00"])).unwrap_err();
+
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for --net: '52:54:00' is not a MAC"),
+            "{e}"
+        );
     }
 }

@@ -88,7 +88,16 @@ pub struct VmConfig {
     /// Disk images, each a virtio-blk device (`--disk`, repeatable).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, each a virtio-net device on a tap (`--net`, repeatable).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device with a Unix-socket backend (`--vsock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
+
+mod net;
+pub use net::{MacAddr, NetConfig, VsockConfig};
 
 /// An image format, always stated (never probed from the file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -521,6 +530,10 @@ impl VmConfig {
             });
         }
         self.validate_disks()?;
+        net::validate_net(&self.net)?;
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
         if self.serial.mode == ConsoleMode::Stdio && self.console.mode == ConsoleMode::Stdio {
             return Err(ConfigError::Invalid {
                 field: "console",

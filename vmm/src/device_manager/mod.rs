@@ -2,6 +2,7 @@
 //! created on the buses once guest memory and the irqchip exist: each virtio device behind
 //! its transport, with its notify ioeventfds and its irqfds registered.
 
+mod net;
 pub mod plan;
 
 use std::path::PathBuf;
@@ -95,6 +96,24 @@ pub enum DeviceManagerError {
         #[source]
         source: PciRootError,
     },
+    /// A network device's tap could not be set up.
+    #[error("unable to set up the tap of {id} (--net)")]
+    Tap {
+        /// The device.
+        id: String,
+        /// The cause.
+        #[source]
+        source: crate::virtio::net::tap::TapError,
+    },
+    /// The vsock device's Unix socket could not be set up.
+    #[error("unable to listen on the vsock socket {path} (--vsock)")]
+    VsockSocket {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The plan names a device the configuration does not have.
     #[error("the device plan names {0}, which the configuration does not have")]
     NotConfigured(String),
@@ -124,6 +143,7 @@ pub fn requests(config: &VmConfig) -> Vec<DeviceRequest> {
             transport: config.console.transport.unwrap_or(config.transport),
         });
     }
+    out.extend(net::requests(config));
     out
 }
 
@@ -155,6 +175,8 @@ pub struct DeviceManager {
     devices: Vec<(String, Attached)>,
     pci: Option<Arc<Mutex<PciRoot>>>,
     console_pty: Option<PathBuf>,
+    /// Unix sockets the devices listen on, removed when the VM ends.
+    sockets: Vec<PathBuf>,
 }
 
 impl DeviceManager {
@@ -215,6 +237,7 @@ impl DeviceManager {
                 }
             };
             dm.devices.push((planned.id.clone(), attached));
+            dm.sockets.extend(net::socket_of(config, planned));
         }
         Ok(dm)
     }
@@ -245,6 +268,9 @@ impl DeviceManager {
                 Attached::Mmio(t) => lock(t).shutdown(),
                 Attached::Pci(t) => lock(t).shutdown(),
             }
+        }
+        for path in &self.sockets {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -342,6 +368,7 @@ fn virtio_device(
             Ok(Box::new(Rng::new(&planned.id, source)))
         }
         DeviceKind::Console => Ok(Box::new(console_device(config, &planned.id)?)),
+        DeviceKind::Net(_) | DeviceKind::Vsock => net::virtio_device(config, planned),
         DeviceKind::Block(i) => {
             let d = config
                 .disks

@@ -18,6 +18,10 @@ pub enum DeviceKind {
     Console,
     /// virtio-blk on `disks[n]`.
     Block(usize),
+    /// virtio-net on `net[n]`.
+    Net(usize),
+    /// virtio-vsock (`vsock`).
+    Vsock,
 }
 
 /// A device the configuration asks for.

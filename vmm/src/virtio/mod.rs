@@ -15,9 +15,11 @@ pub mod block;
 pub mod console;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::Arc;

@@ -10,10 +10,12 @@ pub mod blk;
 pub mod console;
 pub mod layout;
 pub mod mmio;
+pub mod net;
 pub mod pci_legacy;
 pub mod pci_modern;
 pub mod queue;
 pub mod rng;
+pub mod vsock;
 
 use crate::cmdline::Cmdline;
 use crate::dma::Dma;

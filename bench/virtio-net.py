@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""virtio-net and virtio-vsock throughput, by hand (docs/benchmarks.md, "virtio-net").
+
+The kit's `net` guest, the same image under Strata and under QEMU (`-netdev tap,vhost=off`,
+virtio-net on microvm/virtio-mmio), each run in a private network namespace made and deleted
+here:
+
+- guest -> host: `op=net-blast` sends N frames of 64 bytes (then of 1514 bytes, the size of a
+  UDP datagram with a 1472-byte payload); the rate is read from the tap's rx_packets counter
+  on the host side, sampled every 5 ms, between 10% and 90% of the frames.
+- host -> guest: the host writes frames of 64 (then 1514) bytes into the tap through an
+  AF_PACKET socket for a fixed time, as fast as it can, then an end marker; the guest's
+  `op=net-sink` counts what reached it: received / sending time.
+- vsock (Strata only: QEMU has no userspace vsock backend): round trips of 1 byte through the
+  guest's echo (`CONNECT 1234`), and echo throughput with 64 KiB writes.
+
+Usage: run as root, after `cargo build --release`:
+    python3 bench/virtio-net.py --strata target/release/strata \
+        --guest $(cargo run -q --release -p test-guests --bin guest-path -- net)
+"""
+
+import argparse
+import ctypes
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+NS = "strata-bench-net"
+HOST_IP, GUEST_IP = "10.79.0.1", "10.79.0.2"
+MAC = "52:54:00:be:ec:01"
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd):
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def in_ns(fn, *a):
+    """Runs fn(*a) with this thread in the namespace (AF_PACKET sockets and
+    /proc/thread-self/net are per namespace)."""
+    fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        setns(fd)
+        return fn(*a)
+    finally:
+        setns(own)
+        os.close(fd)
+        os.close(own)
+
+
+def wait_line(path, marker, proc, limit=300):
+    start = time.time()
+    while time.time() - start < limit:
+        try:
+            with open(path) as f:
+                text = f.read()
+            if marker in text:
+                return text
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"VMM ended before '{marker}': {open(path).read()}")
+        time.sleep(0.005)
+    raise RuntimeError(f"no '{marker}'")
+
+
+def vmm_cmd(vmm, args, guest, cmdline, serial, tap):
+    if vmm == "strata":
+        return [args.strata, "run", "--kernel", guest, "--cmdline", cmdline, "--timeout", "600",
+                "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}"]
+    return ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "qemu64",
+            "-m", "128", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-global", "virtio-mmio.force-legacy=false",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", f"file:{serial}",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-device,netdev=n0,mac={MAC}", "-kernel", guest,
+            "-append", cmdline]
+
+
+def start(vmm, args, cmdline, marker):
+    tap = "btap0"
+    if vmm == "qemu":
+        sh("ip", "netns", "exec", NS, "ip", "tuntap", "add", tap, "mode", "tap")
+        sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{HOST_IP}/24", "dev", tap)
+        sh("ip", "netns", "exec", NS, "ip", "link", "set", tap, "up")
+    serial = tempfile.mktemp(prefix="strata-bench-net-")
+    proc = subprocess.Popen(["ip", "netns", "exec", NS] +
+                            vmm_cmd(vmm, args, args.guest, f"transport=mmio {cmdline}", serial, tap),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_line(serial, marker, proc)
+    return proc, serial, tap
+
+
+def finish(vmm, proc, tap):
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if vmm == "qemu":
+        sh("ip", "netns", "exec", NS, "ip", "link", "del", tap, check=False)
+
+
+def rx_packets(tap):
+    """The tap's received-packets counter (frames the VMM wrote), in the caller's namespace."""
+    with open("/proc/thread-self/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == tap:
+                return int(rest.split()[1])
+    raise RuntimeError(f"no {tap} in /proc/thread-self/net/dev")
+
+
+def guest_to_host(vmm, args, size):
+    n = args.frames
+    # The tap must exist before the blast starts: a first op waits for the host's go.
+    proc, serial, tap = start(vmm, args, f"op=net-sink op=net-blast frames={n} size={size}",
+                              "net: sink ready")
+    samples = []
+
+    def blast():
+        base = rx_packets(tap)
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((tap, 0))
+        s.send(b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb6" + b"\0" * 50)
+        while True:
+            c = rx_packets(tap) - base
+            samples.append((time.perf_counter(), c))
+            if c >= n or proc.poll() is not None:
+                break
+            time.sleep(0.005)
+
+    in_ns(blast)
+    finish(vmm, proc, tap)
+    lo = next(t for t, c in samples if c >= n * 0.1)
+    hi_t, hi_c = next((t, c) for t, c in samples if c >= n * 0.9)
+    lo_c = next(c for t, c in samples if c >= n * 0.1)
+    return (hi_c - lo_c) / (hi_t - lo)
+
+
+def host_to_guest(vmm, args, size):
+    proc, serial, tap = start(vmm, args, "op=net-sink", "net: sink ready")
+    frame = b"\x52\x54\x00\xbe\xec\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x88\xb5"
+    frame += b"\x5a" * (size - len(frame))
+    end = b"\x52\x54\x00\xbe\xec\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x88\xb6" + b"\0" * 50
+    elapsed = []
+
+    def send():
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((tap, 0))
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < args.seconds:
+            for _ in range(64):
+                try:
+                    s.send(frame)
+                    sent += 1
+                except OSError:
+                    pass
+        elapsed.append(time.perf_counter() - t0)
+        time.sleep(0.2)
+        for _ in range(500):
+            try:
+                s.send(end)
+            except OSError:
+                break  # the guest got it, exited, and the tap went away
+            time.sleep(0.01)
+            if proc.poll() is not None:
+                break
+        return sent
+
+    sent = in_ns(send)
+    finish(vmm, proc, tap)
+    text = open(serial).read()
+    line = [l for l in text.splitlines() if l.startswith("net: received")]
+    got = int(line[0].split()[2]) if line else 0
+    return got / elapsed[0], sent
+
+
+def vsock(args):
+    d = tempfile.mkdtemp(prefix="strata-bench-vsock-")
+    sock = os.path.join(d, "v.sock")
+    serial = os.path.join(d, "serial.txt")
+    proc = subprocess.Popen([args.strata, "run", "--kernel", args.guest, "--cmdline",
+                             "transport=mmio op=vsock-echo port=1234 conns=2", "--timeout", "600",
+                             "--serial", f"file={serial}", "--vsock", f"cid=3,socket={sock}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_line(serial, "listening on port 1234", proc)
+
+    def conn():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock)
+        s.sendall(b"CONNECT 1234\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            line += s.recv(1)
+        return s
+
+    s = conn()
+    rtts = []
+    for _ in range(args.rtts):
+        t = time.perf_counter()
+        s.sendall(b"x")
+        s.recv(1)
+        rtts.append(time.perf_counter() - t)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(10)
+    s.close()
+    s = conn()
+    total = args.vsock_mib << 20
+    got = [0]
+
+    def reader():
+        while got[0] < total:
+            b = s.recv(1 << 16)
+            if not b:
+                break
+            got[0] += len(b)
+
+    r = threading.Thread(target=reader)
+    t = time.perf_counter()
+    r.start()
+    chunk = b"\xa5" * (1 << 16)
+    for _ in range(total >> 16):
+        s.sendall(chunk)
+    r.join()
+    dt = time.perf_counter() - t
+    s.shutdown(socket.SHUT_WR)
+    s.close()
+    proc.wait(timeout=60)
+    return statistics.median(rtts) * 1e6, got[0] / dt / (1 << 20)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--strata", default="target/release/strata")
+    p.add_argument("--guest", required=True)
+    p.add_argument("--frames", type=int, default=200000)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--rtts", type=int, default=2000)
+    p.add_argument("--vsock-mib", type=int, default=256)
+    args = p.parse_args()
+    sh("ip", "netns", "del", NS, check=False)
+    sh("ip", "netns", "add", NS)
+    try:
+        print(f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: {os.uname().nodename} "
+              f"{os.cpu_count()} CPUs, {os.uname().release}")
+        print("| test | strata | qemu |")
+        print("|---|---|---|")
+        for size in (64, 1514):
+            r = {v: guest_to_host(v, args, size) for v in ("strata", "qemu")}
+            print(f"| guest->host {size}-byte frames (pps) | {r['strata']:.0f} | {r['qemu']:.0f} |")
+            r = {v: host_to_guest(v, args, size) for v in ("strata", "qemu")}
+            print(f"| host->guest {size}-byte frames (pps received; host sent) "
+                  f"| {r['strata'][0]:.0f} ({r['strata'][1]}) | {r['qemu'][0]:.0f} ({r['qemu'][1]}) |")
+        rtt, mibs = vsock(args)
+        print(f"| vsock round trip, 1 byte (us, median) | {rtt:.1f} | n/a |")
+        print(f"| vsock echo throughput, 64 KiB writes (MiB/s each way) | {mibs:.1f} | n/a |")
+    finally:
+        sh("ip", "netns", "del", NS, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+//! virtio-net on a tap, driven by the guest kit's `net` guest (a polling driver answering
+//! ARP and ICMP echo), each test in a private network namespace it creates and deletes:
+//! Strata creates the tap inside it, sets the host side's address, and the host's own
+//! `ping -c 20` from that namespace must get every reply, over virtio-mmio, virtio-pci and
+//! virtio-pci legacy; QEMU runs the same guest on a tap (`vhost=off`) as the yardstick. The
+//! guest-hostile transmit chains are dropped and counted; bad `--net` options fail with one
+//! line naming the option.
+
+mod common;
+mod net_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::api::ApiVmm;
+use common::{kvm_available, require, scratch, strata_bin};
+use net_common::{netns_exists, wait_for_line, KillOnDrop, NetNs};
+
+/// The guest's MAC and addresses (inside each test's own namespace).
+const MAC: &str = "52:54:00:12:34:56";
+const HOST_IP: &str = "10.77.0.1";
+const GUEST_IP: &str = "10.77.0.2";
+/// A guard against hangs (Strata stops the guest and exits 124), not a speed assertion.
+const TIMEOUT: &str = "240";
+/// Echo requests each test sends.
+const PINGS: u32 = 20;
+
+/// `strata run` of the net guest with `cmdline`, COM1 to `serial`, the given `--net` and
+/// extra options, inside `ns`.
+fn strata_in(ns: &NetNs, serial: &Path, cmdline: &str, net: &str, extra: &[&str]) -> Child {
+    let kernel = test_guests::net().to_str().expect("utf-8 path").to_string();
+    let serial_opt = format!("file={}", serial.display());
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        cmdline,
+        "--timeout",
+        TIMEOUT,
+        "--serial",
+        &serial_opt,
+        "--net",
+        net,
+    ];
+    args.extend_from_slice(extra);
+    ns.command(strata_bin(), &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strata")
+}
+
+/// Boots the guest in a fresh namespace, waits for `net: ready`, pings it `PINGS` times
+/// with `size`-byte payloads, and checks every reply came, the guest's report, the exit
+/// status, and that the tap and the namespace are gone afterwards.
+fn ping_test(tag: &str, transport: &str, guest_opts: &str, size: u32) -> String {
+    let ns = NetNs::new(tag);
+    let dir = scratch(tag);
+    let serial = dir.join("serial.txt");
+    let cmdline = format!(
+        "transport={transport} {guest_opts} op=net-info op=net-serve ip={GUEST_IP} count={PINGS} exit=3"
+    );
+    let net = format!("tap=stap0,mac={MAC},ip={HOST_IP},mask=255.255.255.0");
+    let vm_transport = if transport == "mmio" { "mmio" } else { "pci" };
+    let mut child = KillOnDrop(Some(strata_in(
+        &ns,
+        &serial,
+        &cmdline,
+        &net,
+        &["--transport", vm_transport],
+    )));
+    wait_for_line(&serial, "net: ready", || child.alive());
+    let links_running = ns.links();
+
+    let (sent, received, ping_out) = ns.ping(GUEST_IP, PINGS, size);
+    let out = child.wait_with_output();
+    let links_after = ns.links();
+    let name = ns.name.clone();
+    drop(ns);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&serial).expect("serial");
+    assert_eq!(
+        (sent, received),
+        (PINGS, PINGS),
+        "{ping_out}\n{text}\n{stderr}"
+    );
+    assert!(
+        links_running.iter().any(|l| l == "stap0"),
+        "{links_running:?}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}\n{stderr}");
+    assert!(
+        text.contains(&format!("net: answered {PINGS} echo requests")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("net: mac={MAC} mtu=1500 link=up"))),
+        "{text}"
+    );
+    assert_eq!(
+        links_after,
+        vec!["lo".to_string()],
+        "the tap outlived the VM"
+    );
+    assert!(!netns_exists(&name), "namespace {name} left behind");
+    text
+}
+
+#[test]
+fn test_virtio_net_ping_every_reply_over_mmio() {
+    if !kvm_available() {
+        return;
+    }
+    let text = ping_test("net-mmio", "mmio", "", 56);
+
+    assert!(text.contains("virtio: mmio v2 0xd0000000 net"), "{text}");
+    assert!(text.contains("hdr=12 mrg=1"), "{text}");
+}
+
+#[test]
+fn test_virtio_net_ping_large_frames_span_mergeable_buffers_over_pci() {
+    if !kvm_available() {
+        return;
+    }
+    // 256-byte receive buffers: a 1442-byte frame takes six of them (num_buffers).
+    let text = ping_test("net-pci", "pci", "rxbuf=256", 1400);
+
+    assert!(
+        text.contains("largest 1442 bytes in at most 6 buffers"),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_virtio_net_ping_legacy_header_without_mergeable_over_pci_legacy() {
+    if !kvm_available() {
+        return;
+    }
+    let text = ping_test("net-legacy", "pci-legacy", "mrg=0", 56);
+
+    assert!(text.contains("hdr=10 mrg=0"), "{text}");
+    assert!(text.contains("in at most 1 buffers"), "{text}");
+}
+
+#[test]
+fn test_virtio_net_hostile_tx_chains_dropped_counted_device_keeps_serving() {
+    if !kvm_available() {
+        return;
+    }
+    let ns = NetNs::new("net-hostile");
+    let dir = scratch("net-hostile");
+    let serial = dir.join("serial.txt");
+    let socket = dir.join("api.sock");
+    let cmdline =
+        format!("transport=mmio op=net-hostile op=net-serve ip={GUEST_IP} count=3 exit=3");
+    let kernel = test_guests::net().to_str().expect("path").to_string();
+    let child = ns
+        .command(strata_bin(), &["run", "--api-socket"])
+        .arg(&socket)
+        .args([
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            &cmdline,
+            "--timeout",
+            TIMEOUT,
+        ])
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .args(["--net", &format!("tap=stap0,mac={MAC},ip={HOST_IP}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn strata");
+    let vmm = ApiVmm { child, socket, dir };
+    wait_for_line(&serial, "net: ready", || true);
+
+    let oversize = vmm.counter("net0", "tx_oversize");
+    let malformed = vmm.counter("net0", "tx_malformed");
+    let (sent, received, ping_out) = ns.ping(GUEST_IP, 3, 56);
+    wait_for_line(&serial, "done", || true);
+    let tx_frames = vmm.counter("net0", "tx_frames");
+    let ended = vmm.shutdown();
+
+    // A frame past the MTU and a GSO frame without HOST_TSO; a 4-byte chain and one outside
+    // RAM.
+    assert_eq!((oversize, malformed), (2, 2));
+    assert_eq!((sent, received), (3, 3), "{ping_out}");
+    assert!(tx_frames >= 4, "tx_frames {tx_frames}");
+    assert_eq!(ended.status, Some(0), "{}", ended.stderr);
+}
+
+/// `strata run` with a `--net` value that must fail before the guest runs.
+fn bad_net(ns: Option<&NetNs>, net: &str, wrapper: &[&str]) -> (Option<i32>, String) {
+    let kernel = test_guests::net().to_str().expect("path").to_string();
+    let args = ["run", "--kernel", &kernel, "--net", net, "--serial", "null"];
+    let mut cmd = match (ns, wrapper.split_first()) {
+        (Some(ns), Some((prog, rest))) => {
+            let mut c = ns.command(prog, rest);
+            c.arg(strata_bin()).args(args);
+            c
+        }
+        (Some(ns), None) => ns.command(strata_bin(), &args),
+        (None, _) => {
+            let mut c = Command::new(strata_bin());
+            c.args(args);
+            c
+        }
+    };
+    let out = cmd.output().expect("run strata");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(result: (Option<i32>, String), want: &str) {
+    let (status, stderr) = result;
+    assert_ne!(status, Some(0), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(want), "expected '{want}' in: {stderr}");
+}
+
+#[test]
+fn test_virtio_net_bad_options_fail_with_one_line_naming_net() {
+    if !kvm_available() {
+        return;
+    }
+    assert_one_line_error(
+        bad_net(None, "tap=a-name-that-is-too-long", &[]),
+        "invalid net: tap name 'a-name-that-is-too-long' must be 1 to 15 bytes long",
+    );
+    assert_one_line_error(
+        bad_net(None, "mac=52:54:00:12:34", &[]),
+        "invalid value for --net: '52:54:00:12:34' is not a MAC address",
+    );
+    assert_one_line_error(
+        bad_net(None, "mac=01:00:5e:00:00:01", &[]),
+        "is a multicast address",
+    );
+    // `lo` exists in every namespace and is no tap; nothing is changed on it.
+    assert_one_line_error(
+        bad_net(None, "tap=lo", &[]),
+        "unable to set up the tap of net0 (--net): interface lo exists and is not a tap",
+    );
+}
+
+#[test]
+fn test_virtio_net_two_devices_on_one_tap_rejected() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = test_guests::net().to_str().expect("path").to_string();
+
+    let out = Command::new(strata_bin())
+        .args(["run", "--kernel", &kernel, "--serial", "null"])
+        .args(["--net", "tap=stapx", "--net", "tap=stapx"])
+        .output()
+        .expect("run strata");
+
+    assert_one_line_error(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        "invalid net: tap stapx is given to two devices",
+    );
+}
+
+#[test]
+fn test_virtio_net_without_cap_net_admin_fails_naming_the_tap() {
+    if !kvm_available() {
+        return;
+    }
+    require("/usr/bin/setpriv", "util-linux");
+    let ns = NetNs::new("net-noperm");
+
+    // Root without CAP_NET_ADMIN in its bounding set execs strata without it.
+    let result = bad_net(
+        Some(&ns),
+        "tap=stap0",
+        &[
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+        ],
+    );
+
+    assert_one_line_error(
+        result,
+        "no permission to create or attach tap stap0 (needs CAP_NET_ADMIN)",
+    );
+    assert_eq!(ns.links(), vec!["lo".to_string()]);
+}
+
+/// The same guest under QEMU on a tap the test made in its namespace (`vhost=off`).
+fn qemu_ping(tag: &str, machine: &[&str], device: &str, transport: &str) {
+    require("/usr/bin/qemu-system-x86_64", "qemu-system-x86");
+    let ns = NetNs::new(tag);
+    ns.run_ok("ip", &["tuntap", "add", "qtap0", "mode", "tap"]);
+    ns.run_ok(
+        "ip",
+        &["addr", "add", &format!("{HOST_IP}/24"), "dev", "qtap0"],
+    );
+    ns.run_ok("ip", &["link", "set", "qtap0", "up"]);
+    let dir = scratch(tag);
+    let serial = dir.join("serial.txt");
+    let cmdline = format!(
+        "transport={transport} op=net-info op=net-serve ip={GUEST_IP} count={PINGS} exit=3"
+    );
+    let child = ns
+        .command("qemu-system-x86_64", machine)
+        .args(["-accel", "kvm", "-cpu", "qemu64", "-m", "128"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args([
+            "-netdev",
+            "tap,id=n0,ifname=qtap0,script=no,downscript=no,vhost=off",
+        ])
+        .args(["-device", &format!("{device},netdev=n0,mac={MAC}")])
+        .arg("-kernel")
+        .arg(test_guests::net())
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu");
+    let mut child = KillOnDrop(Some(child));
+    wait_for_line(&serial, "net: ready", || child.alive());
+
+    let (sent, received, ping_out) = ns.ping(GUEST_IP, PINGS, 56);
+    let out = child.wait_with_output();
+
+    let text = std::fs::read_to_string(&serial).expect("serial");
+    assert_eq!((sent, received), (PINGS, PINGS), "{ping_out}\n{text}");
+    assert_eq!(out.status.code(), Some(3 << 1 | 1), "{text}");
+    assert!(
+        text.contains(&format!("net: answered {PINGS} echo requests")),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_virtio_net_same_guest_under_qemu_microvm_mmio() {
+    if !kvm_available() {
+        return;
+    }
+    qemu_ping(
+        "net-qemu-mmio",
+        &[
+            "-M",
+            "microvm,acpi=off",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ],
+        "virtio-net-device",
+        "mmio",
+    );
+}
+
+#[test]
+fn test_virtio_net_same_guest_under_qemu_q35_pci() {
+    if !kvm_available() {
+        return;
+    }
+    qemu_ping(
+        "net-qemu-pci",
+        &["-M", "q35"],
+        "virtio-net-pci,disable-legacy=on",
+        "pci",
+    );
+}
