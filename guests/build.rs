@@ -107,7 +107,7 @@ const GUESTS: &[Guest] = &[
 ];
 
 /// The Rust guests: `rust/<stem>.rs` becomes `<stem>.elf`.
-const RUST_GUESTS: &[&str] = &["virtio", "counter"];
+const RUST_GUESTS: &[&str] = &["virtio", "counter", "acpi"];
 
 fn tool(var: &str, default: &str) -> String {
     println!("cargo:rerun-if-env-changed={var}");

@@ -136,6 +136,13 @@ pub fn counter() -> &'static Path {
     guest_path!("counter.elf")
 }
 
+/// The ACPI guest (Rust, ring 3): follows the RSDP from `hvm_start_info`,
+/// checks and lists the tables, and runs the `op=` operations on its
+/// command line (S5, waiting for the power button; see README.md).
+pub fn acpi() -> &'static Path {
+    guest_path!("acpi.elf")
+}
+
 /// The contents of sectors `first..first + sectors` of the `virtio`
 /// guest's disk pattern for `seed`.
 pub fn pattern_bytes(seed: u32, first: u64, sectors: u64) -> Vec<u8> {
@@ -163,6 +170,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("smp", smp()),
             ("virtio", virtio()),
             ("counter", counter()),
+            ("acpi", acpi()),
         ]
     })
 }
@@ -185,7 +193,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 10);
+        assert_eq!(guests.len(), 11);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 

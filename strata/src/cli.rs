@@ -103,6 +103,12 @@ const OPTIONS: &[OptionSpec] = &[
         primary: Some("src"),
         repeat: false,
     },
+    OptionSpec {
+        name: "acpi",
+        path: &["acpi"],
+        primary: None,
+        repeat: false,
+    },
 ];
 
 /// The usage text of `strata run`.
@@ -115,6 +121,7 @@ pub const RUN_USAGE: &str =
                   [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
                   [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
                           [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...
+                  [--acpi on|off]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
 VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
 

@@ -88,6 +88,10 @@ pub struct VmConfig {
     /// Disk images, each a virtio-blk device (`--disk`, repeatable).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, MCFG, DSDT), the ACPI power button and S5; off
+    /// keeps the machine with the MP table only.
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub acpi: bool,
 }
 
 /// An image format, always stated (never probed from the file).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acpi::{self, AcpiError, PowerButton};
 use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VmConfig};
@@ -82,6 +83,9 @@ pub enum VmmError {
     /// The control plane failed (threads, event loop, signals, timers).
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// The ACPI tables or devices could not be set up.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
 }
 
 /// A built VM, ready to run: what the control plane needs of it.
@@ -97,6 +101,8 @@ pub struct Vm {
     pub(crate) timeout: Option<Duration>,
     /// Every device's counters, by device name (`vm.counters`, `GET /metrics`).
     pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
+    /// The ACPI power button (`vm.power-button`), with ACPI on.
+    pub(crate) power_button: Option<PowerButton>,
 }
 
 pub(crate) fn create_output(
@@ -166,6 +172,11 @@ impl Vm {
         let mut resources = SystemResources::new(config.memory.size);
         let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
             .map_err(VmmError::Resources)?;
+        //    With ACPI, the generic event device (power button) gets the next IRQ.
+        let ged_irq = match config.acpi {
+            true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
+            false => None,
+        };
         // 6. Load the kernel by the protocol its headers declare; the command line announces
         //    the virtio-mmio devices.
         let user_cmdline = config.payload.cmdline.clone().unwrap_or_default();
@@ -177,11 +188,17 @@ impl Vm {
         let machine = BootMachine {
             memory_map: layout::memory_map(config.memory.size),
             vcpus: cpu_count,
+            rsdp: ged_irq.map(|_| acpi::ACPI_TABLES_START),
         };
         let entry = boot::load(&mem, &source, &machine)?;
         // 7. Firmware tables: the BIOS data area words and the MP table (with the plan's IRQs).
         bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
         mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
+        //    With ACPI, the tables from 0xe0000 (docs/decisions/0012).
+        if let Some(irq) = ged_irq {
+            let machine = acpi::setup::machine(cpu_count, config.memory.size, &plan, irq);
+            acpi::setup_acpi(&mem, &machine)?;
+        }
         // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let pio = Bus::new();
         let mmio = Bus::new();
@@ -189,6 +206,9 @@ impl Vm {
         let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
         kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
         kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+        let power_button = ged_irq
+            .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
+            .transpose()?;
         // 9. The planned devices behind their transports, with ioeventfds and irqfds.
         let mut ctx = DeviceContext {
             mem: &mem,
@@ -199,6 +219,9 @@ impl Vm {
             events: &vm_events,
         };
         let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
+        if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
+            acpi::setup::register_ecam(&mmio, root)?;
+        }
         let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
         device_counters.extend(virtio.counters());
         // 10. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
@@ -226,6 +249,7 @@ impl Vm {
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
             device_counters,
+            power_button,
         })
     }
 
