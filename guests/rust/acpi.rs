@@ -24,9 +24,16 @@
 //!   `error: still running after S5` (exit 1).
 //! - `op=reset`: writes the FADT's reset value to its reset register;
 //!   if the VM goes on, an error as for `op=s5`.
+//! - `op=fw-cfg`: reads fw_cfg's signature and ID through the ports, its
+//!   file directory through DMA (`fw_cfg: file <name> <size>` each), the
+//!   RSDP file (`fw_cfg: etc/acpi/rsdp <signature>`), then tries a DMA
+//!   write to `etc/table-loader` and an unaligned descriptor, printing the
+//!   control word each left (`fw_cfg: write control 0x<%x>`,
+//!   `fw_cfg: unaligned control 0x<%x>`).
 #![no_std]
 
-use kit::io::{inb, inl, outb, outl};
+use kit::dma::DmaBuf;
+use kit::io::{inb, inl, outb, outl, outw};
 use kit::phys::{self, check_mapped};
 use kit::{bail, println, Boot, Error};
 
@@ -229,6 +236,7 @@ fn main(boot: &mut Boot) -> Result<(), Error> {
                 outb(port as u16, u8_at(acpi.fadt.bytes(), 128));
                 bail!("still running after the ACPI reset");
             }
+            "fw-cfg" => fw_cfg(boot)?,
             other => bail!("unknown op={other}"),
         }
     }
@@ -247,5 +255,73 @@ fn ecam(acpi: &Acpi) -> Result<(), Error> {
     outl(0xcf8, 0x8000_0000);
     let by_ports = inl(0xcfc);
     println!("ecam: 00:00.0 0x{by_ecam:08x} ports 0x{by_ports:08x}");
+    Ok(())
+}
+
+const FW_CFG_SELECTOR: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+const FW_CFG_DMA_HIGH: u16 = 0x514;
+const FW_CFG_DMA_LOW: u16 = 0x518;
+const DMA_SELECT: u32 = 0x08;
+const DMA_READ: u32 = 0x02;
+const DMA_WRITE: u32 = 0x10;
+
+/// Runs one fw_cfg DMA request with the descriptor at `desc + at`;
+/// returns the control word the device left.
+fn fw_cfg_dma(desc: &mut DmaBuf, at: usize, control: u32, len: u32, buf: u64) -> u32 {
+    desc.write::<u32>(at, control.to_be());
+    desc.write::<u32>(at + 4, len.to_be());
+    desc.write::<u32>(at + 8, ((buf >> 32) as u32).to_be());
+    desc.write::<u32>(at + 12, (buf as u32).to_be());
+    let addr = desc.addr() + at as u64;
+    // The ports take the address big-endian: the byte swap makes `outl`'s
+    // little-endian bytes big-endian.
+    outl(FW_CFG_DMA_HIGH, ((addr >> 32) as u32).swap_bytes());
+    outl(FW_CFG_DMA_LOW, (addr as u32).swap_bytes());
+    u32::from_be(desc.read::<u32>(at))
+}
+
+fn fw_cfg(boot: &mut Boot) -> Result<(), Error> {
+    outw(FW_CFG_SELECTOR, 0);
+    let sig = [inb(FW_CFG_DATA), inb(FW_CFG_DATA), inb(FW_CFG_DATA), inb(FW_CFG_DATA)];
+    outw(FW_CFG_SELECTOR, 1);
+    let id = u32::from_le_bytes([inb(FW_CFG_DATA), inb(FW_CFG_DATA), inb(FW_CFG_DATA), inb(FW_CFG_DATA)]);
+    println!(
+        "fw_cfg: signature {} id 0x{id:x}",
+        core::str::from_utf8(&sig).unwrap_or("????")
+    );
+    let mut desc = boot.dma.alloc(64, 64)?;
+    let dir = boot.dma.alloc(4096, 4096)?;
+    let control = fw_cfg_dma(&mut desc, 0, (0x19 << 16) | DMA_SELECT | DMA_READ, 4096, dir.addr());
+    if control != 0 {
+        bail!("fw_cfg: directory read left control 0x{control:x}");
+    }
+    let d = dir.as_slice();
+    let count = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+    let (mut rsdp_key, mut loader_key) = (None, None);
+    for i in 0..count.min(63) {
+        let e = &d[4 + 64 * i..4 + 64 * (i + 1)];
+        let size = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+        let key = u16::from_be_bytes([e[4], e[5]]);
+        let end = e[8..].iter().position(|&c| c == 0).unwrap_or(56);
+        let name = core::str::from_utf8(&e[8..8 + end]).unwrap_or("?");
+        println!("fw_cfg: file {name} {size}");
+        match name {
+            "etc/acpi/rsdp" => rsdp_key = Some(key),
+            "etc/table-loader" => loader_key = Some(key),
+            _ => {}
+        }
+    }
+    let (Some(rsdp_key), Some(loader_key)) = (rsdp_key, loader_key) else {
+        bail!("fw_cfg: no etc/acpi/rsdp or etc/table-loader")
+    };
+    let rsdp = boot.dma.alloc(64, 64)?;
+    let control = fw_cfg_dma(&mut desc, 0, (u32::from(rsdp_key) << 16) | DMA_SELECT | DMA_READ, 36, rsdp.addr());
+    let sig = core::str::from_utf8(&rsdp.as_slice()[..8]).unwrap_or("?");
+    println!("fw_cfg: etc/acpi/rsdp {sig} control 0x{control:x}");
+    let control = fw_cfg_dma(&mut desc, 0, (u32::from(loader_key) << 16) | DMA_SELECT | DMA_WRITE, 16, rsdp.addr());
+    println!("fw_cfg: write control 0x{control:x}");
+    let control = fw_cfg_dma(&mut desc, 4 * 4 + 8, (u32::from(rsdp_key) << 16) | DMA_SELECT | DMA_READ, 8, rsdp.addr());
+    println!("fw_cfg: unaligned control 0x{control:x}");
     Ok(())
 }

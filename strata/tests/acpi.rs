@@ -208,3 +208,41 @@ fn test_acpi_off_power_button_is_a_400_naming_acpi() {
     assert_eq!(vmm.state(), "Running");
     assert_eq!(vmm.shutdown().status, Some(0));
 }
+
+#[test]
+fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_and_unaligned() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = acpi_guest();
+
+    let run = strata(&["run", "--kernel", &guest, "--cmdline", "op=fw-cfg"]);
+
+    let lines = body(&run);
+    let fw: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("fw_cfg:"))
+        .collect();
+    // 1 vCPU, no PCI: tables DSDT 280 + FADT 276 + MADT 80 + XSDT 52 at 16-byte steps;
+    // the loader: 2 allocations, X_DSDT, 2 XSDT entries, the RSDP's pointer, 4 + 2
+    // checksums = 12 commands of 128 bytes.
+    assert_eq!(
+        fw,
+        [
+            "fw_cfg: signature QEMU id 0x3",
+            "fw_cfg: file bootorder 0",
+            "fw_cfg: file etc/acpi/rsdp 36",
+            "fw_cfg: file etc/acpi/tables 708",
+            "fw_cfg: file etc/boot-fail-wait 4",
+            "fw_cfg: file etc/e820 60",
+            "fw_cfg: file etc/table-loader 1536",
+            "fw_cfg: etc/acpi/rsdp RSD PTR  control 0x0",
+            "fw_cfg: write control 0x1",
+            "fw_cfg: unaligned control 0x1",
+        ],
+        "{run:?}"
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("done"));
+    assert_eq!(run.status, Some(0), "{run:?}");
+}

@@ -12,6 +12,8 @@ use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VmConfig};
 use crate::counters::Counters;
 use crate::device_manager::{self, DeviceContext, DeviceManager, DeviceManagerError, DevicePlan};
+use crate::devices::fw_cfg::content::FwCfgMachine;
+use crate::devices::fw_cfg::FwCfgError;
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VmError};
 use crate::memory::{self, MemoryError};
@@ -86,6 +88,9 @@ pub enum VmmError {
     /// The ACPI tables or devices could not be set up.
     #[error(transparent)]
     Acpi(#[from] AcpiError),
+    /// The fw_cfg device could not be set up.
+    #[error(transparent)]
+    FwCfg(#[from] FwCfgError),
 }
 
 /// A built VM, ready to run: what the control plane needs of it.
@@ -195,9 +200,10 @@ impl Vm {
         bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
         mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
         //    With ACPI, the tables from 0xe0000 (docs/decisions/0012).
-        if let Some(irq) = ged_irq {
-            let machine = acpi::setup::machine(cpu_count, config.memory.size, &plan, irq);
-            acpi::setup_acpi(&mem, &machine)?;
+        let acpi_machine =
+            ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
+        if let Some(machine) = &acpi_machine {
+            acpi::setup_acpi(&mem, machine)?;
         }
         // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let pio = Bus::new();
@@ -209,6 +215,14 @@ impl Vm {
         let power_button = ged_irq
             .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
             .transpose()?;
+        //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader.
+        let fw_cfg_machine = FwCfgMachine {
+            cpus: cpu_count,
+            ram_size: config.memory.size,
+            memory_map: &machine.memory_map,
+            acpi: acpi_machine.as_ref(),
+        };
+        devices::fw_cfg::content::register(&pio, &mem, &fw_cfg_machine)?;
         // 9. The planned devices behind their transports, with ioeventfds and irqfds.
         let mut ctx = DeviceContext {
             mem: &mem,

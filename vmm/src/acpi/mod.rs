@@ -10,6 +10,7 @@
 //! Every table is built with the `acpi_tables` crate (the DSDT's AML with `acpi_tables::aml`).
 
 mod dsdt;
+pub mod loader;
 pub mod pm;
 pub mod setup;
 mod tables;
@@ -131,11 +132,33 @@ impl Placer {
 
 /// Builds every table for `machine`, laid out from [`ACPI_TABLES_START`].
 pub fn build(machine: &AcpiMachine) -> Result<AcpiTables, AcpiError> {
+    let rsdp_at = ACPI_TABLES_START;
+    let first = (rsdp_at.0 + tables::RSDP_LEN as u64).next_multiple_of(16);
+    let (rsdp, laid) = layout(machine, first);
+    let mut all = vec![(rsdp_at, rsdp)];
+    all.extend(laid);
+    let room = ACPI_TABLES_END.0 - ACPI_TABLES_START.0;
+    let end = all
+        .iter()
+        .map(|(a, b)| a.0 + b.len() as u64)
+        .max()
+        .unwrap_or(ACPI_TABLES_START.0);
+    let size = end - ACPI_TABLES_START.0;
+    if size > room {
+        return Err(AcpiError::TooBig { size, room });
+    }
+    Ok(AcpiTables { tables: all })
+}
+
+/// Lays the tables other than the RSDP out from `first` (16-byte aligned); returns the RSDP
+/// (pointing at the XSDT) and the tables with their addresses, in the order written: XSDT,
+/// FADT, DSDT, MADT, MCFG. With `first` = 0 the addresses are offsets in one blob, as
+/// fw_cfg's table-loader wants them.
+fn layout(machine: &AcpiMachine, first: u64) -> (Vec<u8>, Vec<(GuestAddress, Vec<u8>)>) {
     let mut p = Placer {
-        next: ACPI_TABLES_START.0,
+        next: first,
         tables: Vec::new(),
     };
-    let rsdp_at = p.reserve(tables::RSDP_LEN);
     let dsdt = dsdt::build(machine);
     let dsdt_at = p.reserve(dsdt.len());
     let fadt = tables::fadt(dsdt_at);
@@ -149,7 +172,6 @@ pub fn build(machine: &AcpiMachine) -> Result<AcpiTables, AcpiError> {
     }
     let xsdt = tables::xsdt(&entries);
     let xsdt_at = p.reserve(xsdt.len());
-    p.put(rsdp_at, tables::rsdp(xsdt_at));
     p.put(xsdt_at, xsdt);
     p.put(fadt_at, fadt);
     p.put(dsdt_at, dsdt);
@@ -157,12 +179,7 @@ pub fn build(machine: &AcpiMachine) -> Result<AcpiTables, AcpiError> {
     if let (Some(m), Some(&at)) = (mcfg, entries.get(2)) {
         p.put(at, m);
     }
-    let room = ACPI_TABLES_END.0 - ACPI_TABLES_START.0;
-    let size = p.next - ACPI_TABLES_START.0;
-    if size > room {
-        return Err(AcpiError::TooBig { size, room });
-    }
-    Ok(AcpiTables { tables: p.tables })
+    (tables::rsdp(xsdt_at), p.tables)
 }
 
 /// Builds the tables for `machine` and writes them into guest memory; returns the RSDP's
