@@ -123,7 +123,7 @@ const GUESTS: &[Guest] = &[
 ];
 
 /// The Rust guests: `rust/<stem>.rs` becomes `<stem>.elf`.
-const RUST_GUESTS: &[&str] = &["virtio", "counter", "hostile", "net"];
+const RUST_GUESTS: &[&str] = &["virtio", "counter", "hostile", "net", "acpi"];
 
 fn tool(var: &str, default: &str) -> String {
     println!("cargo:rerun-if-env-changed={var}");

@@ -161,6 +161,13 @@ pub fn hostile() -> &'static Path {
     guest_path!("hostile.elf")
 }
 
+/// The ACPI guest (Rust, ring 3): follows the RSDP from `hvm_start_info`,
+/// checks and lists the tables, and runs the `op=` operations on its
+/// command line (S5, waiting for the power button; see README.md).
+pub fn acpi() -> &'static Path {
+    guest_path!("acpi.elf")
+}
+
 /// The contents of sectors `first..first + sectors` of the `virtio`
 /// guest's disk pattern for `seed`.
 pub fn pattern_bytes(seed: u32, first: u64, sectors: u64) -> Vec<u8> {
@@ -192,6 +199,7 @@ pub fn all() -> &'static [(&'static str, &'static Path)] {
             ("density-stay", density_stay()),
             ("hostile", hostile()),
             ("net", net()),
+            ("acpi", acpi()),
         ]
     })
 }
@@ -214,7 +222,7 @@ mod tests {
         let missing: Vec<_> = guests.iter().filter(|(_, p)| !p.is_file()).collect();
 
         // Assert
-        assert_eq!(guests.len(), 14);
+        assert_eq!(guests.len(), 15);
         assert!(missing.is_empty(), "missing guests: {missing:?}");
     }
 

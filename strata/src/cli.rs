@@ -115,6 +115,12 @@ const OPTIONS: &[OptionSpec] = &[
         primary: Some("socket"),
         repeat: false,
     },
+    OptionSpec {
+        name: "acpi",
+        path: &["acpi"],
+        primary: None,
+        repeat: false,
+    },
 ];
 
 /// The usage text of `strata run`.
@@ -130,6 +136,7 @@ pub const RUN_USAGE: &str =
                   [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,queue_size=N]
                          [,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
+                  [--acpi on|off]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
 VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
 

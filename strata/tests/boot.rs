@@ -85,10 +85,11 @@ fn test_boot_multiboot1_elf_guest_sees_info() {
         return;
     }
     let (run, crc) = boot_with_module("mb1elf", test_guests::multiboot1_elf(), "mb1 elf exit=11");
+    // The kernel's file name comes first, as GRUB and QEMU pass it.
     let want = expected(
         "multiboot1-elf",
         "multiboot1",
-        "mb1 elf exit=11",
+        "multiboot1-elf.elf mb1 elf exit=11",
         &multiboot_tail(crc),
     );
     assert_output(&run, &want, 11);
@@ -103,7 +104,7 @@ fn test_boot_multiboot1_aout_kludge_guest_sees_info() {
     let want = expected(
         "multiboot1-aout",
         "multiboot1",
-        "aout",
+        "multiboot1-aout.bin aout",
         &multiboot_tail(crc),
     );
     assert_output(&run, &want, 0);
@@ -118,7 +119,7 @@ fn test_boot_multiboot2_guest_prefers_multiboot2() {
     let want = expected(
         "multiboot2",
         "multiboot2",
-        "two exit=2",
+        "multiboot2.elf two exit=2",
         &multiboot_tail(crc),
     );
     assert_output(&run, &want, 2);

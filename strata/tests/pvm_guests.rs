@@ -102,10 +102,10 @@ fn test_memtest86plus_prints_its_test_screen_on_serial() {
     );
 }
 
-/// Xen's multiboot command line starts with the image name (GRUB legacy and QEMU pass it;
-/// Xen strips the first word unless the boot loader name starts with "GRUB 2"), so the
-/// options follow a placeholder first word.
-const XEN_CMDLINE: &str = "xen console=com1 com1=115200,8n1 noreboot loglvl=all";
+/// Xen's options: Strata passes the image name first on a multiboot command line, as GRUB
+/// and QEMU do, and Xen strips that first word (unless the boot loader name starts with
+/// "GRUB 2"), so `console=com1` reaches Xen.
+const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 noreboot loglvl=all";
 
 #[test]
 fn test_xen_prints_banner_on_com1_then_panics_without_dom0() {
@@ -180,14 +180,15 @@ fn test_gnu_mach_boots_to_bootstrap_panic_without_modules() {
     let panic =
         "panic ../kern/bootstrap.c:181: bootstrap_create: No bootstrap code loaded with the kernel!";
 
-    // Like Xen, GNU Mach skips the first word of its multiboot command line (the image name).
+    // Like Xen, GNU Mach skips the first word of its multiboot command line (the image name,
+    // which Strata passes first).
     let run = strata_until(
         &[
             "run",
             "--kernel",
             &kernel,
             "--cmdline",
-            "gnumach console=com0",
+            "console=com0",
             "--memory",
             "size=64M",
             "--timeout",

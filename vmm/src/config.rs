@@ -94,6 +94,10 @@ pub struct VmConfig {
     /// A virtio-vsock device with a Unix-socket backend (`--vsock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, MCFG, DSDT), the ACPI power button and S5; off
+    /// keeps the machine with the MP table only.
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub acpi: bool,
 }
 
 mod net;

@@ -6,6 +6,7 @@
 //! the modules below follow it.
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod config;

@@ -6,11 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acpi::{self, AcpiError, PowerButton};
 use crate::arch::x86_64::{bda, layout, mptable};
 use crate::boot::{self, BootMachine, BootSource};
 use crate::config::{ConfigError, ConsoleMode, VgaConfig, VmConfig};
 use crate::counters::Counters;
 use crate::device_manager::{self, DeviceContext, DeviceManager, DeviceManagerError, DevicePlan};
+use crate::devices::fw_cfg::content::FwCfgMachine;
+use crate::devices::fw_cfg::FwCfgError;
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
 use crate::kvm::reaper::Reaper;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VmError};
@@ -83,6 +86,12 @@ pub enum VmmError {
     /// The control plane failed (threads, event loop, signals, timers).
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// The ACPI tables or devices could not be set up.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    /// The fw_cfg device could not be set up.
+    #[error(transparent)]
+    FwCfg(#[from] FwCfgError),
 }
 
 /// A built VM, ready to run: what the control plane needs of it.
@@ -98,6 +107,8 @@ pub struct Vm {
     pub(crate) timeout: Option<Duration>,
     /// Every device's counters, by device name (`vm.counters`, `GET /metrics`).
     pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
+    /// The ACPI power button (`vm.power-button`), with ACPI on.
+    pub(crate) power_button: Option<PowerButton>,
     /// Set when the VM is dropped, and dropped last: the KVM descriptors' final close, and
     /// with it the kernel's teardown, happens in a reaper process (docs/decisions/0014).
     pub(crate) reaper: Reaper,
@@ -178,6 +189,11 @@ impl Vm {
         let mut resources = SystemResources::new(config.memory.size);
         let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
             .map_err(VmmError::Resources)?;
+        //    With ACPI, the generic event device (power button) gets the next IRQ.
+        let ged_irq = match config.acpi {
+            true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
+            false => None,
+        };
         // 6. Load the kernel by the protocol its headers declare; the command line announces
         //    the virtio-mmio devices.
         let user_cmdline = config.payload.cmdline.clone().unwrap_or_default();
@@ -189,11 +205,18 @@ impl Vm {
         let machine = BootMachine {
             memory_map: layout::memory_map(config.memory.size),
             vcpus: cpu_count,
+            rsdp: ged_irq.map(|_| acpi::ACPI_TABLES_START),
         };
         let entry = boot::load(&mem, &source, &machine)?;
         // 7. Firmware tables: the BIOS data area words and the MP table (with the plan's IRQs).
         bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
         mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
+        //    With ACPI, the tables from 0xe0000 (docs/decisions/0012).
+        let acpi_machine =
+            ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
+        if let Some(machine) = &acpi_machine {
+            acpi::setup_acpi(&mem, machine)?;
+        }
         // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
         let pio = Bus::new();
         let mmio = Bus::new();
@@ -201,6 +224,17 @@ impl Vm {
         let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
         kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
         kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+        let power_button = ged_irq
+            .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
+            .transpose()?;
+        //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader.
+        let fw_cfg_machine = FwCfgMachine {
+            cpus: cpu_count,
+            ram_size: config.memory.size,
+            memory_map: &machine.memory_map,
+            acpi: acpi_machine.as_ref(),
+        };
+        devices::fw_cfg::content::register(&pio, &mem, &fw_cfg_machine)?;
         // 9. The planned devices behind their transports, with ioeventfds and irqfds.
         let mut ctx = DeviceContext {
             mem: &mem,
@@ -211,6 +245,9 @@ impl Vm {
             events: &vm_events,
         };
         let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
+        if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
+            acpi::setup::register_ecam(&mmio, root)?;
+        }
         let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
         device_counters.extend(virtio.counters());
         // 10. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
@@ -239,6 +276,7 @@ impl Vm {
             timeout: config.timeout.map(Duration::from_secs),
             device_counters,
             reaper: Reaper::default(),
+            power_button,
         })
     }
 

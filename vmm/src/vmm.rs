@@ -197,7 +197,7 @@ impl Vmm {
             }
             VmmAction::PowerButton => {
                 self.check(Transition::PowerButton)?;
-                Err(ActionError::NoPowerButton)
+                self.press_power_button()
             }
             VmmAction::DeleteVm => {
                 self.stop_vm(Ending::Request, ops);
@@ -213,6 +213,19 @@ impl Vmm {
                 }
             }
         }
+    }
+
+    /// Presses the running VM's ACPI power button (the guest decides what to do).
+    fn press_power_button(&self) -> ActionResult {
+        let slot = self.slot()?;
+        let button = slot.running.as_ref().and_then(|r| r.power_button());
+        let Some(button) = button else {
+            return Err(ActionError::NoPowerButton);
+        };
+        button
+            .press()
+            .map(|()| ActionOutput::Done)
+            .map_err(ActionError::PressPowerButton)
     }
 
     fn info(&self) -> ActionResult {

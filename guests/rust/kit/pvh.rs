@@ -45,6 +45,7 @@ pub struct StartInfo {
     nr_modules: u32,
     modlist: u64,
     cmdline_addr: u64,
+    rsdp: u64,
     memmap: u64,
     memmap_entries: u32,
 }
@@ -74,6 +75,7 @@ impl StartInfo {
             nr_modules: field32(12),
             modlist: field64(16),
             cmdline_addr: field64(24),
+            rsdp: field64(32),
             memmap,
             memmap_entries,
         };
@@ -91,6 +93,11 @@ impl StartInfo {
     /// Physical address of the command line (0 if none).
     pub fn cmdline_addr(&self) -> u64 {
         self.cmdline_addr
+    }
+
+    /// Physical address of the ACPI RSDP (0 if the loader gave none).
+    pub fn rsdp(&self) -> u64 {
+        self.rsdp
     }
 
     /// The memory map in the loader's order.

@@ -215,6 +215,9 @@ fn finish_params(
         };
     }
     params.e820_entries = map.len() as u8;
+    if let Some(rsdp) = ctx.machine.rsdp {
+        params.acpi_rsdp_addr = rsdp.0;
+    }
     Ok(())
 }
 

@@ -108,6 +108,9 @@ pub struct BootMachine {
     pub memory_map: Vec<MemoryRegion>,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// Where the ACPI RSDP lies, if the machine has ACPI tables (handed to PVH kernels in
+    /// `hvm_start_info.rsdp_paddr` and to Linux in `boot_params.acpi_rsdp_addr`).
+    pub rsdp: Option<GuestAddress>,
 }
 
 /// Guest-physical address of the kernel command line.
@@ -467,8 +470,39 @@ impl LoadContext<'_> {
     /// Builds the command line, refusing one longer than `limit` bytes (without the NUL) or
     /// than the command line area.
     fn cmdline(&self, limit: usize, protocol: Protocol) -> Result<Cmdline, BootError> {
+        let raw = match protocol {
+            Protocol::Multiboot1 | Protocol::Multiboot2 => self.multiboot_cmdline(),
+            _ => self.source.cmdline.clone(),
+        };
+        self.cmdline_of(&raw, limit, protocol)
+    }
+
+    /// A multiboot command line as boot loaders pass it (GRUB, QEMU, SYSLINUX's mboot.c32):
+    /// the kernel's file name, then the arguments. Kernels that take options from it (Xen,
+    /// GNU Mach) skip the first word.
+    fn multiboot_cmdline(&self) -> String {
+        let name = self
+            .kernel
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(' ', "_"))
+            .unwrap_or_else(|| "kernel".to_string());
+        let args = self.source.cmdline.trim();
+        if args.is_empty() {
+            name
+        } else {
+            format!("{name} {args}")
+        }
+    }
+
+    /// Checks `raw` against `limit` and the command line area and builds it.
+    fn cmdline_of(
+        &self,
+        raw: &str,
+        limit: usize,
+        protocol: Protocol,
+    ) -> Result<Cmdline, BootError> {
         let limit = limit.min(CMDLINE_MAX_SIZE - 1);
-        let raw = &self.source.cmdline;
         let invalid = |reason: String| BootError::InvalidCmdline {
             path: self.kernel.path.clone(),
             reason,

@@ -402,8 +402,20 @@ mod tests {
             assert_eq!(guest.u32_at(at + 20), *ty, "mmap[{i}].type");
         }
         assert_eq!(guest.read(0xd0d0, 18), b"strata\0initrd.img\0");
-        assert_eq!(guest.read(0x2_0000, 14), b"console=ttyS0\0");
+        // The kernel's file name first, as GRUB and QEMU pass it.
+        assert_eq!(guest.read(0x2_0000, 21), b"kernel console=ttyS0\0");
         assert_eq!(guest.read(0x10_2000, 100), vec![9; 100]);
+    }
+
+    #[test]
+    fn test_load_multiboot1_empty_cmdline_is_kernel_file_name() {
+        let guest = Guest::new();
+        let kernel = TempFile::new("xen.gz", &multiboot1_kludge(3, 0x1000));
+
+        guest.boot(kernel.path(), None, "  ").unwrap();
+
+        // Only the file name, without the directories of its path.
+        assert_eq!(guest.read(0x2_0000, 7), b"xen.gz\0");
     }
 
     #[test]

@@ -294,9 +294,10 @@ mod tests {
             }
         );
         assert_eq!(guest.read(0x10_0060, 16), CODE);
-        let mut want = le(&[192, 0]);
-        want.extend(le(&[1, 22]));
-        want.extend(b"console=ttyS0\0\0\0");
+        // The command line starts with the kernel's file name, as GRUB and QEMU pass it.
+        let mut want = le(&[200, 0]);
+        want.extend(le(&[1, 29]));
+        want.extend(b"kernel console=ttyS0\0\0\0\0");
         want.extend(le(&[2, 15]));
         want.extend(b"strata\0\0");
         want.extend(le(&[3, 27, 0x10_2000, 0x10_2064]));
@@ -307,7 +308,7 @@ mod tests {
         want.extend(le(&[0x9_fc00, 0, 0x400, 0, 2, 0]));
         want.extend(le(&[0x10_0000, 0, (RAM - 0x10_0000) as u32, 0, 1, 0]));
         want.extend(le(&[0, 8]));
-        assert_eq!(want.len(), 192);
+        assert_eq!(want.len(), 200);
         assert_eq!(guest.read(INFO, want.len()), want);
         assert_eq!(guest.read(0x10_2000, 100), vec![3; 100]);
     }

@@ -117,6 +117,7 @@ mod tests {
         BootMachine {
             memory_map: memory_map(ram),
             vcpus: 1,
+            rsdp: None,
         }
     }
 

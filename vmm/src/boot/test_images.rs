@@ -60,6 +60,7 @@ impl Guest {
             machine: BootMachine {
                 memory_map: memory_map(ram),
                 vcpus: 1,
+                rsdp: None,
             },
         }
     }

@@ -119,8 +119,11 @@ pub enum ActionError {
     #[error("unable to boot the VM")]
     Boot(#[source] VmmError),
     /// The VM has no power button to press.
-    #[error("the VM has no power button: Strata has no ACPI yet, so the guest cannot be asked to power off (use vm.shutdown)")]
+    #[error("the VM has no power button: it runs with acpi off, so the guest cannot be asked to power off (use vm.shutdown)")]
     NoPowerButton,
+    /// The power button's interrupt could not be raised.
+    #[error("unable to press the power button")]
+    PressPowerButton(#[source] std::io::Error),
     /// The control plane failed.
     #[error("the VMM failed")]
     Control(#[source] ControlError),
@@ -138,7 +141,9 @@ impl ActionError {
                 ActionErrorKind::BadRequest
             }
             ActionError::Boot(e) if boot_error_is_request(e) => ActionErrorKind::BadRequest,
-            ActionError::Boot(_) | ActionError::Control(_) => ActionErrorKind::Internal,
+            ActionError::Boot(_) | ActionError::Control(_) | ActionError::PressPowerButton(_) => {
+                ActionErrorKind::Internal
+            }
         }
     }
 

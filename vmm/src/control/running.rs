@@ -63,6 +63,11 @@ fn register_err(what: &'static str) -> impl Fn(event_manager::Error) -> ControlE
 }
 
 impl RunningVm {
+    /// The VM's ACPI power button, if it has ACPI.
+    pub(crate) fn power_button(&self) -> Option<&crate::acpi::PowerButton> {
+        self.vm.power_button.as_ref()
+    }
+
     /// Starts the vCPU threads of a built VM and arms its timers.
     pub fn start(mut vm: Vm, stdin: bool) -> Result<RunningVm, ControlError> {
         let counters = CounterSources {

@@ -247,6 +247,11 @@ impl DeviceManager {
         self.console_pty.as_deref()
     }
 
+    /// The PCI root, if the machine has a PCI bus (for its ECAM window).
+    pub fn pci_root(&self) -> Option<Arc<Mutex<PciRoot>>> {
+        self.pci.clone()
+    }
+
     /// Every device's name and counters.
     pub fn counters(&self) -> Vec<(String, Arc<Counters>)> {
         self.devices

@@ -10,6 +10,7 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod output;
 pub mod post;

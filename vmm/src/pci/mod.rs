@@ -1,5 +1,5 @@
 //! PCI: one bus (bus 0) behind a host bridge at 00:00.0, configuration through ports
-//! 0xCF8/0xCFC on the port-I/O bus (`root.rs`; ECAM on the MMIO bus once ACPI's MCFG exists),
+//! 0xCF8/0xCFC on the port-I/O bus (`root.rs`) and ECAM on the MMIO bus (`ecam.rs`, for ACPI's MCFG),
 //! type-0 configuration spaces with BARs and capabilities (`config.rs`) and MSI-X (`msix.rs`).
 //!
 //! A function implements [`PciDevice`]; the root dispatches configuration accesses to it and
@@ -9,6 +9,7 @@
 //! moves whatever it registered at the old address (ioeventfds).
 
 pub mod config;
+pub mod ecam;
 pub mod msix;
 pub mod root;
 
