@@ -82,6 +82,9 @@ pub enum VmmError {
     /// The control plane failed (threads, event loop, signals, timers).
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// A built VM, ready to run: what the control plane needs of it.
@@ -97,6 +100,11 @@ pub struct Vm {
     pub(crate) timeout: Option<Duration>,
     /// Every device's counters, by device name (`vm.counters`, `GET /metrics`).
     pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
+    /// Guest memory came from a snapshot (mapped from its file or filled through
+    /// userfaultfd): a snapshot of this VM looks at every page, not only resident ones.
+    pub(crate) memory_scan_all: bool,
+    /// The userfaultfd handler that fills guest memory, for a VM restored with memory=uffd.
+    pub(crate) _uffd: Option<crate::snapshot::uffd::UffdHandler>,
 }
 
 pub(crate) fn create_output(
@@ -112,7 +120,7 @@ pub(crate) fn create_output(
 
 /// Creates the legacy devices on `pio` as the config asks (boot sequence step 8); the reset
 /// control port only when no PCI root will claim the configuration ports around it.
-fn create_devices(
+pub(crate) fn create_devices(
     config: &VmConfig,
     pio: &Bus,
     events: &vm_events::VmEvents,
@@ -226,6 +234,8 @@ impl Vm {
             vga: config.vga.clone(),
             timeout: config.timeout.map(Duration::from_secs),
             device_counters,
+            memory_scan_all: false,
+            _uffd: None,
         })
     }
 

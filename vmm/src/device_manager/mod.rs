@@ -2,6 +2,7 @@
 //! created on the buses once guest memory and the irqchip exist: each virtio device behind
 //! its transport, with its notify ioeventfds and its irqfds registered.
 
+mod persist;
 pub mod plan;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! wiring (ioeventfds, irqfds, GSI routing: `irq.rs`) and the vCPUs with their run loop.
 
 mod fallback;
+pub mod persist;
 pub mod irq;
 pub mod kick;
 pub mod vcpu;
@@ -9,6 +10,6 @@ pub mod vm;
 
 pub use vcpu::{
     CpuMode, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent, VcpuEventKind,
-    VcpuLink, VcpuReport, VcpuStop, VCPU_COUNTER_NAMES,
+    VcpuLink, VcpuReport, VcpuStop, SavedVcpu, VCPU_COUNTER_NAMES,
 };
 pub use vm::{KvmVm, VmError};

@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod console;
+pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -160,4 +161,10 @@ pub trait VirtioDevice: Send {
 
     /// The device's counters (requests, bytes, errors), read by the VMM without locking.
     fn counters(&self) -> Arc<Counters>;
+
+    /// The device's snapshot support, if it has any (`persist.rs`); None makes a snapshot of
+    /// its VM fail naming the device.
+    fn persist(&mut self) -> Option<&mut dyn persist::VirtioPersist> {
+        None
+    }
 }
