@@ -168,10 +168,16 @@ fn command_request(
         }
         "snapshot" => {
             let [url] = rest else {
-                return Err(RemoteError::Usage("snapshot takes one URL (file:///dir)".into()));
+                return Err(RemoteError::Usage(
+                    "snapshot takes one URL (file:///dir)".into(),
+                ));
             };
             let body = serde_json::json!({ "destination_url": url });
-            Ok(("PUT", "/api/v1/vm.snapshot".into(), Some(body.to_string().into_bytes())))
+            Ok((
+                "PUT",
+                "/api/v1/vm.snapshot".into(),
+                Some(body.to_string().into_bytes()),
+            ))
         }
         "restore" => {
             let [spec] = rest else {
@@ -181,7 +187,8 @@ fn command_request(
                 ));
             };
             let config = crate::cli::parse_restore(spec)?;
-            let body = serde_json::to_vec(&config).map_err(|e| RemoteError::Answer(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&config).map_err(|e| RemoteError::Answer(e.to_string()))?;
             Ok(("PUT", "/api/v1/vm.restore".into(), Some(body)))
         }
         "boot" | "pause" | "resume" | "shutdown" | "reboot" | "power-button" | "delete" => {

@@ -87,14 +87,24 @@ fn counter_snapshot_restores(test: &str, memory: &str) {
     let kernel = test_guests::counter().to_str().expect("utf8").to_string();
     let vmm = ApiVmm::start(
         test,
-        &["--kernel", &kernel, "--cmdline", "every=20000", "--memory", "size=64M"],
+        &[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            "every=20000",
+            "--memory",
+            "size=64M",
+        ],
     );
     let seen = wait_number(&vmm.dir.join("stdout"), "count ", 20);
     let snap = vmm.dir.join("snap");
     let before = snapshot_and_stop(vmm, &snap);
 
     let out = snap.parent().expect("dir").join("restored");
-    let spec = format!("source_url=file://{},resume=on,memory={memory}", snap.display());
+    let spec = format!(
+        "source_url=file://{},resume=on,memory={memory}",
+        snap.display()
+    );
     let child = spawn_restore(&spec, &out);
     let last = wait_number(&out.join("stdout"), "count ", seen + 200);
     testkit::terminate(&child);
@@ -164,7 +174,14 @@ fn assert_disk(disk: &Path, expected: &Path) {
 fn blk_loop_snapshot(test: &str) -> (PathBuf, PathBuf, PathBuf, String) {
     let dir = scratch(test);
     let disk = dir.join("disk.qcow2");
-    let made = qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().expect("utf8"), "4M"]);
+    let made = qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        disk.to_str().expect("utf8"),
+        "4M",
+    ]);
     assert!(made.status.success(), "{made:?}");
     let kernel = test_guests::virtio().to_str().expect("utf8").to_string();
     let cmdline = format!("transport=mmio op=blk-loop count={LOOPS} slots={SLOTS}");
@@ -173,7 +190,13 @@ fn blk_loop_snapshot(test: &str) -> (PathBuf, PathBuf, PathBuf, String) {
         &dir,
         &dir.join("api.sock"),
         &[
-            "--kernel", &kernel, "--cmdline", &cmdline, "--memory", "size=64M", "--disk",
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "size=64M",
+            "--disk",
             &disk_opt,
         ],
     );
@@ -245,7 +268,10 @@ fn test_snapshot_ten_clones_run_at_once_on_their_own_overlays() {
         let overlay = out.join("overlays").join("blk0.qcow2");
         let info = qemu_img(&["info", overlay.to_str().expect("utf8")]);
         let info = String::from_utf8_lossy(&info.stdout).into_owned();
-        assert!(info.contains(&format!("backing file: {}", disk.display())), "{info}");
+        assert!(
+            info.contains(&format!("backing file: {}", disk.display())),
+            "{info}"
+        );
         assert_disk(&overlay, &expected);
     }
     assert!(
@@ -260,19 +286,29 @@ fn test_snapshot_api_running_vm_refused_and_restore_over_existing_vm_refused() {
         return;
     }
     let kernel = test_guests::counter().to_str().expect("utf8").to_string();
-    let vmm = ApiVmm::start("snap-api-states", &["--kernel", &kernel, "--memory", "size=64M"]);
+    let vmm = ApiVmm::start(
+        "snap-api-states",
+        &["--kernel", &kernel, "--memory", "size=64M"],
+    );
     let body = format!(r#"{{"destination_url":"file://{}/s"}}"#, vmm.dir.display());
 
     let running = vmm.api("PUT", "vm.snapshot", Some(&body));
     let restore = vmm.api(
         "PUT",
         "vm.restore",
-        Some(&format!(r#"{{"source_url":"file://{}/s"}}"#, vmm.dir.display())),
+        Some(&format!(
+            r#"{{"source_url":"file://{}/s"}}"#,
+            vmm.dir.display()
+        )),
     );
     let no_body = vmm.api("PUT", "vm.snapshot", None);
     let bad_url = {
         assert_eq!(vmm.api("PUT", "vm.pause", None).status, 204);
-        vmm.api("PUT", "vm.snapshot", Some(r#"{"destination_url":"http://x/y"}"#))
+        vmm.api(
+            "PUT",
+            "vm.snapshot",
+            Some(r#"{"destination_url":"http://x/y"}"#),
+        )
     };
 
     assert_eq!(running.status, 405, "{running:?}");
@@ -292,7 +328,14 @@ fn test_snapshot_api_restore_comes_back_paused_then_resumes() {
     let kernel = test_guests::counter().to_str().expect("utf8").to_string();
     let vmm = ApiVmm::start(
         "snap-api-restore-src",
-        &["--kernel", &kernel, "--cmdline", "every=20000", "--memory", "size=64M"],
+        &[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            "every=20000",
+            "--memory",
+            "size=64M",
+        ],
     );
     let seen = wait_number(&vmm.dir.join("stdout"), "count ", 10);
     let snap = vmm.dir.join("snap");
@@ -310,7 +353,11 @@ fn test_snapshot_api_restore_comes_back_paused_then_resumes() {
 
     assert_eq!(restored.status, 204, "{restored:?}");
     assert_eq!(paused_state, "Paused");
-    assert_eq!((tx, tx_again), (0, 0), "a restored VM must not run before vm.resume");
+    assert_eq!(
+        (tx, tx_again),
+        (0, 0),
+        "a restored VM must not run before vm.resume"
+    );
     assert_eq!(resumed.status, 204);
     let got = numbers(&format!("{before}{}", end.stdout), "count ");
     assert_consecutive(&got, "counter across vm.restore");
@@ -408,7 +455,14 @@ fn test_snapshot_disk_changed_since_snapshot_refused() {
         return;
     }
     let (_dir, snap, disk, _) = blk_loop_snapshot("snap-disk-size");
-    let grown = qemu_img(&["resize", "-q", "-f", "qcow2", disk.to_str().expect("utf8"), "8M"]);
+    let grown = qemu_img(&[
+        "resize",
+        "-q",
+        "-f",
+        "qcow2",
+        disk.to_str().expect("utf8"),
+        "8M",
+    ]);
     assert!(grown.status.success(), "{grown:?}");
 
     let spec = format!("source_url=file://{}", snap.display());

@@ -3,7 +3,7 @@
 
 use event_manager::EventOps;
 
-use super::{Vmm, VmSlot};
+use super::{VmSlot, Vmm};
 use crate::config::ConsoleMode;
 use crate::control::actions::{ActionError, ActionOutput, ActionResult};
 use crate::control::lifecycle::{Transition, VmState};
@@ -34,8 +34,8 @@ impl Vmm {
         if let Some(slot) = &self.vm {
             return Err(ActionError::AlreadyCreated(slot.state));
         }
-        let (dir, state) = restore::load(config)
-            .map_err(|e| ActionError::Restore(VmmError::Snapshot(e)))?;
+        let (dir, state) =
+            restore::load(config).map_err(|e| ActionError::Restore(VmmError::Snapshot(e)))?;
         let vm = restore::build(&dir, &state, config.memory).map_err(ActionError::Restore)?;
         let stdin = state.config.serial.mode == ConsoleMode::Stdio;
         let mut running = RunningVm::start_from(vm, stdin, true)

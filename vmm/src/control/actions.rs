@@ -150,9 +150,7 @@ impl ActionError {
             }
             ActionError::Boot(e) if boot_error_is_request(e) => ActionErrorKind::BadRequest,
             ActionError::Boot(_) | ActionError::Control(_) => ActionErrorKind::Internal,
-            ActionError::Snapshot(e) if snapshot_error_is_request(e) => {
-                ActionErrorKind::BadRequest
-            }
+            ActionError::Snapshot(e) if snapshot_error_is_request(e) => ActionErrorKind::BadRequest,
             ActionError::Restore(VmmError::Snapshot(e)) if snapshot_error_is_request(e) => {
                 ActionErrorKind::BadRequest
             }

@@ -13,11 +13,10 @@ use vmm_sys_util::signal::Killable;
 use super::ControlError;
 use crate::emulate::EmulationStats;
 use crate::kvm::kick::{install_kick_handler, kick_signal};
-use crate::kvm::{
-    SavedVcpu, Vcpu, VcpuCommand, VcpuEnd, VcpuEvent, VcpuEventKind, VcpuLink, VcpuReport,
-    VcpuStop,
-};
 use crate::kvm::persist::VcpuState;
+use crate::kvm::{
+    SavedVcpu, Vcpu, VcpuCommand, VcpuEnd, VcpuEvent, VcpuEventKind, VcpuLink, VcpuReport, VcpuStop,
+};
 
 /// One vCPU thread.
 struct VcpuThread {

@@ -2,14 +2,14 @@
 //! wiring (ioeventfds, irqfds, GSI routing: `irq.rs`) and the vCPUs with their run loop.
 
 mod fallback;
-pub mod persist;
 pub mod irq;
 pub mod kick;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;
 
 pub use vcpu::{
-    CpuMode, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent, VcpuEventKind,
-    VcpuLink, VcpuReport, VcpuStop, SavedVcpu, VCPU_COUNTER_NAMES,
+    CpuMode, SavedVcpu, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent,
+    VcpuEventKind, VcpuLink, VcpuReport, VcpuStop, VCPU_COUNTER_NAMES,
 };
 pub use vm::{KvmVm, VmError};

@@ -137,11 +137,13 @@ fn read_msrs(fd: &VcpuFd, id: u8) -> Result<Vec<MsrValue>, KvmStateError> {
     let mut out = Vec::with_capacity(pending.len());
     while !pending.is_empty() {
         let mut msrs = msrs_of(&pending, id)?;
-        let read = fd.get_msrs(&mut msrs).map_err(|source| KvmStateError::Vcpu {
-            id,
-            op: "read the MSRs",
-            source,
-        })?;
+        let read = fd
+            .get_msrs(&mut msrs)
+            .map_err(|source| KvmStateError::Vcpu {
+                id,
+                op: "read the MSRs",
+                source,
+            })?;
         let read = read.min(pending.len());
         out.extend(msrs.as_slice()[..read].iter().map(|e| MsrValue {
             index: e.index,
@@ -193,9 +195,13 @@ pub fn save_vcpu(fd: &VcpuFd, id: u8) -> Result<VcpuState, KvmStateError> {
         sregs: fd.get_sregs().map_err(err("read the special registers"))?,
         xsave: fd.get_xsave().map_err(err("read the XSAVE area"))?,
         xcrs: fd.get_xcrs().map_err(err("read the XCRs"))?,
-        debugregs: fd.get_debug_regs().map_err(err("read the debug registers"))?,
+        debugregs: fd
+            .get_debug_regs()
+            .map_err(err("read the debug registers"))?,
         lapic: fd.get_lapic().map_err(err("read the LAPIC"))?,
-        events: fd.get_vcpu_events().map_err(err("read the pending events"))?,
+        events: fd
+            .get_vcpu_events()
+            .map_err(err("read the pending events"))?,
         msrs: read_msrs(fd, id)?,
         tsc_khz: fd.get_tsc_khz().ok(),
     })
@@ -218,7 +224,8 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState) -> Result<usize, KvmStateErr
     }
     fd.set_mp_state(state.mp_state)
         .map_err(err("write the MP state"))?;
-    fd.set_regs(&state.regs).map_err(err("write the registers"))?;
+    fd.set_regs(&state.regs)
+        .map_err(err("write the registers"))?;
     fd.set_sregs(&state.sregs)
         .map_err(err("write the special registers"))?;
     // SAFETY: `state.xsave` is a whole `kvm_xsave` (4 KiB, its size is fixed by its type);
@@ -251,7 +258,8 @@ pub fn save_vm(fd: &VmFd) -> Result<KvmVmState, KvmStateError> {
         .map_err(err("read the master PIC"))?;
     fd.get_irqchip(&mut pic_slave)
         .map_err(err("read the slave PIC"))?;
-    fd.get_irqchip(&mut ioapic).map_err(err("read the IOAPIC"))?;
+    fd.get_irqchip(&mut ioapic)
+        .map_err(err("read the IOAPIC"))?;
     Ok(KvmVmState {
         pic_master,
         pic_slave,

@@ -46,7 +46,9 @@ pub enum FormatError {
     #[error("not a Strata snapshot state file (bad magic)")]
     Magic,
     /// Written by an incompatible format version.
-    #[error("unsupported snapshot format version {found} (this Strata reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported snapshot format version {found} (this Strata reads version {FORMAT_VERSION})"
+    )]
     Version {
         /// The file's version.
         found: u32,
@@ -66,7 +68,9 @@ pub enum FormatError {
     #[error("corrupted state file: {0} bytes after the announced body")]
     TrailingBytes(u64),
     /// The checksum does not match.
-    #[error("corrupted state file: checksum {found:#010x} does not match the body's {computed:#010x}")]
+    #[error(
+        "corrupted state file: checksum {found:#010x} does not match the body's {computed:#010x}"
+    )]
     Checksum {
         /// In the header.
         found: u32,
@@ -259,7 +263,10 @@ fn validate(state: &StateFile) -> Result<(), FormatError> {
         ));
     }
     if state.memory.file.contains('/') || state.memory.file.is_empty() {
-        return bad(format!("memory file name {:?} is not a plain name", state.memory.file));
+        return bad(format!(
+            "memory file name {:?} is not a plain name",
+            state.memory.file
+        ));
     }
     Ok(())
 }
@@ -301,12 +308,19 @@ mod tests {
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
 
+        let trailing = [&good[..], b"x"].concat();
         let cases = [
             (check(&good[..10]), "truncated state file: 10 bytes"),
-            (check(b"NOTSTRATA......................................"), "bad magic"),
+            (
+                check(b"NOTSTRATA......................................"),
+                "bad magic",
+            ),
             (check(&version), "unsupported snapshot format version 9"),
-            (check(&good[..good.len() - 2]), "truncated state file: the header announces"),
-            (check(&[&good[..], b"x"].concat()), "1 bytes after"),
+            (
+                check(&good[..good.len() - 2]),
+                "truncated state file: the header announces",
+            ),
+            (check(&trailing), "1 bytes after"),
             (check(&flipped), "checksum"),
             (check(&huge), "over the"),
         ];
@@ -320,7 +334,9 @@ mod tests {
 
     #[test]
     fn test_parse_valid_frame_with_wrong_body_names_the_field() {
-        let e = parse(&framed(b"{\"strata_version\":1}")).unwrap_err();
+        let e = parse(&framed(b"{\"strata_version\":1}"))
+            .err()
+            .expect("an error");
 
         assert!(matches!(e, FormatError::Body(_)), "{e}");
         assert!(!e.to_string().contains('\n'));

@@ -124,11 +124,7 @@ fn make_overlays(config: &mut VmConfig, overlays: &Path) -> Result<(), SnapshotE
 }
 
 /// Builds a VM from `state` (paused: its vCPUs have not run). Steps as in the module's doc.
-pub fn build(
-    dir: &Path,
-    state: &StateFile,
-    how: MemoryRestore,
-) -> Result<Vm, VmmError> {
+pub fn build(dir: &Path, state: &StateFile, how: MemoryRestore) -> Result<Vm, VmmError> {
     let config = &state.config;
     config.validate()?;
     let cpu_count = config.cpus.boot_vcpus;

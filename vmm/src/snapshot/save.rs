@@ -67,6 +67,32 @@ fn disk_records(config: &VmConfig) -> Result<Vec<DiskRecord>, SnapshotError> {
     Ok(out)
 }
 
+/// Creates the snapshot directory (its parent must exist) or takes an existing one that holds
+/// no snapshot: a snapshot never overwrites another, nor creates directory trees.
+fn prepare_dir(dir: &Path) -> Result<(), SnapshotError> {
+    let held = [STATE_FILE, super::format::MEMORY_FILE]
+        .iter()
+        .any(|f| dir.join(f).exists());
+    if held {
+        return Err(SnapshotError::Io {
+            what: "write a snapshot into",
+            path: dir.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "it already holds a snapshot",
+            ),
+        });
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(SnapshotError::Io {
+            what: "create the snapshot directory",
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Writes the snapshot of `vm` (paused, its virtio devices quiesced and saved in `virtio`,
 /// its vCPUs saved in `vcpus`) to `dir`.
 pub fn write(
@@ -77,11 +103,7 @@ pub fn write(
     dir: &Path,
 ) -> Result<SaveStats, SnapshotError> {
     let start = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
-        what: "create the snapshot directory",
-        path: dir.to_owned(),
-        source,
-    })?;
+    prepare_dir(dir)?;
     let kvm_state = kvm_persist::save_vm(vm._kvm.fd())?;
     let mut devices = legacy_states(vm)?;
     devices.extend(virtio);

@@ -27,8 +27,7 @@ impl BlockHandler {
             if rc == 0 {
                 return Err("the disk did not finish its requests within 30 s".into());
             }
-            if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
+            if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return Err(format!(
                     "waiting for the disk failed: {}",
                     std::io::Error::last_os_error()

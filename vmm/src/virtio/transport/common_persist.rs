@@ -60,11 +60,14 @@ impl VirtioCommon {
     pub fn save_state(&mut self) -> Result<CommonState, String> {
         let device_type = self.device.device_type();
         let active = self.active;
-        let persist = self
-            .device
-            .persist()
-            .ok_or_else(|| format!("virtio device type {device_type} does not support snapshots"))?;
-        let positions = if active { persist.quiesce()? } else { Vec::new() };
+        let persist = self.device.persist().ok_or_else(|| {
+            format!("virtio device type {device_type} does not support snapshots")
+        })?;
+        let positions = if active {
+            persist.quiesce()?
+        } else {
+            Vec::new()
+        };
         let device = persist.save_state();
         Ok(CommonState {
             device_type,
@@ -128,10 +131,9 @@ impl VirtioCommon {
         self.queue_select = s.queue_select;
         self.legacy = s.legacy;
         let device_type = self.device.device_type();
-        let persist = self
-            .device
-            .persist()
-            .ok_or_else(|| format!("virtio device type {device_type} does not support snapshots"))?;
+        let persist = self.device.persist().ok_or_else(|| {
+            format!("virtio device type {device_type} does not support snapshots")
+        })?;
         persist.restore_state(&s.device)?;
         let negotiated = s.legacy || s.status & status::FEATURES_OK != 0;
         if negotiated {

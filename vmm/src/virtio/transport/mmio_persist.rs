@@ -32,10 +32,13 @@ impl MmioTransport {
     /// Quiesces the device and returns its state-file entry.
     pub fn save_state(&mut self, id: &str) -> Result<DeviceState, PersistError> {
         let device_type = self.common.device.device_type();
-        let common = self.common.save_state().map_err(|reason| PersistError::Device {
-            id: id.to_string(),
-            reason,
-        })?;
+        let common = self
+            .common
+            .save_state()
+            .map_err(|reason| PersistError::Device {
+                id: id.to_string(),
+                reason,
+            })?;
         let state = MmioState {
             interrupt_status: self.interrupt.interrupt_status.load(Ordering::Acquire),
             config_generation: self.interrupt.config_generation.load(Ordering::Acquire),
