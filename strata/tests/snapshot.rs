@@ -186,6 +186,9 @@ fn blk_loop_snapshot(test: &str) -> (PathBuf, PathBuf, PathBuf, String) {
     let kernel = test_guests::virtio().to_str().expect("utf8").to_string();
     let cmdline = format!("transport=mmio op=blk-loop count={LOOPS} slots={SLOTS}");
     let disk_opt = format!("path={},format=qcow2", disk.display());
+    // The rng and the console are active too (the guest starts their drivers): their
+    // quiescing and reactivation run as well.
+    let console = format!("file={}", dir.join("console.out").display());
     let vmm = ApiVmm::start_at(
         &dir,
         &dir.join("api.sock"),
@@ -198,9 +201,18 @@ fn blk_loop_snapshot(test: &str) -> (PathBuf, PathBuf, PathBuf, String) {
             "size=64M",
             "--disk",
             &disk_opt,
+            "--rng",
+            "src=/dev/urandom",
+            "--console",
+            &console,
         ],
     );
     wait_number(&vmm.dir.join("stdout"), "blk0: loop ", 50);
+    let out = std::fs::read_to_string(vmm.dir.join("stdout")).expect("stdout");
+    assert!(
+        out.contains(" rng\n") && out.contains(" console\n"),
+        "{out}"
+    );
     let snap = dir.join("snap");
     let before = snapshot_and_stop(vmm, &snap);
     let done = numbers(&before, "blk0: loop ");
@@ -317,6 +329,15 @@ fn test_snapshot_api_running_vm_refused_and_restore_over_existing_vm_refused() {
     assert_eq!(no_body.status, 400, "{no_body:?}");
     assert_eq!(bad_url.status, 400, "{bad_url:?}");
     assert!(bad_url.body.contains("file:///"), "{}", bad_url.body);
+    // The scratch directory holds the VMM's output and socket: never written into.
+    let occupied = format!(r#"{{"destination_url":"file://{}"}}"#, vmm.dir.display());
+    let occupied = vmm.api("PUT", "vm.snapshot", Some(&occupied));
+    assert_eq!(occupied.status, 400, "{occupied:?}");
+    assert!(
+        occupied.body.contains("not an empty directory"),
+        "{}",
+        occupied.body
+    );
     assert_eq!(vmm.shutdown().status, Some(0));
 }
 

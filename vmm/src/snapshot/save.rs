@@ -67,19 +67,21 @@ fn disk_records(config: &VmConfig) -> Result<Vec<DiskRecord>, SnapshotError> {
     Ok(out)
 }
 
-/// Creates the snapshot directory (its parent must exist) or takes an existing one that holds
-/// no snapshot: a snapshot never overwrites another, nor creates directory trees.
+/// Creates the snapshot directory (its parent must exist) or takes an existing empty one: a
+/// snapshot never overwrites anything, nor creates directory trees.
 fn prepare_dir(dir: &Path) -> Result<(), SnapshotError> {
-    let held = [STATE_FILE, super::format::MEMORY_FILE]
-        .iter()
-        .any(|f| dir.join(f).exists());
-    if held {
+    let occupied = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    };
+    if occupied {
         return Err(SnapshotError::Io {
             what: "write a snapshot into",
             path: dir.to_owned(),
             source: std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                "it already holds a snapshot",
+                "it exists and is not an empty directory",
             ),
         });
     }
