@@ -11,7 +11,8 @@ Builds nothing: run `cargo build --release` first. Measures, per size, the media
              (memory mapped MAP_PRIVATE, devices and vCPUs restored, vCPUs running).
   to output  process start until the guest prints its next line: Strata
              `strata run --restore ...,resume=on`; QEMU `-incoming exec:cat FILE` (which
-             starts the guest when the migration completes).
+             stays paused once the state is loaded, as the source was stopped: QMP `cont` as
+             soon as `query-status` leaves `inmigrate`).
 Firecracker is the peer the issue names; it is not built here (2 shared cores, five builds):
 see docs/benchmarks.md. Prints a Markdown table ready for docs/benchmarks.md.
 """
@@ -148,6 +149,11 @@ def qemu_once(tmp, mib, kernel):
     p = subprocess.Popen(qemu_cmd(qsock2, mib, serial, kernel=kernel,
                                   incoming=f"exec:cat {state}"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qmp = Qmp(connect(qsock2, p))
+    # The source was stopped, so the destination stays paused once the state is in: `cont`.
+    while qmp.execute("query-status").get("status") == "inmigrate":
+        time.sleep(0.0002)
+    qmp.execute("cont")
     wait_count(serial, 0, p)
     t_output = time.perf_counter() - t0
     p.terminate()

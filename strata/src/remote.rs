@@ -287,5 +287,18 @@ mod tests {
         assert!(command_request("create", &[]).is_err());
         assert!(command_request("boot", &["x".into()]).is_err());
         assert!(command_request("fly", &[]).is_err());
+        let (m, p, b) = command_request("snapshot", &["file:///s".into()]).expect("snapshot");
+        assert_eq!((m, p.as_str()), ("PUT", "/api/v1/vm.snapshot"));
+        assert_eq!(
+            b.as_deref(),
+            Some(&br#"{"destination_url":"file:///s"}"#[..])
+        );
+        let (_, p, b) =
+            command_request("restore", &["file:///s,resume=on".into()]).expect("restore");
+        assert_eq!(p, "/api/v1/vm.restore");
+        let body: serde_json::Value = serde_json::from_slice(&b.expect("body")).expect("json");
+        assert_eq!(body["source_url"], "file:///s");
+        assert_eq!(body["resume"], true);
+        assert!(command_request("restore", &["file:///s,bogus=1".into()]).is_err());
     }
 }

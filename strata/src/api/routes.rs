@@ -317,7 +317,7 @@ mod tests {
             undocumented.is_empty(),
             "routed, not in docs/openapi.yaml: {undocumented:?}"
         );
-        assert_eq!(spec.len(), 13);
+        assert_eq!(spec.len(), 15);
     }
 
     #[test]
