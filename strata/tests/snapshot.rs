@@ -384,6 +384,9 @@ fn test_snapshot_api_restore_comes_back_paused_then_resumes() {
     assert_consecutive(&got, "counter across vm.restore");
 }
 
+/// Something done to a copy of a snapshot.
+type Damage = Box<dyn Fn(&Path)>;
+
 /// Takes one small snapshot of the counter guest for the bad-input tests.
 fn small_snapshot(test: &str) -> PathBuf {
     let kernel = test_guests::counter().to_str().expect("utf8").to_string();
@@ -409,7 +412,7 @@ fn test_snapshot_damaged_state_or_memory_gets_one_line_error_and_no_vm() {
     let snap = small_snapshot("snap-bad");
     let state = std::fs::read(snap.join("state.json")).expect("state");
     let root = snap.parent().expect("dir").to_path_buf();
-    let mut cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = Vec::new();
+    let mut cases: Vec<(&str, Damage, &str)> = Vec::new();
     let s = state.clone();
     cases.push((
         "truncated",

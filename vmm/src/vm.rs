@@ -82,9 +82,15 @@ pub enum VmmError {
     /// The control plane failed (threads, event loop, signals, timers).
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
-    /// A snapshot could not be taken or restored.
+    /// A snapshot could not be taken or restored (boxed: it is the largest error here).
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(Box<crate::snapshot::SnapshotError>),
+}
+
+impl From<crate::snapshot::SnapshotError> for VmmError {
+    fn from(e: crate::snapshot::SnapshotError) -> VmmError {
+        VmmError::Snapshot(Box::new(e))
+    }
 }
 
 /// A built VM, ready to run: what the control plane needs of it.

@@ -16,15 +16,16 @@ impl Vmm {
     /// `vm.snapshot`: the VM must be paused; it stays paused.
     pub(super) fn snapshot(&mut self, config: &SnapshotConfig) -> ActionResult {
         self.check(Transition::Snapshot)?;
-        let dir = url_path(&config.destination_url).map_err(ActionError::Snapshot)?;
+        let dir =
+            url_path(&config.destination_url).map_err(|e| ActionError::Snapshot(Box::new(e)))?;
         let slot = self.slot_mut()?;
         let running = slot
             .running
             .as_mut()
-            .ok_or(ActionError::Snapshot(SnapshotError::NotPaused))?;
+            .ok_or_else(|| ActionError::Snapshot(Box::new(SnapshotError::NotPaused)))?;
         running
             .snapshot(&slot.config, &dir)
-            .map_err(ActionError::Snapshot)?;
+            .map_err(|e| ActionError::Snapshot(Box::new(e)))?;
         Ok(ActionOutput::Done)
     }
 
@@ -34,8 +35,7 @@ impl Vmm {
         if let Some(slot) = &self.vm {
             return Err(ActionError::AlreadyCreated(slot.state));
         }
-        let (dir, state) =
-            restore::load(config).map_err(|e| ActionError::Restore(VmmError::Snapshot(e)))?;
+        let (dir, state) = restore::load(config).map_err(|e| ActionError::Restore(e.into()))?;
         let vm = restore::build(&dir, &state, config.memory).map_err(ActionError::Restore)?;
         let stdin = state.config.serial.mode == ConsoleMode::Stdio;
         let mut running = RunningVm::start_from(vm, stdin, true)
@@ -43,9 +43,9 @@ impl Vmm {
         let mut vm_state = VmState::Paused;
         if config.resume {
             if running.resume().is_err() {
-                return Err(ActionError::Restore(VmmError::Snapshot(
-                    SnapshotError::SaveVcpus("a vCPU stopped as the VM resumed".into()),
-                )));
+                return Err(ActionError::Restore(
+                    SnapshotError::SaveVcpus("a vCPU stopped as the VM resumed".into()).into(),
+                ));
             }
             vm_state = VmState::Running;
         }
@@ -75,7 +75,7 @@ pub fn run_restored(config: &RestoreConfig) -> Result<VmOutcome, VmmError> {
     let mut vmm = Vmm::new(None)?;
     vmm.restore(config).map_err(|e| match e {
         ActionError::Restore(e) => e,
-        other => VmmError::Snapshot(SnapshotError::ConfigMismatch(other.to_string())),
+        other => SnapshotError::ConfigMismatch(other.to_string()).into(),
     })?;
     super::finish(vmm.run()?)
 }

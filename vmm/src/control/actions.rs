@@ -131,7 +131,7 @@ pub enum ActionError {
     Control(#[source] ControlError),
     /// `vm.snapshot` failed.
     #[error("unable to snapshot the VM")]
-    Snapshot(#[source] SnapshotError),
+    Snapshot(#[source] Box<SnapshotError>),
     /// `vm.restore` failed.
     #[error("unable to restore the VM")]
     Restore(#[source] VmmError),
