@@ -117,6 +117,7 @@ fn run_op(d: &mut Drivers, op: Op) -> Result<(), Error> {
             Ok(())
         }
         "blk-discard" | "blk-write-zeroes" => blk_discard(n, disk, op),
+        "blk-loop" => blk_loop(n, disk, chunk, op),
         other => bail!("unknown op={other}"),
     }
 }
@@ -176,6 +177,25 @@ fn blk_bulk(n: usize, disk: &mut Blk, chunk: &mut DmaBuf, op: Op) -> Result<(), 
             "blk{n}: read {count} sectors at {start} crc32={:08x}",
             crc.finish()
         ),
+    }
+    Ok(())
+}
+
+/// blk-loop: `count` writes of one chunk each, write `i` (from 1) with seed `i` into slot
+/// `(i - 1) % slots` (slot `k` is sectors `k * CHUNK_SECTORS ..`), printing `blk<n>: loop i`
+/// after each: a disk workload with a serial stream, for snapshot tests.
+fn blk_loop(n: usize, disk: &mut Blk, chunk: &mut DmaBuf, op: Op) -> Result<(), Error> {
+    let count = number(op.args, "count")?.unwrap_or(100);
+    let slots = number(op.args, "slots")?.unwrap_or(16).max(1);
+    if slots * CHUNK_SECTORS > disk.capacity {
+        bail!("op=blk-loop: slots={slots} do not fit the disk");
+    }
+    let len = (CHUNK_SECTORS * SECTOR as u64) as usize;
+    for i in 1..=count {
+        let sector = ((i - 1) % slots) * CHUNK_SECTORS;
+        fill_chunk(chunk, i as u32, sector, CHUNK_SECTORS);
+        disk.write(sector, chunk, len)?;
+        println!("blk{n}: loop {i}");
     }
     Ok(())
 }

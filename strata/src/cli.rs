@@ -137,8 +137,60 @@ pub const RUN_USAGE: &str =
                          [,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
                   [--acpi on|off]
+       strata run [--api-socket PATH] --restore source_url=file:///DIR[,resume=on]
+                  [,memory=mmap|uffd][,overlay_dir=DIR]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
 VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
+
+/// `--restore`'s (and `strata remote restore`'s) `key=value` list as `vm.restore`'s body: a
+/// bare word is `source_url`; `on`/`off` are booleans; the schema (`RestoreConfig`) decides
+/// what is valid.
+pub fn parse_restore(value: &str) -> Result<vmm::snapshot::RestoreConfig, ConfigError> {
+    let mut object = Map::new();
+    for part in value.split(',').filter(|p| !p.is_empty()) {
+        let (key, v) = part.split_once('=').unwrap_or(("source_url", part));
+        let v = match v {
+            "on" | "true" => Value::Bool(true),
+            "off" | "false" => Value::Bool(false),
+            other => Value::String(other.to_string()),
+        };
+        object.insert(key.to_string(), v);
+    }
+    serde_json::from_value(Value::Object(object))
+        .map_err(|e| option_error("restore", e.to_string()))
+}
+
+/// Takes `--restore SPEC` out of the arguments of `strata run`.
+pub fn take_restore(
+    args: &[String],
+) -> Result<(Option<vmm::snapshot::RestoreConfig>, Vec<String>), ConfigError> {
+    let mut spec = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value = if arg == "--restore" {
+            Some(
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| option_error("restore", "missing value"))?,
+            )
+        } else {
+            arg.strip_prefix("--restore=").map(str::to_string)
+        };
+        match value {
+            Some(_) if spec.is_some() => return Err(option_error("restore", "given twice")),
+            Some(v) => spec = Some(parse_restore(&v)?),
+            None => rest.push(arg.clone()),
+        }
+    }
+    if spec.is_some() && !rest.is_empty() {
+        return Err(option_error(
+            "restore",
+            "the snapshot holds the VM's configuration: no other VM option may be given",
+        ));
+    }
+    Ok((spec, rest))
+}
 
 /// Takes `--api-socket PATH` (a VMM option, not part of the VM's configuration) out of the
 /// arguments of `strata run`.

@@ -44,8 +44,21 @@ fn run(args: &[String]) -> ExitCode {
         Ok(split) => split,
         Err(e) => return fail(&e),
     };
+    let (restore, args) = match cli::take_restore(&args) {
+        Ok(split) => split,
+        Err(e) => return fail(&e),
+    };
     if let Some(path) = api_socket {
-        return serve(path, &args);
+        return serve(path, &args, restore);
+    }
+    if let Some(restore) = restore {
+        return match vmm::run_restored(&restore) {
+            Ok(outcome) => {
+                report(&outcome, None);
+                ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+            }
+            Err(e) => fail(&e),
+        };
     }
     let config = match cli::parse_run_args(&args) {
         Ok(c) => c,
@@ -94,7 +107,11 @@ fn report(outcome: &VmOutcome, timeout: Option<u64>) {
 
 /// `strata run --api-socket PATH [OPTIONS]`: serves the REST API until `vmm.shutdown` or a
 /// terminating signal; with boot options, creates and boots that VM first.
-fn serve(path: PathBuf, args: &[String]) -> ExitCode {
+fn serve(
+    path: PathBuf,
+    args: &[String],
+    restore: Option<vmm::snapshot::RestoreConfig>,
+) -> ExitCode {
     let config = match args.is_empty() {
         true => None,
         false => match cli::parse_run_args(args) {
@@ -116,6 +133,12 @@ fn serve(path: PathBuf, args: &[String]) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let timeout = config.as_ref().and_then(|c| c.timeout);
+    if let Some(restore) = restore {
+        if let Err(e) = vmm.restore(&restore) {
+            socket.discard();
+            return fail(&e);
+        }
+    }
     if let Some(config) = config {
         if let Err(e) = vmm.create(config).and_then(|()| vmm.boot()) {
             socket.discard();

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 /// The usage text of `strata remote`.
 pub const REMOTE_USAGE: &str = "usage: strata remote --api-socket PATH COMMAND
 commands: ping | create FILE | boot | info | counters | pause | resume | shutdown | reboot
-          | power-button | delete | shutdown-vmm
+          | power-button | delete | shutdown-vmm | snapshot file:///DIR
+          | restore source_url=file:///DIR[,resume=on][,memory=uffd][,overlay_dir=DIR]
 FILE is a VM configuration: JSON (Cloud Hypervisor's VmConfig for what Strata has), or TOML
 when its name ends in .toml.";
 
@@ -165,6 +166,31 @@ fn command_request(
         "info" | "counters" => {
             none_expected().and_then(|()| endpoint("GET", &format!("vm.{command}")))
         }
+        "snapshot" => {
+            let [url] = rest else {
+                return Err(RemoteError::Usage(
+                    "snapshot takes one URL (file:///dir)".into(),
+                ));
+            };
+            let body = serde_json::json!({ "destination_url": url });
+            Ok((
+                "PUT",
+                "/api/v1/vm.snapshot".into(),
+                Some(body.to_string().into_bytes()),
+            ))
+        }
+        "restore" => {
+            let [spec] = rest else {
+                return Err(RemoteError::Usage(
+                    "restore takes source_url=file:///dir[,resume=on][,memory=uffd][,overlay_dir=DIR]"
+                        .into(),
+                ));
+            };
+            let config = crate::cli::parse_restore(spec)?;
+            let body =
+                serde_json::to_vec(&config).map_err(|e| RemoteError::Answer(e.to_string()))?;
+            Ok(("PUT", "/api/v1/vm.restore".into(), Some(body)))
+        }
         "boot" | "pause" | "resume" | "shutdown" | "reboot" | "power-button" | "delete" => {
             none_expected().and_then(|()| endpoint("PUT", &format!("vm.{command}")))
         }
@@ -261,5 +287,18 @@ mod tests {
         assert!(command_request("create", &[]).is_err());
         assert!(command_request("boot", &["x".into()]).is_err());
         assert!(command_request("fly", &[]).is_err());
+        let (m, p, b) = command_request("snapshot", &["file:///s".into()]).expect("snapshot");
+        assert_eq!((m, p.as_str()), ("PUT", "/api/v1/vm.snapshot"));
+        assert_eq!(
+            b.as_deref(),
+            Some(&br#"{"destination_url":"file:///s"}"#[..])
+        );
+        let (_, p, b) =
+            command_request("restore", &["file:///s,resume=on".into()]).expect("restore");
+        assert_eq!(p, "/api/v1/vm.restore");
+        let body: serde_json::Value = serde_json::from_slice(&b.expect("body")).expect("json");
+        assert_eq!(body["source_url"], "file:///s");
+        assert_eq!(body["resume"], true);
+        assert!(command_request("restore", &["file:///s,bogus=1".into()]).is_err());
     }
 }

@@ -429,7 +429,7 @@ fn test_api_wrong_methods_get_405_with_allow_unknown_paths_404() {
     let post = vmm.api("POST", "vm.info", None);
     let delete = vmm.api("DELETE", "vm.create", None);
     let get = vmm.api("GET", "vm.pause", None);
-    let unknown = vmm.api("GET", "vm.snapshot", None);
+    let unknown = vmm.api("GET", "vm.no-such-endpoint", None);
 
     assert_eq!(post.status, 405);
     assert!(post.head.contains("Allow: GET\r\n"), "{post:?}");

@@ -19,6 +19,7 @@ pub mod kvm;
 pub mod memory;
 pub mod pci;
 pub mod resources;
+pub mod snapshot;
 pub mod virtio;
 pub mod vm;
 pub mod vm_events;
@@ -26,4 +27,4 @@ pub mod vmm;
 
 pub use control::outcome::VmOutcome;
 pub use vm::{Vm, VmmError};
-pub use vmm::{run, Vmm, VmmExit};
+pub use vmm::{run, run_restored, Vmm, VmmExit};

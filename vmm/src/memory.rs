@@ -75,7 +75,7 @@ pub fn create_guest_memory(size: u64, thp: bool) -> Result<GuestMemoryMmap, Memo
 /// Marks guest RAM `MADV_DONTFORK`: a fork (the KVM reaper, `kvm/reaper.rs`) then copies no
 /// guest page tables, and the RAM is freed when the VMM exits. QEMU does the same with its RAM.
 /// Advice the kernel refuses changes nothing but the fork's cost, so it is not an error.
-fn dont_fork(mem: &GuestMemoryMmap) {
+pub(crate) fn dont_fork(mem: &GuestMemoryMmap) {
     for region in mem.iter() {
         // SAFETY: the range is exactly one of `mem`'s own mappings; MADV_DONTFORK changes
         // only what a fork inherits, never the mapping's contents in this process.

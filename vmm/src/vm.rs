@@ -92,6 +92,15 @@ pub enum VmmError {
     /// The fw_cfg device could not be set up.
     #[error(transparent)]
     FwCfg(#[from] FwCfgError),
+    /// A snapshot could not be taken or restored (boxed: it is the largest error here).
+    #[error(transparent)]
+    Snapshot(Box<crate::snapshot::SnapshotError>),
+}
+
+impl From<crate::snapshot::SnapshotError> for VmmError {
+    fn from(e: crate::snapshot::SnapshotError) -> VmmError {
+        VmmError::Snapshot(Box::new(e))
+    }
 }
 
 /// A built VM, ready to run: what the control plane needs of it.
@@ -109,6 +118,11 @@ pub struct Vm {
     pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
     /// The ACPI power button (`vm.power-button`), with ACPI on.
     pub(crate) power_button: Option<PowerButton>,
+    /// Guest memory came from a snapshot (mapped from its file or filled through
+    /// userfaultfd): a snapshot of this VM looks at every page, not only resident ones.
+    pub(crate) memory_scan_all: bool,
+    /// The userfaultfd handler that fills guest memory, for a VM restored with memory=uffd.
+    pub(crate) _uffd: Option<crate::snapshot::uffd::UffdHandler>,
     /// Set when the VM is dropped, and dropped last: the KVM descriptors' final close, and
     /// with it the kernel's teardown, happens in a reaper process (docs/decisions/0014).
     pub(crate) reaper: Reaper,
@@ -135,7 +149,7 @@ pub(crate) fn create_output(
 
 /// Creates the legacy devices on `pio` as the config asks (boot sequence step 8); the reset
 /// control port only when no PCI root will claim the configuration ports around it.
-fn create_devices(
+pub(crate) fn create_devices(
     config: &VmConfig,
     pio: &Bus,
     events: &vm_events::VmEvents,
@@ -277,6 +291,8 @@ impl Vm {
             device_counters,
             reaper: Reaper::default(),
             power_button,
+            memory_scan_all: false,
+            _uffd: None,
         })
     }
 

@@ -31,6 +31,10 @@ use crate::kvm::VcpuStop;
 use crate::vm::{Vm, VmmError};
 use crate::vm_events::VmEvent;
 
+#[path = "vmm_snapshot.rs"]
+mod snapshot;
+pub use snapshot::run_restored;
+
 /// How the VMM ended.
 #[derive(Debug, Default)]
 pub struct VmmExit {
@@ -205,6 +209,8 @@ impl Vmm {
                 Ok(ActionOutput::Done)
             }
             VmmAction::VmInfo => self.info(),
+            VmmAction::SnapshotVm(config) => self.snapshot(&config),
+            VmmAction::RestoreVm(config) => self.restore_in_loop(&config, ops),
             VmmAction::VmCounters => {
                 let slot = self.slot()?;
                 match &slot.counters {
@@ -427,7 +433,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmmError> {
         counters: None,
     });
     vmm.start_vm()?;
-    let exit = vmm.run()?;
+    finish(vmm.run()?)
+}
+
+/// The outcome of a VMM without a front end.
+fn finish(exit: VmmExit) -> Result<VmOutcome, VmmError> {
     Ok(match exit.outcome {
         Some(outcome) => outcome,
         // Only a signal ends the VMM without an outcome, and only with no VM running.

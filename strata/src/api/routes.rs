@@ -36,6 +36,10 @@ pub enum Endpoint {
     VmCounters,
     /// `GET /metrics`: the counters as Prometheus text.
     Metrics,
+    /// `PUT vm.snapshot` with a `SnapshotConfig` body.
+    VmSnapshot,
+    /// `PUT vm.restore` with a `RestoreConfig` body.
+    VmRestore,
 }
 
 /// Every route: path, method, endpoint.
@@ -53,6 +57,8 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/api/v1/vm.info", "GET", Endpoint::VmInfo),
     ("/api/v1/vm.counters", "GET", Endpoint::VmCounters),
     ("/metrics", "GET", Endpoint::Metrics),
+    ("/api/v1/vm.snapshot", "PUT", Endpoint::VmSnapshot),
+    ("/api/v1/vm.restore", "PUT", Endpoint::VmRestore),
 ];
 
 /// The Prometheus text exposition format's content type.
@@ -111,6 +117,9 @@ fn action(endpoint: Endpoint, req: &Request) -> Result<VmmAction, Response> {
             .map_err(|e| bad_request(format!("invalid VmConfig: {e}")))?;
         return Ok(VmmAction::CreateVm(Box::new(config)));
     }
+    if let Some(action) = snapshot_action(endpoint, req)? {
+        return Ok(action);
+    }
     if !req.body.is_empty() {
         return Err(bad_request(format!("{} takes no body", req.path)));
     }
@@ -126,7 +135,29 @@ fn action(endpoint: Endpoint, req: &Request) -> Result<VmmAction, Response> {
         Endpoint::VmDelete => VmmAction::DeleteVm,
         Endpoint::VmInfo => VmmAction::VmInfo,
         Endpoint::VmCounters | Endpoint::Metrics => VmmAction::VmCounters,
+        Endpoint::VmSnapshot | Endpoint::VmRestore => {
+            return Err(bad_request(format!("{} needs a body", req.path)))
+        }
     })
+}
+
+/// `vm.snapshot` and `vm.restore` with their bodies (None for other endpoints).
+fn snapshot_action(endpoint: Endpoint, req: &Request) -> Result<Option<VmmAction>, Response> {
+    let what = match endpoint {
+        Endpoint::VmSnapshot => "VmSnapshotConfig",
+        Endpoint::VmRestore => "RestoreConfig",
+        _ => return Ok(None),
+    };
+    if req.body.is_empty() {
+        return Err(bad_request(format!("{} needs a {what} body", req.path)));
+    }
+    let invalid = |e: serde_json::Error| bad_request(format!("invalid {what}: {e}"));
+    Ok(Some(match endpoint {
+        Endpoint::VmSnapshot => {
+            VmmAction::SnapshotVm(serde_json::from_slice(&req.body).map_err(invalid)?)
+        }
+        _ => VmmAction::RestoreVm(serde_json::from_slice(&req.body).map_err(invalid)?),
+    }))
 }
 
 /// The HTTP status of a failed action (Cloud Hypervisor's: 404 when there is no VM, 405 when
@@ -286,7 +317,7 @@ mod tests {
             undocumented.is_empty(),
             "routed, not in docs/openapi.yaml: {undocumented:?}"
         );
-        assert_eq!(spec.len(), 13);
+        assert_eq!(spec.len(), 15);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::metrics::VmCounters;
 use super::ControlError;
 use crate::config::{ConfigError, VmConfig};
 use crate::device_manager::DeviceManagerError;
+use crate::snapshot::{RestoreConfig, SnapshotConfig, SnapshotError};
 use crate::vm::VmmError;
 
 /// One thing a front end asks of the VMM.
@@ -45,6 +46,10 @@ pub enum VmmAction {
     VmInfo,
     /// `vm.counters` (and the Prometheus text of `GET /metrics`).
     VmCounters,
+    /// `vm.snapshot`: write a snapshot of the paused VM.
+    SnapshotVm(SnapshotConfig),
+    /// `vm.restore`: build a VM from a snapshot (paused unless asked to resume).
+    RestoreVm(RestoreConfig),
 }
 
 /// `vmm.ping`'s answer (Cloud Hypervisor's `VmmPingResponse`).
@@ -127,6 +132,12 @@ pub enum ActionError {
     /// The control plane failed.
     #[error("the VMM failed")]
     Control(#[source] ControlError),
+    /// `vm.snapshot` failed.
+    #[error("unable to snapshot the VM")]
+    Snapshot(#[source] Box<SnapshotError>),
+    /// `vm.restore` failed.
+    #[error("unable to restore the VM")]
+    Restore(#[source] VmmError),
 }
 
 impl ActionError {
@@ -144,6 +155,12 @@ impl ActionError {
             ActionError::Boot(_) | ActionError::Control(_) | ActionError::PressPowerButton(_) => {
                 ActionErrorKind::Internal
             }
+            ActionError::Snapshot(e) if snapshot_error_is_request(e) => ActionErrorKind::BadRequest,
+            ActionError::Restore(VmmError::Snapshot(e)) if snapshot_error_is_request(e) => {
+                ActionErrorKind::BadRequest
+            }
+            ActionError::Restore(e) if boot_error_is_request(e) => ActionErrorKind::BadRequest,
+            ActionError::Snapshot(_) | ActionError::Restore(_) => ActionErrorKind::Internal,
         }
     }
 
@@ -178,6 +195,18 @@ fn boot_error_is_request(e: &VmmError) -> bool {
                     | DeviceManagerError::OpenDisk { .. }
                     | DeviceManagerError::OpenConsole { .. }
             )
+    )
+}
+
+/// Whether a snapshot or restore failure is the request's fault (its URL, its files, a
+/// device that cannot be snapshotted) rather than the host's.
+fn snapshot_error_is_request(e: &SnapshotError) -> bool {
+    !matches!(
+        e,
+        SnapshotError::Kvm(_)
+            | SnapshotError::SaveVcpus(_)
+            | SnapshotError::MapMemory(_)
+            | SnapshotError::Userfaultfd(_)
     )
 }
 

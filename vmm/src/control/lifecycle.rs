@@ -38,6 +38,8 @@ pub enum Transition {
     Reboot,
     /// `vm.power-button`.
     PowerButton,
+    /// `vm.snapshot`.
+    Snapshot,
 }
 
 impl std::fmt::Display for Transition {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Transition {
             Transition::Shutdown => "shut down",
             Transition::Reboot => "reboot",
             Transition::PowerButton => "press the power button of",
+            Transition::Snapshot => "snapshot",
         })
     }
 }
@@ -75,6 +78,7 @@ impl VmState {
             (Running | Paused, T::Shutdown) => Ok(Shutdown),
             (Running | Paused, T::Reboot) => Ok(Running),
             (Running, T::PowerButton) => Ok(Running),
+            (Paused, T::Snapshot) => Ok(Paused),
             (state, transition) => Err(LifecycleError { transition, state }),
         }
     }

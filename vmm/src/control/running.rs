@@ -16,6 +16,8 @@ use super::outcome::{Ending, VmOutcome};
 use super::vcpus::VcpuThreads;
 use super::ControlError;
 use crate::config::VgaMode;
+use crate::snapshot::save::{self, SaveStats};
+use crate::snapshot::SnapshotError;
 use crate::vm::{Vm, VmmError};
 
 /// How often buffered console output is flushed (and a throttled or unpollable standard input
@@ -69,7 +71,12 @@ impl RunningVm {
     }
 
     /// Starts the vCPU threads of a built VM and arms its timers.
-    pub fn start(mut vm: Vm, stdin: bool) -> Result<RunningVm, ControlError> {
+    pub fn start(vm: Vm, stdin: bool) -> Result<RunningVm, ControlError> {
+        RunningVm::start_from(vm, stdin, false)
+    }
+
+    /// [`RunningVm::start`] with the vCPUs paused if `paused` (a restored VM).
+    pub fn start_from(mut vm: Vm, stdin: bool, paused: bool) -> Result<RunningVm, ControlError> {
         let counters = CounterSources {
             vcpus: vm
                 .vcpus
@@ -85,7 +92,7 @@ impl RunningVm {
         };
         let tick = timer("console tick", CONSOLE_TICK, Some(CONSOLE_TICK))?;
         let stdin = stdin.then(|| StdinSource::new(vm.devices.serial.clone()));
-        let vcpus = VcpuThreads::spawn(std::mem::take(&mut vm.vcpus))?;
+        let vcpus = VcpuThreads::spawn_from(std::mem::take(&mut vm.vcpus), paused)?;
         Ok(RunningVm {
             vm,
             vcpus,
@@ -173,6 +180,18 @@ impl RunningVm {
             Some((id, stop)) => Err(Ending::Vcpu { id, stop }),
             None => Ok(()),
         }
+    }
+
+    /// Writes a snapshot of the paused VM to `dir`: the virtio devices quiesced first, then
+    /// the vCPUs' state, then everything else (`snapshot::save`).
+    pub fn snapshot(
+        &mut self,
+        config: &crate::config::VmConfig,
+        dir: &std::path::Path,
+    ) -> Result<SaveStats, SnapshotError> {
+        let virtio = self.vm.virtio.save_states()?;
+        let vcpus = self.vcpus.save().map_err(SnapshotError::SaveVcpus)?;
+        save::write(&self.vm, config, vcpus, virtio, dir)
     }
 
     /// Resumes every vCPU where it paused.

@@ -13,8 +13,9 @@ use vmm_sys_util::signal::Killable;
 use super::ControlError;
 use crate::emulate::EmulationStats;
 use crate::kvm::kick::{install_kick_handler, kick_signal};
+use crate::kvm::persist::VcpuState;
 use crate::kvm::{
-    Vcpu, VcpuCommand, VcpuEnd, VcpuEvent, VcpuEventKind, VcpuLink, VcpuReport, VcpuStop,
+    SavedVcpu, Vcpu, VcpuCommand, VcpuEnd, VcpuEvent, VcpuEventKind, VcpuLink, VcpuReport, VcpuStop,
 };
 
 /// One vCPU thread.
@@ -58,6 +59,11 @@ pub struct VcpuEnds {
 impl VcpuThreads {
     /// Starts one thread per vCPU (`vcpuN`), each `Running`.
     pub fn spawn(vcpus: Vec<Vcpu>) -> Result<VcpuThreads, ControlError> {
+        VcpuThreads::spawn_from(vcpus, false)
+    }
+
+    /// [`VcpuThreads::spawn`], each thread starting `Paused` if `paused`.
+    pub fn spawn_from(vcpus: Vec<Vcpu>, paused: bool) -> Result<VcpuThreads, ControlError> {
         install_kick_handler().map_err(ControlError::KickHandler)?;
         let notify = Arc::new(
             EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ControlError::EventFd("vCPU event", e))?,
@@ -79,7 +85,7 @@ impl VcpuThreads {
             let name = format!("vcpu{id}");
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || vcpu.run(&link));
+                .spawn(move || vcpu.run_from(&link, paused));
             let handle = match spawned {
                 Ok(handle) => handle,
                 Err(source) => {
@@ -158,6 +164,48 @@ impl VcpuThreads {
             }
         }
         first_stop
+    }
+
+    /// Reads every paused vCPU's KVM state (snapshot); the first vCPU's error if one fails.
+    /// Call only while paused.
+    pub fn save(&mut self) -> Result<Vec<VcpuState>, String> {
+        let mut waiting: Vec<u8> = Vec::new();
+        for t in self.threads.iter().filter(|t| !t.stopped) {
+            t.command(VcpuCommand::Save);
+            waiting.push(t.id);
+        }
+        let mut saved = Vec::new();
+        let mut error = None;
+        while !waiting.is_empty() {
+            let Ok(event) = self.events.recv() else {
+                break;
+            };
+            let id = event.id;
+            match event.kind {
+                VcpuEventKind::Saved(SavedVcpu(state)) => {
+                    waiting.retain(|w| *w != id);
+                    match Arc::try_unwrap(state) {
+                        Ok(Ok(state)) => saved.push(state),
+                        Ok(Err(e)) => error = error.or(Some(e)),
+                        Err(_) => error = error.or(Some(format!("vCPU {id}: state shared"))),
+                    }
+                }
+                kind => {
+                    if let Some((id, stop)) = self.note(VcpuEvent { id, kind }) {
+                        waiting.retain(|w| *w != id);
+                        error = error.or(Some(format!("vCPU {id} stopped: {stop}")));
+                    }
+                }
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if saved.len() != self.threads.len() {
+            return Err("a vCPU has stopped: the VM cannot be saved".into());
+        }
+        saved.sort_by_key(|s| s.id);
+        Ok(saved)
     }
 
     /// Tells every vCPU to exit, kicks it, and joins the threads: their reports and

@@ -3,6 +3,7 @@
 //! its transport, with its notify ioeventfds and its irqfds registered.
 
 mod net;
+mod persist;
 pub mod plan;
 
 use std::path::PathBuf;

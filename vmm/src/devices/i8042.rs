@@ -237,6 +237,9 @@ impl PortDevice for I8042 {
     }
 }
 
+#[path = "i8042_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::*;

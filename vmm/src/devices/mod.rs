@@ -121,6 +121,8 @@ pub struct LegacyDevices {
     /// The CMOS RTC, for extra NVRAM bytes ([`rtc::Rtc::set_nvram`]).
     pub rtc: Arc<Mutex<rtc::Rtc>>,
     debugcon_output: SharedOutput,
+    /// The i8042 (its state goes into snapshots).
+    pub i8042: Arc<Mutex<i8042::I8042>>,
 }
 
 impl LegacyDevices {
@@ -179,7 +181,13 @@ pub fn register_legacy_devices(
     let (i8042_irq, i8042_irq_dev) = interrupt_eventfd("i8042")?;
     let i8042_dev = i8042::I8042::new(Some(i8042_irq_dev)).with_vm_events(events.clone());
     let i8042_dev = Arc::new(Mutex::new(i8042_dev));
-    insert(bus, "i8042", i8042_dev, i8042::I8042_BASE, i8042::I8042_LEN)?;
+    insert(
+        bus,
+        "i8042",
+        i8042_dev.clone(),
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+    )?;
 
     let rtc_dev = Arc::new(Mutex::new(rtc::Rtc::new(
         cfg.ram_below_4g,
@@ -229,6 +237,7 @@ pub fn register_legacy_devices(
         post,
         rtc: rtc_dev,
         debugcon_output,
+        i8042: i8042_dev,
     })
 }
 

@@ -234,6 +234,9 @@ impl PortDevice for Rtc {
     }
 }
 
+#[path = "rtc_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::*;

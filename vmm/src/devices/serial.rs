@@ -209,6 +209,11 @@ impl SerialHandle {
         self.device.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The device itself (snapshots save and restore its state).
+    pub fn device(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.device
+    }
+
     /// Queues host input for the guest; returns how many bytes were accepted.
     pub fn enqueue_raw_bytes(&self, input: &[u8]) -> usize {
         self.lock().enqueue_raw_bytes(input)
@@ -270,6 +275,9 @@ pub enum InputRead {
     /// The input is at its end.
     Eof,
 }
+
+#[path = "serial_persist.rs"]
+pub mod persist;
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,13 @@
 mod fallback;
 pub mod irq;
 pub mod kick;
+pub mod persist;
 pub mod reaper;
 pub mod vcpu;
 pub mod vm;
 
 pub use vcpu::{
-    CpuMode, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent, VcpuEventKind,
-    VcpuLink, VcpuReport, VcpuStop, VCPU_COUNTER_NAMES,
+    CpuMode, SavedVcpu, Vcpu, VcpuCommand, VcpuContext, VcpuEnd, VcpuError, VcpuEvent,
+    VcpuEventKind, VcpuLink, VcpuReport, VcpuStop, VCPU_COUNTER_NAMES,
 };
 pub use vm::{KvmVm, VmError};

@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::kick::{self, KickBinding};
+use super::persist::{self, KvmStateError, VcpuState as SavedState};
 
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::boot::BootEntry;
@@ -348,6 +349,30 @@ pub enum VcpuCommand {
     Resume,
     /// Leave KVM_RUN with pending I/O completed and end the thread.
     Exit,
+    /// While paused: read the vCPU's whole KVM state for a snapshot; answered with
+    /// [`VcpuEventKind::Saved`] (an error if the vCPU is not paused).
+    Save,
+}
+
+/// A vCPU's saved state (or why it could not be read), as its thread hands it over.
+#[derive(Clone)]
+pub struct SavedVcpu(pub Arc<Result<SavedState, String>>);
+
+impl PartialEq for SavedVcpu {
+    fn eq(&self, other: &SavedVcpu) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SavedVcpu {}
+
+impl fmt::Debug for SavedVcpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_ref() {
+            Ok(s) => write!(f, "SavedVcpu({})", s.id),
+            Err(e) => write!(f, "SavedVcpu(error: {e})"),
+        }
+    }
 }
 
 /// What happened to a vCPU, as its thread tells the control loop.
@@ -359,6 +384,8 @@ pub enum VcpuEventKind {
     Resumed,
     /// It stopped by itself (a guest request to KVM, a fatal exit); its thread ends.
     Stopped(VcpuStop),
+    /// It answered [`VcpuCommand::Save`].
+    Saved(SavedVcpu),
 }
 
 /// A vCPU event, with the vCPU it is about.
@@ -532,9 +559,19 @@ impl Vcpu {
     /// Runs the vCPU on the calling thread until it stops or is told to exit: the state
     /// machine `Running <-> Paused -> Exited`, driven by `link`'s commands. Returns why it
     /// stopped, its state at that point and what the fallback emulator did.
-    pub fn run(mut self, link: &VcpuLink) -> VcpuEnd {
+    pub fn run(self, link: &VcpuLink) -> VcpuEnd {
+        self.run_from(link, false)
+    }
+
+    /// [`Vcpu::run`], starting `Paused` if `paused` (a VM restored from a snapshot waits for
+    /// its resume without running a single instruction).
+    pub fn run_from(mut self, link: &VcpuLink, paused: bool) -> VcpuEnd {
         let binding = KickBinding::bind(&mut self.fd);
-        let mut state = VcpuState::Running;
+        let mut state = if paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         let stop = loop {
             state = match state {
                 VcpuState::Running => self.running(link),
@@ -561,6 +598,7 @@ impl Vcpu {
                     return self.exit();
                 }
                 Ok(VcpuCommand::Resume) => link.send(self.id, VcpuEventKind::Resumed),
+                Ok(VcpuCommand::Save) => link.send(self.id, self.saved(false)),
                 Err(mpsc::TryRecvError::Empty) => {}
             }
             match self.run_once() {
@@ -587,8 +625,28 @@ impl Vcpu {
                 link.send(self.id, VcpuEventKind::Paused);
                 VcpuState::Paused
             }
+            Ok(VcpuCommand::Save) => {
+                link.send(self.id, self.saved(true));
+                VcpuState::Paused
+            }
             Ok(VcpuCommand::Exit) | Err(_) => VcpuState::Exited(VcpuStop::Stopped),
         }
+    }
+
+    /// The answer to [`VcpuCommand::Save`]: the state, only while paused.
+    fn saved(&self, paused: bool) -> VcpuEventKind {
+        let state = if paused {
+            persist::save_vcpu(&self.fd, self.id).map_err(|e| e.to_string())
+        } else {
+            Err(format!("vCPU {} is running, not paused", self.id))
+        };
+        VcpuEventKind::Saved(SavedVcpu(Arc::new(state)))
+    }
+
+    /// Writes a snapshot's state into this (freshly created, not yet running) vCPU. Returns
+    /// how many MSRs KVM refused.
+    pub fn restore_state(&mut self, state: &SavedState) -> Result<usize, KvmStateError> {
+        persist::restore_vcpu(&self.fd, state)
     }
 
     /// Running -> Paused: completes pending I/O, then acknowledges.

@@ -16,6 +16,7 @@ pub mod console;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod net;
+pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -164,4 +165,10 @@ pub trait VirtioDevice: Send {
 
     /// The device's counters (requests, bytes, errors), read by the VMM without locking.
     fn counters(&self) -> Arc<Counters>;
+
+    /// The device's snapshot support, if it has any (`persist.rs`); None makes a snapshot of
+    /// its VM fail naming the device.
+    fn persist(&mut self) -> Option<&mut dyn persist::VirtioPersist> {
+        None
+    }
 }

@@ -161,4 +161,11 @@ impl VirtioDevice for Block {
     fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
     }
+
+    fn persist(&mut self) -> Option<&mut dyn crate::virtio::persist::VirtioPersist> {
+        Some(self)
+    }
 }
+
+#[path = "persist.rs"]
+mod persist;

@@ -353,6 +353,9 @@ impl MutEventSubscriber for BlockHandler {
     }
 }
 
+#[path = "handler_persist.rs"]
+mod persist;
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;

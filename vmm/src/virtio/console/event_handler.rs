@@ -298,6 +298,9 @@ impl MutEventSubscriber for ConsoleHandler {
     }
 }
 
+#[path = "handler_persist.rs"]
+mod persist;
+
 #[cfg(test)]
 mod tests {
     use std::fs::File;

@@ -156,7 +156,14 @@ impl VirtioDevice for Rng {
     fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
     }
+
+    fn persist(&mut self) -> Option<&mut dyn crate::virtio::persist::VirtioPersist> {
+        Some(self)
+    }
 }
+
+#[path = "persist.rs"]
+mod persist;
 
 #[cfg(test)]
 mod tests {

@@ -128,3 +128,6 @@ impl MutEventSubscriber for RngHandler {
         self.process_queue();
     }
 }
+
+#[path = "handler_persist.rs"]
+mod persist;

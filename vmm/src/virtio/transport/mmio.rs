@@ -263,6 +263,9 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;

@@ -8,6 +8,8 @@
 //! maximum, alignment, rings inside guest RAM): a bad value makes the device set
 //! DEVICE_NEEDS_RESET instead of running a queue the driver did not describe.
 
+#[path = "common_persist.rs"]
+pub mod common_persist;
 pub mod mmio;
 pub mod pci;
 

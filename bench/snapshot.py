@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Snapshot benchmark: Strata's vm.snapshot / restore vs QEMU's migrate-to-file / -incoming,
+in the same run, for the ring-3 counter guest with 128 MiB and 1 GiB of RAM.
+
+Run by hand (never in CI):  python3 bench/snapshot.py [--runs 3] [--sizes 128,1024]
+Builds nothing: run `cargo build --release` first. Measures, per size, the median of N runs:
+  snapshot   Strata: `PUT vm.snapshot` of the paused guest until answered (state + sparse
+             memory file written and synced). QEMU: QMP `stop`, then `migrate exec:cat>FILE`
+             until `query-migrate` says completed.
+  restore    Strata (a): `PUT vm.restore {"resume":true}` on a running VMM until answered
+             (memory mapped MAP_PRIVATE, devices and vCPUs restored, vCPUs running).
+  to output  process start until the guest prints its next line: Strata
+             `strata run --restore ...,resume=on`; QEMU `-incoming exec:cat FILE` (which
+             stays paused once the state is loaded, as the source was stopped: QMP `cont` as
+             soon as `query-status` leaves `inmigrate`).
+Firecracker is the peer the issue names; it is not built here (2 shared cores, five builds):
+see docs/benchmarks.md. Prints a Markdown table ready for docs/benchmarks.md.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from api import QEMU, STRATA, Qmp, connect, guest_path  # noqa: E402
+
+
+def http(sock, method, path, body=None):
+    data = body.encode() if body else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n"
+    if body:
+        head += "Content-Type: application/json\r\n"
+    sock.sendall(head.encode() + b"\r\n" + data)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status = int(head.split()[1])
+    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    length = int(m.group(1)) if m else 0
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return status, rest[:length]
+
+
+def wait_count(path, above=0, proc=None):
+    """Waits until `path` has a complete `count N` line with N > above; returns N."""
+    while True:
+        try:
+            text = open(path, errors="replace").read()
+        except FileNotFoundError:
+            text = ""
+        nums = [int(n) for n in re.findall(r"^count (\d+)\n", text, re.M)]
+        if nums and nums[-1] > above:
+            return nums[-1]
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        time.sleep(0.0002)
+
+
+def strata_once(tmp, mib, kernel):
+    serial = os.path.join(tmp, "s-serial")
+    sock = os.path.join(tmp, "s.sock")
+    p = subprocess.Popen([STRATA, "run", "--api-socket", sock, "--kernel", kernel,
+                          "--cmdline", "every=1000", "--memory", f"size={mib}M",
+                          "--serial", f"file={serial}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = connect(sock, p)
+    wait_count(serial, 50, p)
+    assert http(s, "PUT", "/api/v1/vm.pause")[0] == 204
+    snap = os.path.join(tmp, "s-snap")
+    t0 = time.perf_counter()
+    st, body = http(s, "PUT", "/api/v1/vm.snapshot", json.dumps({"destination_url": f"file://{snap}"}))
+    t_snap = time.perf_counter() - t0
+    assert st == 204, body
+    http(s, "PUT", "/api/v1/vmm.shutdown")
+    p.wait()
+    # (a) vm.restore on a running VMM.
+    sock2 = os.path.join(tmp, "s2.sock")
+    p = subprocess.Popen([STRATA, "run", "--api-socket", sock2],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = connect(sock2, p)
+    os.remove(serial)
+    t0 = time.perf_counter()
+    st, body = http(s, "PUT", "/api/v1/vm.restore",
+                    json.dumps({"source_url": f"file://{snap}", "resume": True}))
+    t_restore = time.perf_counter() - t0
+    assert st == 204, body
+    wait_count(serial, 0, p)
+    http(s, "PUT", "/api/v1/vmm.shutdown")
+    p.wait()
+    # (b) process start to the guest's next line.
+    os.remove(serial)
+    t0 = time.perf_counter()
+    p = subprocess.Popen([STRATA, "run", "--restore", f"source_url=file://{snap},resume=on"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_count(serial, 0, p)
+    t_output = time.perf_counter() - t0
+    p.terminate()
+    p.wait()
+    used = sum(os.stat(os.path.join(snap, f)).st_blocks * 512 for f in os.listdir(snap))
+    shutil.rmtree(snap)
+    return t_snap, t_restore, t_output, used
+
+
+def qemu_cmd(qmp, mib, serial, kernel=None, incoming=None):
+    cmd = [QEMU, "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "qemu64", "-m", str(mib),
+           "-nodefaults", "-no-user-config", "-display", "none",
+           "-serial", f"file:{serial}", "-qmp", f"unix:{qmp},server=on,wait=off"]
+    if kernel:
+        cmd += ["-kernel", kernel, "-append", "every=1000"]
+    if incoming:
+        cmd += ["-incoming", incoming]
+    return cmd
+
+
+def qemu_once(tmp, mib, kernel):
+    serial = os.path.join(tmp, "q-serial")
+    qsock = os.path.join(tmp, "q.sock")
+    p = subprocess.Popen(qemu_cmd(qsock, mib, serial, kernel=kernel),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qmp = Qmp(connect(qsock, p))
+    wait_count(serial, 50, p)
+    qmp.execute("stop")
+    state = os.path.join(tmp, "q-state")
+    t0 = time.perf_counter()
+    qmp.sock.sendall(json.dumps({"execute": "migrate",
+                                 "arguments": {"uri": f"exec:cat > {state}"}}).encode() + b"\n")
+    while True:
+        msg = qmp.line()
+        if "return" in msg:
+            break
+    while qmp.execute("query-migrate").get("status") != "completed":
+        time.sleep(0.0005)
+    t_snap = time.perf_counter() - t0
+    qmp.execute("quit")
+    p.wait()
+    os.remove(serial)
+    qsock2 = os.path.join(tmp, "q2.sock")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(qemu_cmd(qsock2, mib, serial, kernel=kernel,
+                                  incoming=f"exec:cat {state}"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qmp = Qmp(connect(qsock2, p))
+    # The source was stopped, so the destination stays paused once the state is in: `cont`.
+    while qmp.execute("query-status").get("status") == "inmigrate":
+        time.sleep(0.0002)
+    qmp.execute("cont")
+    wait_count(serial, 0, p)
+    t_output = time.perf_counter() - t0
+    p.terminate()
+    p.wait()
+    used = os.stat(state).st_blocks * 512
+    os.remove(state)
+    return t_snap, t_output, used
+
+
+def ms(xs):
+    return f"{statistics.median(xs) * 1000:.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sizes", default="128,1024")
+    args = ap.parse_args()
+    kernel = guest_path("counter")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mib in [int(x) for x in args.sizes.split(",")]:
+            s = [strata_once(tmp, mib, kernel) for _ in range(args.runs)]
+            q = [qemu_once(tmp, mib, kernel) for _ in range(args.runs)]
+            rows.append(f"| {mib} MiB | Strata | {ms([x[0] for x in s])} | {ms([x[1] for x in s])} "
+                        f"| {ms([x[2] for x in s])} | {s[-1][3] >> 10} KiB |")
+            rows.append(f"| {mib} MiB | QEMU {QEMU} migrate/-incoming | {ms([x[0] for x in q])} | - "
+                        f"| {ms([x[1] for x in q])} | {q[-1][2] >> 10} KiB |")
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, `python3 bench/snapshot.py --runs {args.runs} --sizes {args.sizes}`")
+    print()
+    print("| guest RAM | VMM | snapshot (ms) | vm.restore resume=on answered (ms) "
+          "| process start to guest output (ms) | files on disk |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+//! Building a VM from a snapshot: the boot sequence of `Vm::build` with the kernel loading
+//! and firmware tables left out (they are in guest memory) and each piece of state written
+//! back where `Vm::build` would have configured it.
+//!
+//! 1. Read and check the state file (`format::parse`); apply the restore's disk overlays.
+//! 2. Open KVM, create the VM.
+//! 3. Guest memory from the memory file: MAP_PRIVATE (default) or through userfaultfd.
+//! 4. The irqchip and PIT, then their saved state and the KVM clock.
+//! 5. Plan the devices as the configuration says (the same places as at boot).
+//! 8. Legacy devices, then their saved state.
+//! 9. The planned virtio devices, then their saved state (running ones are activated with
+//!    their queues where they were).
+//! 10. The vCPUs with their saved state.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::format::{DiskRecord, StateFile};
+use super::persist::restore_entry;
+use super::save::{I8042_ID, RTC_ID, SERIAL_ID};
+use super::{memory, read_state, uffd, url_path, MemoryRestore, RestoreConfig, SnapshotError};
+use crate::acpi;
+use crate::arch::x86_64::layout;
+use crate::config::{DiskFormat, VmConfig};
+use crate::device_manager::{self, DeviceContext, DeviceManager, DevicePlan};
+use crate::devices::fw_cfg::content::FwCfgMachine;
+use crate::devices::{self, Bus};
+use crate::kvm::persist as kvm_persist;
+use crate::kvm::{KvmVm, Vcpu, VcpuContext};
+use crate::resources::SystemResources;
+use crate::vm::{create_devices, Vm, VmmError};
+use crate::vm_events;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Step 1: the snapshot's state, checked, with the restore's changes to its configuration.
+pub fn load(restore: &RestoreConfig) -> Result<(PathBuf, StateFile), SnapshotError> {
+    let dir = url_path(&restore.source_url)?;
+    let mut state = read_state(&dir)?;
+    check_disks(&state.config, &state.disks)?;
+    if let Some(overlays) = &restore.overlay_dir {
+        make_overlays(&mut state.config, overlays)?;
+    }
+    Ok((dir, state))
+}
+
+/// Every disk the configuration names must be the one the snapshot recorded, with the same
+/// size.
+fn check_disks(config: &VmConfig, disks: &[DiskRecord]) -> Result<(), SnapshotError> {
+    if config.disks.len() != disks.len() {
+        return Err(SnapshotError::ConfigMismatch(format!(
+            "{} disks configured, {} recorded",
+            config.disks.len(),
+            disks.len()
+        )));
+    }
+    for (d, rec) in config.disks.iter().zip(disks) {
+        let format = disk_format(d.format);
+        let info = disk::info(&d.path, format).map_err(|e| SnapshotError::Disk {
+            path: d.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if info.virtual_size != rec.size {
+            return Err(SnapshotError::ConfigMismatch(format!(
+                "disk {} is {} bytes, the snapshot recorded {} bytes",
+                d.path.display(),
+                info.virtual_size,
+                rec.size
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn disk_format(f: DiskFormat) -> disk::Format {
+    match f {
+        DiskFormat::Raw => disk::Format::Raw,
+        DiskFormat::Qcow2 => disk::Format::Qcow2,
+        DiskFormat::Vmdk => disk::Format::Vmdk,
+    }
+}
+
+/// Gives every writable disk a new qcow2 overlay in `overlays` whose backing file is the
+/// snapshot's disk (clones: each restored VM writes only to its own overlay).
+fn make_overlays(config: &mut VmConfig, overlays: &Path) -> Result<(), SnapshotError> {
+    std::fs::create_dir_all(overlays).map_err(|source| SnapshotError::Io {
+        what: "create the overlay directory",
+        path: overlays.to_owned(),
+        source,
+    })?;
+    for (i, d) in config.disks.iter_mut().enumerate() {
+        if d.readonly {
+            continue;
+        }
+        let base = std::fs::canonicalize(&d.path).map_err(|source| SnapshotError::Io {
+            what: "find the disk",
+            path: d.path.clone(),
+            source,
+        })?;
+        let format = disk_format(d.format);
+        let size = disk::info(&base, format)
+            .map_err(|e| SnapshotError::Disk {
+                path: base.clone(),
+                reason: e.to_string(),
+            })?
+            .virtual_size;
+        let name = d.id.clone().unwrap_or_else(|| format!("blk{i}"));
+        let overlay = overlays.join(format!("{name}.qcow2"));
+        let options = disk::CreateOptions {
+            backing_file: Some(base.to_string_lossy().into_owned()),
+            backing_format: Some(format),
+            ..Default::default()
+        };
+        disk::create(&overlay, disk::Format::Qcow2, size, &options).map_err(|e| {
+            SnapshotError::Disk {
+                path: overlay.clone(),
+                reason: format!("unable to create the overlay: {e}"),
+            }
+        })?;
+        d.path = overlay;
+        d.format = DiskFormat::Qcow2;
+        d.backing = true;
+    }
+    Ok(())
+}
+
+/// Builds a VM from `state` (paused: its vCPUs have not run). Steps as in the module's doc.
+pub fn build(dir: &Path, state: &StateFile, how: MemoryRestore) -> Result<Vm, VmmError> {
+    let config = &state.config;
+    config.validate()?;
+    let cpu_count = config.cpus.boot_vcpus;
+    // 2. KVM.
+    let kvm = KvmVm::new()?;
+    if usize::from(cpu_count) > kvm.max_vcpus() || cpu_count > 254 {
+        return Err(VmmError::TooManyVcpus {
+            requested: cpu_count,
+            max: kvm.max_vcpus().min(254),
+        });
+    }
+    // 3. Guest memory from the snapshot.
+    let file = memory::open(dir, &state.memory)?;
+    let (mem, uffd_handler) = match how {
+        MemoryRestore::Mmap => (memory::map_private(&file, &state.memory)?, None),
+        MemoryRestore::Uffd => {
+            let (mem, h) = uffd::restore(file, &state.memory)?;
+            (mem, Some(h))
+        }
+    };
+    crate::memory::dont_fork(&mem);
+    kvm.register_memory(&mem)?;
+    // 4. irqchip, PIT, clock.
+    kvm.setup_irqchip()?;
+    kvm_persist::restore_vm(kvm.fd(), &state.vm).map_err(SnapshotError::from)?;
+    // 5. The same device places as at boot.
+    let mut resources = SystemResources::new(config.memory.size);
+    let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
+        .map_err(VmmError::Resources)?;
+    //    With ACPI, the generic event device gets the next IRQ, as at boot (the tables
+    //    themselves are in the restored memory).
+    let ged_irq = match config.acpi {
+        true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
+        false => None,
+    };
+    // 8. Legacy devices and their state.
+    let pio = Bus::new();
+    let mmio = Bus::new();
+    let (vm_events, events) = vm_events::vm_events()?;
+    let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
+    kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
+    kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+    let entries = &state.devices;
+    restore_entry(entries, SERIAL_ID, &mut *lock(devices.serial.device()))
+        .map_err(SnapshotError::from)?;
+    restore_entry(entries, RTC_ID, &mut *lock(&devices.rtc)).map_err(SnapshotError::from)?;
+    restore_entry(entries, I8042_ID, &mut *lock(&devices.i8042)).map_err(SnapshotError::from)?;
+    //    The ACPI power-management registers and fw_cfg, as at boot (their state, a pending
+    //    power-button event or a half-read fw_cfg item, is not carried: docs/decisions/0013).
+    let power_button = ged_irq
+        .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
+        .transpose()?;
+    let acpi_machine =
+        ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
+    let memory_map = layout::memory_map(config.memory.size);
+    let fw_cfg_machine = FwCfgMachine {
+        cpus: cpu_count,
+        ram_size: config.memory.size,
+        memory_map: &memory_map,
+        acpi: acpi_machine.as_ref(),
+    };
+    devices::fw_cfg::content::register(&pio, &mem, &fw_cfg_machine)?;
+    // 9. virtio devices and their state.
+    let mut ctx = DeviceContext {
+        mem: &mem,
+        wiring: kvm.wiring(),
+        pio: &pio,
+        mmio: &mmio,
+        resources: &mut resources,
+        events: &vm_events,
+    };
+    let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
+    if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
+        acpi::setup::register_ecam(&mmio, root)?;
+    }
+    virtio
+        .restore_states(entries)
+        .map_err(SnapshotError::from)?;
+    let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
+    device_counters.extend(virtio.counters());
+    // 10. vCPUs with their state.
+    let ctx = VcpuContext {
+        mem,
+        pio,
+        mmio,
+        guest_request: events.sent_flag(),
+        emulation_fallback: config.emulation_fallback,
+    };
+    let mut vcpus = Vec::with_capacity(usize::from(cpu_count));
+    for saved in &state.vcpus {
+        let mut vcpu = Vcpu::new(saved.id, kvm.create_vcpu(saved.id)?, ctx.clone());
+        vcpu.restore_state(saved).map_err(SnapshotError::from)?;
+        vcpus.push(vcpu);
+    }
+    Ok(Vm {
+        _kvm: kvm,
+        vcpus,
+        ctx,
+        devices,
+        virtio,
+        events,
+        vga: config.vga.clone(),
+        timeout: config.timeout.map(Duration::from_secs),
+        device_counters,
+        power_button,
+        memory_scan_all: true,
+        _uffd: uffd_handler,
+        reaper: Default::default(),
+    })
+}

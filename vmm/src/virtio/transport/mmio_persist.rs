@@ -1,0 +1,239 @@
+//! A virtio-mmio device's part of a snapshot: InterruptStatus, ConfigGeneration and the
+//! transport-independent state (`common_persist.rs`).
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::MmioTransport;
+use crate::snapshot::persist::{DeviceState, PersistError};
+use crate::virtio::transport::common_persist::CommonState;
+
+/// Version of [`MmioState`].
+pub const MMIO_STATE_VERSION: u32 = 1;
+
+/// A virtio-mmio device as a snapshot carries it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioState {
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Status, features, queues, the device's own state.
+    pub common: CommonState,
+}
+
+fn kind(device_type: u32) -> String {
+    format!("virtio-mmio/{device_type}")
+}
+
+impl MmioTransport {
+    /// Quiesces the device and returns its state-file entry.
+    pub fn save_state(&mut self, id: &str) -> Result<DeviceState, PersistError> {
+        let device_type = self.common.device.device_type();
+        let common = self
+            .common
+            .save_state()
+            .map_err(|reason| PersistError::Device {
+                id: id.to_string(),
+                reason,
+            })?;
+        let state = MmioState {
+            interrupt_status: self.interrupt.interrupt_status.load(Ordering::Acquire),
+            config_generation: self.interrupt.config_generation.load(Ordering::Acquire),
+            common,
+        };
+        Ok(DeviceState {
+            id: id.to_string(),
+            kind: kind(device_type),
+            version: MMIO_STATE_VERSION,
+            state: serde_json::to_value(state).map_err(|e| PersistError::Invalid {
+                id: id.to_string(),
+                reason: e.to_string(),
+            })?,
+        })
+    }
+
+    /// Takes `entry` into this freshly created transport (its device activated if it ran).
+    pub fn restore_state(&mut self, entry: &DeviceState) -> Result<(), PersistError> {
+        let id = entry.id.clone();
+        let want = kind(self.common.device.device_type());
+        if entry.kind != want {
+            return Err(PersistError::Kind {
+                id,
+                found: entry.kind.clone(),
+                want,
+            });
+        }
+        if entry.version != MMIO_STATE_VERSION {
+            return Err(PersistError::Version {
+                id,
+                found: entry.version,
+                want: MMIO_STATE_VERSION,
+            });
+        }
+        let s: MmioState =
+            serde_json::from_value(entry.state.clone()).map_err(|e| PersistError::Invalid {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
+        self.interrupt
+            .interrupt_status
+            .store(s.interrupt_status, Ordering::Release);
+        self.interrupt
+            .config_generation
+            .store(s.config_generation, Ordering::Release);
+        self.common
+            .restore_state(&s.common, &self.dyn_interrupt)
+            .map_err(|reason| PersistError::Device { id, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::counters::Counters;
+    use crate::devices::BusDevice;
+    use crate::kvm::irq::mock::RecordingWiring;
+    use crate::virtio::persist::{QueuePosition, VirtioPersist};
+    use crate::virtio::transport::mmio::regs;
+    use crate::virtio::transport::test_util::{memory, Seen, TestDevice};
+    use crate::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+
+    const BASE: u64 = 0xd000_0000;
+
+    /// The test device, with snapshot support: quiescing reports queue 0 at 7/5.
+    struct Persisting(TestDevice);
+
+    impl VirtioPersist for Persisting {
+        fn quiesce(&mut self) -> Result<Vec<QueuePosition>, String> {
+            Ok(vec![QueuePosition {
+                index: 0,
+                next_avail: 7,
+                next_used: 5,
+            }])
+        }
+    }
+
+    impl VirtioDevice for Persisting {
+        fn device_type(&self) -> u32 {
+            self.0.device_type()
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            self.0.queue_max_sizes()
+        }
+        fn features(&self) -> u64 {
+            self.0.features()
+        }
+        fn ack_features(&mut self, f: u64) {
+            self.0.ack_features(f)
+        }
+        fn read_config(&self, o: u64, d: &mut [u8]) {
+            self.0.read_config(o, d)
+        }
+        fn write_config(&mut self, o: u64, d: &[u8]) {
+            self.0.write_config(o, d)
+        }
+        fn activate(
+            &mut self,
+            mem: GuestMemoryMmap,
+            interrupt: Arc<dyn VirtioInterrupt>,
+            queues: Vec<ActiveQueue>,
+        ) -> Result<(), ActivateError> {
+            self.0.activate(mem, interrupt, queues)
+        }
+        fn reset(&mut self) -> bool {
+            self.0.reset()
+        }
+        fn counters(&self) -> Arc<Counters> {
+            self.0.counters()
+        }
+        fn persist(&mut self) -> Option<&mut dyn VirtioPersist> {
+            Some(self)
+        }
+    }
+
+    fn transport(persisting: bool) -> (MmioTransport, Arc<Mutex<Seen>>) {
+        let (dev, seen) = TestDevice::new();
+        let dev: Box<dyn VirtioDevice> = if persisting {
+            Box::new(Persisting(dev))
+        } else {
+            Box::new(dev)
+        };
+        let wiring = RecordingWiring::default();
+        let t = MmioTransport::new(dev, memory(), &wiring, GuestAddress(BASE), 5).unwrap();
+        (t, seen)
+    }
+
+    fn wr(t: &mut MmioTransport, offset: u64, v: u32) {
+        t.write(BASE, offset, &v.to_le_bytes());
+    }
+
+    fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(BASE, offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn bring_up(t: &mut MmioTransport) {
+        wr(t, regs::STATUS, 3);
+        wr(t, regs::DRIVER_FEATURES_SEL, 1);
+        wr(t, regs::DRIVER_FEATURES, 1);
+        wr(t, regs::STATUS, 0xb);
+        wr(t, regs::QUEUE_SEL, 0);
+        wr(t, regs::QUEUE_NUM, 8);
+        wr(t, regs::QUEUE_DESC_LOW, 0x10000);
+        wr(t, regs::QUEUE_DRIVER_LOW, 0x11000);
+        wr(t, regs::QUEUE_DEVICE_LOW, 0x12000);
+        wr(t, regs::QUEUE_READY, 1);
+        wr(t, regs::STATUS, 0xf);
+    }
+
+    #[test]
+    fn test_mmio_state_saved_and_restored_reactivates_at_positions() {
+        let (mut src, _) = transport(true);
+        bring_up(&mut src);
+        src.interrupt.interrupt_status.store(1, Ordering::Release);
+        let (mut dst, seen) = transport(true);
+
+        let entry = src.save_state("blk0").unwrap();
+        dst.restore_state(&entry).unwrap();
+
+        assert_eq!(entry.kind, "virtio-mmio/4");
+        let s: MmioState = serde_json::from_value(entry.state.clone()).unwrap();
+        assert!(s.common.active);
+        assert_eq!(s.common.positions[0].next_avail, 7);
+        assert_eq!(rd(&mut dst, regs::STATUS), 0xf);
+        assert_eq!(rd(&mut dst, regs::INTERRUPT_STATUS), 1);
+        assert_eq!(seen.lock().unwrap().activations, vec![vec![(0, 8)]]);
+    }
+
+    #[test]
+    fn test_mmio_device_without_persist_refused_naming_it() {
+        let (mut t, _) = transport(false);
+
+        let e = t.save_state("net0").unwrap_err().to_string();
+
+        assert!(
+            e.contains("net0") && e.contains("does not support snapshots"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_mmio_restore_other_device_type_refused() {
+        let (mut src, _) = transport(true);
+        let mut entry = src.save_state("d0").unwrap();
+        entry.kind = "virtio-mmio/2".into();
+        let (mut dst, _) = transport(true);
+
+        let e = dst.restore_state(&entry).unwrap_err().to_string();
+
+        assert!(e.contains("virtio-mmio/2"), "{e}");
+    }
+}
