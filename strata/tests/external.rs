@@ -140,8 +140,8 @@ fn test_grub_xen_pvh_entry_finds_no_xen_and_halts() {
         summary.starts_with("vCPU 0: 32-bit protected mode, no paging, CPL 0, RIP 0x1"),
         "{summary}"
     );
-    // Stopped in its `cli; hlt; jmp hlt` loop: the bytes at RIP are the jmp back to the hlt.
-    assert!(summary.contains("instruction bytes [eb fd"), "{summary}");
+    // Stopped once the last line is out: GRUB is on its way to, or in, its `cli; hlt; jmp`
+    // loop, so the exact instruction is not asserted (only what holds at any such moment).
     let rflags = run
         .stderr
         .lines()

@@ -159,8 +159,10 @@ fn test_xen_prints_banner_on_com1_then_panics_without_dom0() {
         ""
     };
     assert_eq!(emulated_line(&run), emulated, "{}", run.stderr);
+    // Stopped once the last line is out: Xen is somewhere between that line and its `hlt; jmp`
+    // loop, so only what holds at any such moment is asserted (in Xen's text, in ring 0).
     assert!(
-        run.stderr.contains("CPL 0, RIP 0xffff82d0") && run.stderr.contains("bytes [eb fd"),
+        run.stderr.contains("CPL 0, RIP 0xffff82d0"),
         "{}",
         run.stderr
     );
