@@ -270,9 +270,12 @@ pub struct MemoryConfig {
     #[serde(deserialize_with = "de_size")]
     pub size: u64,
     /// Ask the host for transparent huge pages (madvise MADV_HUGEPAGE) on guest RAM, as Cloud
-    /// Hypervisor (`thp=on`, its default) and QEMU do: fewer TLB misses for the guest, and
-    /// O_DIRECT disk I/O into guest buffers pins 2 MiB pages instead of 4 KiB ones.
-    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    /// Hypervisor (`thp=on`) and QEMU do: fewer TLB misses for the guest, and O_DIRECT disk I/O
+    /// into guest buffers pins 2 MiB pages instead of 4 KiB ones. Off by default, as in
+    /// Firecracker: the first touch of each 2 MiB then costs 2 MiB of host memory, which took
+    /// a one-line microVM from ~60 KiB to 2 MiB of resident guest RAM (docs/benchmarks.md,
+    /// "Density").
+    #[serde(default, deserialize_with = "de_bool")]
     pub thp: bool,
 }
 
@@ -280,7 +283,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             size: 128 << 20,
-            thp: true,
+            thp: false,
         }
     }
 }
@@ -693,13 +696,13 @@ mod tests {
     }
 
     #[test]
-    fn test_vmconfig_memory_thp_default_on_and_off() {
+    fn test_vmconfig_memory_thp_default_off_and_on() {
         let default: VmConfig = serde_json::from_str(r#"{"payload":{}}"#).unwrap();
-        let off: VmConfig =
-            serde_json::from_str(r#"{"payload":{},"memory":{"size":"64M","thp":"off"}}"#).unwrap();
+        let on: VmConfig =
+            serde_json::from_str(r#"{"payload":{},"memory":{"size":"64M","thp":"on"}}"#).unwrap();
 
-        assert!(default.memory.thp);
-        assert_eq!((off.memory.size, off.memory.thp), (64 << 20, false));
+        assert!(!default.memory.thp);
+        assert_eq!((on.memory.size, on.memory.thp), (64 << 20, true));
     }
 
     #[test]

@@ -290,18 +290,6 @@ impl BlockHandler {
         }
     }
 
-    /// Serves the queue and waits until the engine finished every request it took (the fuzz
-    /// harness; a worker never blocks like this).
-    #[cfg(any(test, feature = "fuzz"))]
-    pub fn drain(&mut self) -> disk::Result<()> {
-        self.process_queue();
-        while self.engine.in_flight() > 0 {
-            self.engine.wait()?;
-            self.process_completions();
-        }
-        Ok(())
-    }
-
     fn engine_fd(&self) -> RawFd {
         self.engine.notifier().as_raw_fd()
     }
