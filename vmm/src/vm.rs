@@ -20,6 +20,7 @@ use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VmError};
 use crate::memory::{self, MemoryError};
 use crate::resources::{ResourceError, SystemResources};
 use crate::vm_events::{self, VmEventQueue, VmEventsError};
+use vm_memory::GuestMemoryMmap;
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +181,88 @@ pub(crate) fn create_devices(
     )?)
 }
 
+/// The device plan (boot sequence step 5) and, with ACPI, the generic event device's IRQ,
+/// allocated after the plan's: boot and restore must place every device alike.
+pub(crate) fn plan_devices(
+    config: &VmConfig,
+) -> Result<(SystemResources, DevicePlan, Option<u32>), VmmError> {
+    let mut resources = SystemResources::new(config.memory.size);
+    let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
+        .map_err(VmmError::Resources)?;
+    let ged_irq = match config.acpi {
+        true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
+        false => None,
+    };
+    Ok((resources, plan, ged_irq))
+}
+
+/// What steps 8 and 9 build: the buses and every device on them.
+pub(crate) struct MachineDevices {
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) events: VmEventQueue,
+    pub(crate) devices: LegacyDevices,
+    pub(crate) power_button: Option<PowerButton>,
+    pub(crate) virtio: DeviceManager,
+    pub(crate) device_counters: Vec<(String, Arc<Counters>)>,
+}
+
+/// Boot sequence steps 8 and 9, shared by boot and restore: the legacy devices with their
+/// irqfds, with ACPI the power-management registers, fw_cfg, the planned virtio devices behind
+/// their transports and, with ACPI and a PCI root, the ECAM window.
+pub(crate) fn create_machine_devices(
+    config: &VmConfig,
+    kvm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    plan: &DevicePlan,
+    resources: &mut SystemResources,
+    acpi_machine: Option<&acpi::AcpiMachine>,
+) -> Result<MachineDevices, VmmError> {
+    // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
+    let pio = Bus::new();
+    let mmio = Bus::new();
+    let (vm_events, events) = vm_events::vm_events()?;
+    let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
+    kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
+    kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+    let power_button = acpi_machine
+        .map(|machine| acpi::setup::register_pm(kvm, &pio, &vm_events, machine.ged_irq))
+        .transpose()?;
+    //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader.
+    let memory_map = layout::memory_map(config.memory.size);
+    let fw_cfg_machine = FwCfgMachine {
+        cpus: config.cpus.boot_vcpus,
+        ram_size: config.memory.size,
+        memory_map: &memory_map,
+        acpi: acpi_machine,
+    };
+    devices::fw_cfg::content::register(&pio, mem, &fw_cfg_machine)?;
+    // 9. The planned devices behind their transports, with ioeventfds and irqfds.
+    let mut ctx = DeviceContext {
+        mem,
+        wiring: kvm.wiring(),
+        pio: &pio,
+        mmio: &mmio,
+        resources,
+        events: &vm_events,
+    };
+    let virtio = DeviceManager::create(config, plan, &mut ctx)?;
+    if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
+        acpi::setup::register_ecam(&mmio, root)?;
+    }
+    let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
+    device_counters.extend(virtio.counters());
+    Ok(MachineDevices {
+        pio,
+        mmio,
+        events,
+        devices,
+        power_button,
+        virtio,
+        device_counters,
+    })
+}
+
 impl Vm {
     /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 10.
     pub fn build(config: &VmConfig) -> Result<Vm, VmmError> {
@@ -200,14 +283,8 @@ impl Vm {
         // 4. In-kernel interrupt controllers and PIT.
         kvm.setup_irqchip()?;
         // 5. Plan the devices: MMIO windows, IRQs and PCI slots, before the kernel is loaded.
-        let mut resources = SystemResources::new(config.memory.size);
-        let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
-            .map_err(VmmError::Resources)?;
         //    With ACPI, the generic event device (power button) gets the next IRQ.
-        let ged_irq = match config.acpi {
-            true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
-            false => None,
-        };
+        let (mut resources, plan, ged_irq) = plan_devices(config)?;
         // 6. Load the kernel by the protocol its headers declare; the command line announces
         //    the virtio-mmio devices.
         let user_cmdline = config.payload.cmdline.clone().unwrap_or_default();
@@ -231,39 +308,23 @@ impl Vm {
         if let Some(machine) = &acpi_machine {
             acpi::setup_acpi(&mem, machine)?;
         }
-        // 8. Legacy devices on the port-I/O bus, interrupts through irqfds.
-        let pio = Bus::new();
-        let mmio = Bus::new();
-        let (vm_events, events) = vm_events::vm_events()?;
-        let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
-        kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
-        kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
-        let power_button = ged_irq
-            .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
-            .transpose()?;
-        //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader.
-        let fw_cfg_machine = FwCfgMachine {
-            cpus: cpu_count,
-            ram_size: config.memory.size,
-            memory_map: &machine.memory_map,
-            acpi: acpi_machine.as_ref(),
-        };
-        devices::fw_cfg::content::register(&pio, &mem, &fw_cfg_machine)?;
-        // 9. The planned devices behind their transports, with ioeventfds and irqfds.
-        let mut ctx = DeviceContext {
-            mem: &mem,
-            wiring: kvm.wiring(),
-            pio: &pio,
-            mmio: &mmio,
-            resources: &mut resources,
-            events: &vm_events,
-        };
-        let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
-        if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
-            acpi::setup::register_ecam(&mmio, root)?;
-        }
-        let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
-        device_counters.extend(virtio.counters());
+        // 8-9. Legacy devices, ACPI registers, fw_cfg, the planned virtio devices.
+        let MachineDevices {
+            pio,
+            mmio,
+            events,
+            devices,
+            power_button,
+            virtio,
+            device_counters,
+        } = create_machine_devices(
+            config,
+            &kvm,
+            &mem,
+            &plan,
+            &mut resources,
+            acpi_machine.as_ref(),
+        )?;
         // 10. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
         let ctx = VcpuContext {
             mem,

@@ -20,16 +20,10 @@ use super::persist::restore_entry;
 use super::save::{I8042_ID, RTC_ID, SERIAL_ID};
 use super::{memory, read_state, uffd, url_path, MemoryRestore, RestoreConfig, SnapshotError};
 use crate::acpi;
-use crate::arch::x86_64::layout;
 use crate::config::{DiskFormat, VmConfig};
-use crate::device_manager::{self, DeviceContext, DeviceManager, DevicePlan};
-use crate::devices::fw_cfg::content::FwCfgMachine;
-use crate::devices::{self, Bus};
 use crate::kvm::persist as kvm_persist;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext};
-use crate::resources::SystemResources;
-use crate::vm::{create_devices, Vm, VmmError};
-use crate::vm_events;
+use crate::vm::{create_machine_devices, plan_devices, MachineDevices, Vm, VmmError};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -154,60 +148,36 @@ pub fn build(dir: &Path, state: &StateFile, how: MemoryRestore) -> Result<Vm, Vm
     kvm.setup_irqchip()?;
     kvm_persist::restore_vm(kvm.fd(), &state.vm).map_err(SnapshotError::from)?;
     // 5. The same device places as at boot.
-    let mut resources = SystemResources::new(config.memory.size);
-    let plan = DevicePlan::new(&device_manager::requests(config), &mut resources)
-        .map_err(VmmError::Resources)?;
-    //    With ACPI, the generic event device gets the next IRQ, as at boot (the tables
-    //    themselves are in the restored memory).
-    let ged_irq = match config.acpi {
-        true => Some(resources.irqs.allocate().map_err(VmmError::Resources)?),
-        false => None,
-    };
-    // 8. Legacy devices and their state.
-    let pio = Bus::new();
-    let mmio = Bus::new();
-    let (vm_events, events) = vm_events::vm_events()?;
-    let devices = create_devices(config, &pio, &vm_events, !plan.has_pci())?;
-    kvm.register_irqfd(&devices.serial_irq, devices::serial::COM1_IRQ)?;
-    kvm.register_irqfd(&devices.i8042_irq, devices::i8042::I8042_KBD_IRQ)?;
+    let (mut resources, plan, ged_irq) = plan_devices(config)?;
+    // 8-9. The same devices as at boot (the ACPI tables themselves are in the restored memory;
+    //    the power-management registers' and fw_cfg's state, a pending power-button event or a
+    //    half-read item, is not carried: docs/decisions/0013), then their state.
+    let acpi_machine =
+        ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
+    let MachineDevices {
+        pio,
+        mmio,
+        events,
+        devices,
+        power_button,
+        virtio,
+        device_counters,
+    } = create_machine_devices(
+        config,
+        &kvm,
+        &mem,
+        &plan,
+        &mut resources,
+        acpi_machine.as_ref(),
+    )?;
     let entries = &state.devices;
     restore_entry(entries, SERIAL_ID, &mut *lock(devices.serial.device()))
         .map_err(SnapshotError::from)?;
     restore_entry(entries, RTC_ID, &mut *lock(&devices.rtc)).map_err(SnapshotError::from)?;
     restore_entry(entries, I8042_ID, &mut *lock(&devices.i8042)).map_err(SnapshotError::from)?;
-    //    The ACPI power-management registers and fw_cfg, as at boot (their state, a pending
-    //    power-button event or a half-read fw_cfg item, is not carried: docs/decisions/0013).
-    let power_button = ged_irq
-        .map(|irq| acpi::setup::register_pm(&kvm, &pio, &vm_events, irq))
-        .transpose()?;
-    let acpi_machine =
-        ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
-    let memory_map = layout::memory_map(config.memory.size);
-    let fw_cfg_machine = FwCfgMachine {
-        cpus: cpu_count,
-        ram_size: config.memory.size,
-        memory_map: &memory_map,
-        acpi: acpi_machine.as_ref(),
-    };
-    devices::fw_cfg::content::register(&pio, &mem, &fw_cfg_machine)?;
-    // 9. virtio devices and their state.
-    let mut ctx = DeviceContext {
-        mem: &mem,
-        wiring: kvm.wiring(),
-        pio: &pio,
-        mmio: &mmio,
-        resources: &mut resources,
-        events: &vm_events,
-    };
-    let virtio = DeviceManager::create(config, &plan, &mut ctx)?;
-    if let (Some(root), true) = (virtio.pci_root(), config.acpi) {
-        acpi::setup::register_ecam(&mmio, root)?;
-    }
     virtio
         .restore_states(entries)
         .map_err(SnapshotError::from)?;
-    let mut device_counters = vec![("serial0".to_string(), devices.serial.counters())];
-    device_counters.extend(virtio.counters());
     // 10. vCPUs with their state.
     let ctx = VcpuContext {
         mem,
