@@ -126,6 +126,15 @@ pub enum ActivateError {
     Backend(#[source] std::io::Error),
 }
 
+/// Copies a device's configuration space bytes at `offset` into `data`; bytes past its end
+/// (or an offset no usize can hold) read as zero. The devices' `read_config` use it.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+        *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
+    }
+}
+
 /// A virtio device, independent of the transport that exposes it.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`virtio_bindings::virtio_ids`).

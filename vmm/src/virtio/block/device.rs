@@ -108,10 +108,7 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config();
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&config, offset, data);
     }
 
     /// Only `writeback` is writable in the spec, and only with CONFIG_WCE, which is not

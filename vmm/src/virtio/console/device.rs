@@ -208,10 +208,7 @@ impl VirtioDevice for Console {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; 12];
         config[4..8].copy_from_slice(&1u32.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
