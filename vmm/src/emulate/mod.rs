@@ -59,6 +59,7 @@ mod cpu;
 mod fxsave;
 mod inject;
 mod iret;
+mod mnemonic_names;
 mod operand;
 mod paging;
 mod sse;
@@ -338,10 +339,7 @@ pub fn emulate<M: GuestMemoryAccess + ?Sized>(
                 kind: EventKind::SoftwareInterrupt,
             }))
         }
-        Err(stop) => {
-            let label = format!("{mnemonic:?}").to_lowercase();
-            finish_stop(state, stop, &label, rip)
-        }
+        Err(stop) => finish_stop(state, stop, stats::name(mnemonic), rip),
     }
 }
 

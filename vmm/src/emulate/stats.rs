@@ -56,145 +56,154 @@ impl std::fmt::Display for EmulationStats {
     }
 }
 
-/// Static lower-case name of a mnemonic the emulator handles.
+/// Lower-case name of `m` (iced's name, but `fwait` for `wait` as assemblers spell it).
+pub(crate) fn name(m: Mnemonic) -> &'static str {
+    if m == Mnemonic::Wait {
+        return "fwait";
+    }
+    super::mnemonic_names::name(m)
+}
+
+/// Lower-case name of a mnemonic the emulator handles; None for the others.
 pub(crate) fn mnemonic_name(m: Mnemonic) -> Option<&'static str> {
     use Mnemonic as Mn;
-    Some(match m {
-        Mn::Wait => "fwait",
-        Mn::Fninit => "fninit",
-        Mn::Finit => "finit",
-        Mn::Fnclex => "fnclex",
-        Mn::Fclex => "fclex",
-        Mn::Fnstsw => "fnstsw",
-        Mn::Fstsw => "fstsw",
-        Mn::Fnstcw => "fnstcw",
-        Mn::Fstcw => "fstcw",
-        Mn::Fldcw => "fldcw",
-        Mn::Fld1 => "fld1",
-        Mn::Fldz => "fldz",
-        Mn::Fld => "fld",
-        Mn::Fst => "fst",
-        Mn::Fstp => "fstp",
-        Mn::Fxch => "fxch",
-        Mn::Fchs => "fchs",
-        Mn::Fdivp => "fdivp",
-        Mn::Fdivrp => "fdivrp",
-        Mn::Fucomip => "fucomip",
-        Mn::Fnsetpm => "fnsetpm",
-        Mn::Fadd => "fadd",
-        Mn::Faddp => "faddp",
-        Mn::Fiadd => "fiadd",
-        Mn::Fmul => "fmul",
-        Mn::Fmulp => "fmulp",
-        Mn::Fimul => "fimul",
-        Mn::Fsub => "fsub",
-        Mn::Fsubp => "fsubp",
-        Mn::Fisub => "fisub",
-        Mn::Fsubr => "fsubr",
-        Mn::Fsubrp => "fsubrp",
-        Mn::Fisubr => "fisubr",
-        Mn::Fdiv => "fdiv",
-        Mn::Fidiv => "fidiv",
-        Mn::Fdivr => "fdivr",
-        Mn::Fidivr => "fidivr",
-        Mn::Fcom => "fcom",
-        Mn::Fcomp => "fcomp",
-        Mn::Fcompp => "fcompp",
-        Mn::Fucom => "fucom",
-        Mn::Fucomp => "fucomp",
-        Mn::Fucompp => "fucompp",
-        Mn::Ficom => "ficom",
-        Mn::Ficomp => "ficomp",
-        Mn::Fcomi => "fcomi",
-        Mn::Fcomip => "fcomip",
-        Mn::Fucomi => "fucomi",
-        Mn::Fcmovb => "fcmovb",
-        Mn::Fcmove => "fcmove",
-        Mn::Fcmovbe => "fcmovbe",
-        Mn::Fcmovu => "fcmovu",
-        Mn::Fcmovnb => "fcmovnb",
-        Mn::Fcmovne => "fcmovne",
-        Mn::Fcmovnbe => "fcmovnbe",
-        Mn::Fcmovnu => "fcmovnu",
-        Mn::Fild => "fild",
-        Mn::Fist => "fist",
-        Mn::Fistp => "fistp",
-        Mn::Fisttp => "fisttp",
-        Mn::Fbld => "fbld",
-        Mn::Fbstp => "fbstp",
-        Mn::Ffree => "ffree",
-        Mn::Ffreep => "ffreep",
-        Mn::Fabs => "fabs",
-        Mn::Ftst => "ftst",
-        Mn::Fxam => "fxam",
-        Mn::Fldl2t => "fldl2t",
-        Mn::Fldl2e => "fldl2e",
-        Mn::Fldpi => "fldpi",
-        Mn::Fldlg2 => "fldlg2",
-        Mn::Fldln2 => "fldln2",
-        Mn::F2xm1 => "f2xm1",
-        Mn::Fyl2x => "fyl2x",
-        Mn::Fptan => "fptan",
-        Mn::Fpatan => "fpatan",
-        Mn::Fxtract => "fxtract",
-        Mn::Fprem1 => "fprem1",
-        Mn::Fdecstp => "fdecstp",
-        Mn::Fincstp => "fincstp",
-        Mn::Fprem => "fprem",
-        Mn::Fyl2xp1 => "fyl2xp1",
-        Mn::Fsqrt => "fsqrt",
-        Mn::Fsincos => "fsincos",
-        Mn::Frndint => "frndint",
-        Mn::Fscale => "fscale",
-        Mn::Fsin => "fsin",
-        Mn::Fcos => "fcos",
-        Mn::Fnop => "fnop",
-        Mn::Movd => "movd",
-        Mn::Movq => "movq",
-        Mn::Movss => "movss",
-        Mn::Movsd => "movsd",
-        Mn::Movaps => "movaps",
-        Mn::Movapd => "movapd",
-        Mn::Movups => "movups",
-        Mn::Movupd => "movupd",
-        Mn::Movdqa => "movdqa",
-        Mn::Movdqu => "movdqu",
-        Mn::Pxor => "pxor",
-        Mn::Por => "por",
-        Mn::Pand => "pand",
-        Mn::Pandn => "pandn",
-        Mn::Xorps => "xorps",
-        Mn::Xorpd => "xorpd",
-        Mn::Andps => "andps",
-        Mn::Andnps => "andnps",
-        Mn::Orps => "orps",
-        Mn::Pcmpeqb => "pcmpeqb",
-        Mn::Pmovmskb => "pmovmskb",
-        Mn::Ldmxcsr => "ldmxcsr",
-        Mn::Stmxcsr => "stmxcsr",
-        Mn::Fxsave => "fxsave",
-        Mn::Fxsave64 => "fxsave64",
-        Mn::Fxrstor => "fxrstor",
-        Mn::Fxrstor64 => "fxrstor64",
-        Mn::Int3 => "int3",
-        Mn::Int => "int",
-        Mn::Into => "into",
-        Mn::Iret => "iret",
-        Mn::Iretd => "iretd",
-        Mn::Iretq => "iretq",
-        Mn::Clac => "clac",
-        Mn::Stac => "stac",
-        Mn::Popcnt => "popcnt",
-        Mn::Lzcnt => "lzcnt",
-        Mn::Tzcnt => "tzcnt",
-        Mn::Cmpxchg8b => "cmpxchg8b",
-        Mn::Cmpxchg16b => "cmpxchg16b",
-        Mn::Endbr64 => "endbr64",
-        Mn::Endbr32 => "endbr32",
-        Mn::Rdsspd => "rdsspd",
-        Mn::Rdsspq => "rdsspq",
-        _ => return None,
-    })
+    matches!(
+        m,
+        Mn::Wait
+            | Mn::Fninit
+            | Mn::Finit
+            | Mn::Fnclex
+            | Mn::Fclex
+            | Mn::Fnstsw
+            | Mn::Fstsw
+            | Mn::Fnstcw
+            | Mn::Fstcw
+            | Mn::Fldcw
+            | Mn::Fld1
+            | Mn::Fldz
+            | Mn::Fld
+            | Mn::Fst
+            | Mn::Fstp
+            | Mn::Fxch
+            | Mn::Fchs
+            | Mn::Fdivp
+            | Mn::Fdivrp
+            | Mn::Fucomip
+            | Mn::Fnsetpm
+            | Mn::Fadd
+            | Mn::Faddp
+            | Mn::Fiadd
+            | Mn::Fmul
+            | Mn::Fmulp
+            | Mn::Fimul
+            | Mn::Fsub
+            | Mn::Fsubp
+            | Mn::Fisub
+            | Mn::Fsubr
+            | Mn::Fsubrp
+            | Mn::Fisubr
+            | Mn::Fdiv
+            | Mn::Fidiv
+            | Mn::Fdivr
+            | Mn::Fidivr
+            | Mn::Fcom
+            | Mn::Fcomp
+            | Mn::Fcompp
+            | Mn::Fucom
+            | Mn::Fucomp
+            | Mn::Fucompp
+            | Mn::Ficom
+            | Mn::Ficomp
+            | Mn::Fcomi
+            | Mn::Fcomip
+            | Mn::Fucomi
+            | Mn::Fcmovb
+            | Mn::Fcmove
+            | Mn::Fcmovbe
+            | Mn::Fcmovu
+            | Mn::Fcmovnb
+            | Mn::Fcmovne
+            | Mn::Fcmovnbe
+            | Mn::Fcmovnu
+            | Mn::Fild
+            | Mn::Fist
+            | Mn::Fistp
+            | Mn::Fisttp
+            | Mn::Fbld
+            | Mn::Fbstp
+            | Mn::Ffree
+            | Mn::Ffreep
+            | Mn::Fabs
+            | Mn::Ftst
+            | Mn::Fxam
+            | Mn::Fldl2t
+            | Mn::Fldl2e
+            | Mn::Fldpi
+            | Mn::Fldlg2
+            | Mn::Fldln2
+            | Mn::F2xm1
+            | Mn::Fyl2x
+            | Mn::Fptan
+            | Mn::Fpatan
+            | Mn::Fxtract
+            | Mn::Fprem1
+            | Mn::Fdecstp
+            | Mn::Fincstp
+            | Mn::Fprem
+            | Mn::Fyl2xp1
+            | Mn::Fsqrt
+            | Mn::Fsincos
+            | Mn::Frndint
+            | Mn::Fscale
+            | Mn::Fsin
+            | Mn::Fcos
+            | Mn::Fnop
+            | Mn::Movd
+            | Mn::Movq
+            | Mn::Movss
+            | Mn::Movsd
+            | Mn::Movaps
+            | Mn::Movapd
+            | Mn::Movups
+            | Mn::Movupd
+            | Mn::Movdqa
+            | Mn::Movdqu
+            | Mn::Pxor
+            | Mn::Por
+            | Mn::Pand
+            | Mn::Pandn
+            | Mn::Xorps
+            | Mn::Xorpd
+            | Mn::Andps
+            | Mn::Andnps
+            | Mn::Orps
+            | Mn::Pcmpeqb
+            | Mn::Pmovmskb
+            | Mn::Ldmxcsr
+            | Mn::Stmxcsr
+            | Mn::Fxsave
+            | Mn::Fxsave64
+            | Mn::Fxrstor
+            | Mn::Fxrstor64
+            | Mn::Int3
+            | Mn::Int
+            | Mn::Into
+            | Mn::Iret
+            | Mn::Iretd
+            | Mn::Iretq
+            | Mn::Clac
+            | Mn::Stac
+            | Mn::Popcnt
+            | Mn::Lzcnt
+            | Mn::Tzcnt
+            | Mn::Cmpxchg8b
+            | Mn::Cmpxchg16b
+            | Mn::Endbr64
+            | Mn::Endbr32
+            | Mn::Rdsspd
+            | Mn::Rdsspq
+    )
+    .then(|| name(m))
 }
 
 #[cfg(test)]
