@@ -17,7 +17,7 @@ MAX_EXAMPLES=${1:-100}
 VENV=${SCHEMATHESIS_VENV:-/tmp/strata-schemathesis-venv}
 ST_VERSION=4.32.5
 WORK=$(mktemp -d /tmp/strata-schemathesis-XXXXXX)
-STRATA=target/release/strata
+STRATA=target/x86_64-unknown-linux-gnu/release/strata
 PORT=$((20000 + RANDOM % 20000))
 
 [ -x "$STRATA" ] || die "$STRATA is missing: run cargo build --release first"

@@ -23,12 +23,12 @@ import time
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATA = os.path.join(ROOT, "target/release/strata")
+STRATA = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")
 QEMU = "qemu-system-x86_64"
 
 
 def guest_path(name):
-    exe = os.path.join(ROOT, "target/release/guest-path")
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
     return subprocess.check_output([exe, name], text=True).strip()
 
 
@@ -201,10 +201,13 @@ def ms(x):
 
 
 def main():
+    global STRATA
     ap = argparse.ArgumentParser()
     ap.add_argument("--starts", type=int, default=20)
     ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--strata", default=STRATA, help="the strata binary (default: %(default)s)")
     args = ap.parse_args()
+    STRATA = args.strata
     kernel = guest_path("counter")
     with tempfile.TemporaryDirectory() as tmp:
         strata_starts, qemu_starts, true_starts = [], [], []

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def guest_path(name):
-    exe = os.path.join(ROOT, "target/release/guest-path")
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
     return subprocess.check_output([exe, name], text=True).strip()
 
 
@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--memory", default="128M")
     args = ap.parse_args()
     kernel = guest_path("pvh")
-    strata = [os.path.join(ROOT, "target/release/strata"), "run", "--kernel", kernel,
+    strata = [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata"), "run", "--kernel", kernel,
               "--memory", f"size={args.memory}", "--cmdline", "bench"]
     qemu = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "qemu64", "-m", args.memory,
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",

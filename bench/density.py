@@ -2,8 +2,9 @@
 """Density benchmark (issue 13): start, stop and pack one-line microVMs, Strata vs peers.
 
 Run by hand (never in CI), after `cargo build --release`:
-  python3 bench/density.py [--firecracker PATH] [--cloud-hypervisor PATH] [--qemu]
-                           [--pairs 30] [--counts 1,10,100] [--memory-mib 128]
+  python3 bench/density.py [--strata [LABEL=]PATH ...] [--firecracker PATH]
+                           [--cloud-hypervisor PATH] [--qemu]
+                           [--pairs 30] [--counts 1,10,100] [--repeats 5] [--memory-mib 128]
 
 Guests: the `density` test guest (PVH; prints one line, then ends the VM through Cloud
 Hypervisor's ACPI shutdown port, the i8042 reset or the debug-exit port) and `density-stay`
@@ -12,7 +13,8 @@ Hypervisor's ACPI shutdown port, the i8042 reset or the debug-exit port) and `de
 Measures, for each VMM in the same run:
 1. exec -> exit of one VM, paired runs (each round runs every VMM once, in turn): median, p90.
 2. N VMs started at once (the one-line guest): wall time until every one has printed its line
-   and exited, and VMs started per core per second (N / time / CPUs); failures counted.
+   and exited (median of --repeats rounds, interleaved between VMMs), and VMs started per core
+   per second (N / time / CPUs); failures counted.
 3. N VMs of `density-stay` started at once: once every one has printed its line, the PSS of
    each VMM process (/proc/PID/smaps_rollup), mean per VM; then they are killed.
 Prints Markdown tables and the commands, ready for docs/benchmarks.md.
@@ -33,7 +35,7 @@ LINE = b"strata-density-guest up"
 
 
 def guest(name):
-    exe = os.path.join(ROOT, "target/release/guest-path")
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
     return subprocess.check_output([exe, name], text=True).strip()
 
 
@@ -141,17 +143,25 @@ def many_pss(vmm, kernel, n):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--strata", action="append",
+                    help="PATH or LABEL=PATH of a strata binary (default target/x86_64-unknown-linux-gnu/release/strata);"
+                         " repeat to compare builds in the same run")
     ap.add_argument("--firecracker")
     ap.add_argument("--cloud-hypervisor")
     ap.add_argument("--qemu", action="store_true")
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--counts", default="1,10,100")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="rounds of N-at-once starts per count; the table gives the median")
     ap.add_argument("--memory-mib", type=int, default=128)
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     tmp = tempfile.mkdtemp(prefix="strata-density-")
     mib = args.memory_mib
-    vmms = [Vmm("Strata", strata(os.path.join(ROOT, "target/release/strata"), mib), tmp)]
+    vmms = []
+    for spec in args.strata or [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")]:
+        label, _, path = spec.rpartition("=")
+        vmms.append(Vmm(label or "Strata", strata(path, mib), tmp))
     if args.firecracker:
         vmms.append(Vmm("Firecracker", firecracker(args.firecracker, mib, tmp), tmp))
     if args.cloud_hypervisor:
@@ -177,15 +187,23 @@ def main():
         ratio = f"{med / fc:.2f}x" if fc else "-"
         print(f"| {v.name} | {med:.1f} | {t[int(len(t) * 0.9) - 1]:.1f} | {ratio} |")
 
-    print("\n| VMM | N | all printed and exited (ms) | VMs per core per second | failed | "
+    print(f"\n| VMM | N | all printed and exited, median of {args.repeats} (ms) | "
+          "VMs per core per second | failed (all rounds) | "
           "PSS per VM, all running (KiB) | failed (stay) |")
     print("|---|---|---|---|---|---|---|")
     for n in counts:
+        walls = {v.name: [] for v in vmms}
+        fails = {v.name: 0 for v in vmms}
+        for _ in range(args.repeats):  # interleaved: each round starts N of every VMM in turn
+            for v in vmms:
+                wall, failed = many_exit(v, exiting, n)
+                walls[v.name].append(wall)
+                fails[v.name] += failed
         for v in vmms:
-            wall, failed = many_exit(v, exiting, n)
+            wall = statistics.median(walls[v.name])
             pss, failed_stay = many_pss(v, staying, n)
-            print(f"| {v.name} | {n} | {wall * 1e3:.0f} | {n / wall / cpus:.1f} | {failed} | "
-                  f"{pss:.0f} | {failed_stay} |")
+            print(f"| {v.name} | {n} | {wall * 1e3:.0f} | {n / wall / cpus:.1f} | "
+                  f"{fails[v.name]} | {pss:.0f} | {failed_stay} |")
     print(f"\nLoad average after: {os.getloadavg()[0]:.1f}")
 
 

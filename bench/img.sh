@@ -6,7 +6,7 @@
 # Makes a 2 GiB raw image with random data in half of its 1 MiB chunks (a fixed random
 # choice) and a qcow2 copy, then times each command RUNS times for both tools and prints
 # the medians and the strata/qemu-img ratio. Environment: RUNS (default 5), DIR (scratch,
-# default /tmp/strata-img-bench), STRATA (default target/release/strata or
+# default /tmp/strata-img-bench), STRATA (default target/x86_64-unknown-linux-gnu/release/strata or
 # $CARGO_TARGET_DIR/release/strata), SKIP_CONVERT (set: only the bench comparisons).
 set -euo pipefail
 

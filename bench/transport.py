@@ -27,11 +27,11 @@ import time
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATA = os.path.join(ROOT, "target/release/strata")
+STRATA = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")
 
 
 def guest_path(name):
-    exe = os.path.join(ROOT, "target/release/guest-path")
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
     return subprocess.check_output([exe, name], text=True).strip()
 
 

@@ -46,7 +46,7 @@ COMMANDS = []
 
 
 def guest_path(name):
-    exe = os.path.join(ROOT, "target/release/guest-path")
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
     return subprocess.check_output([exe, name], text=True).strip()
 
 
@@ -96,7 +96,7 @@ def parse(out):
 
 def strata(kernel, transport, path, fmt, direct):
     disk = f"path={path},format={fmt},readonly=on" + (",direct=on" if direct else "")
-    return [os.path.join(ROOT, "target/release/strata"), "run", "--kernel", kernel,
+    return [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata"), "run", "--kernel", kernel,
             "--transport", transport, "--disk", disk, "--cmdline", guest_ops(transport)]
 
 
@@ -141,7 +141,7 @@ def first_byte(cmd):
 
 def boot_rows(raw, qcow2, runs):
     pvh = guest_path("pvh")
-    base = [os.path.join(ROOT, "target/release/strata"), "run", "--kernel", pvh,
+    base = [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata"), "run", "--kernel", pvh,
             "--cmdline", "bench"]
     cases = [("no disk", base),
              ("one raw disk (mmio)", base + ["--disk", f"path={raw},format=raw,readonly=on"]),

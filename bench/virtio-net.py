@@ -15,7 +15,7 @@ here:
   guest's echo (`CONNECT 1234`), and echo throughput with 64 KiB writes.
 
 Usage: run as root, after `cargo build --release`:
-    python3 bench/virtio-net.py --strata target/release/strata \
+    python3 bench/virtio-net.py --strata target/x86_64-unknown-linux-gnu/release/strata \
         --guest $(cargo run -q --release -p test-guests --bin guest-path -- net)
 """
 
@@ -247,7 +247,7 @@ def vsock(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--strata", default="target/release/strata")
+    p.add_argument("--strata", default="target/x86_64-unknown-linux-gnu/release/strata")
     p.add_argument("--guest", required=True)
     p.add_argument("--frames", type=int, default=200000)
     p.add_argument("--seconds", type=float, default=3.0)

@@ -20,8 +20,8 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
-    guest = subprocess.check_output([os.path.join(ROOT, "target/release/guest-path"), "pvh"],
-                                    text=True).strip()
+    exe = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/guest-path")
+    guest = subprocess.check_output([exe, "pvh"], text=True).strip()
     res = {"old": [], "new": []}
     for _ in range(args.runs):
         for key in ("old", "new"):
