@@ -2,7 +2,8 @@
 //! `p`. Every descriptor owns a fixed buffer (descriptor `i` the `i`-th slot
 //! of one DMA block), so the rings are driven through the raw queue
 //! interface: a used receive descriptor is reposted as it is (the device is
-//! notified only when it asked to be, Linux's rule), a used transmit
+//! notified once the driver has caught up with the used ring, and only when
+//! it asked to be: Linux's rules), a used transmit
 //! descriptor goes back to the free list. With MRG_RXBUF (accepted unless
 //! `mrg=0`), a frame may span several receive buffers (`num_buffers` in the
 //! first header). With more than one pair asked for, MQ and the control
@@ -364,7 +365,11 @@ impl Net {
             };
             take(pair, d, 0, l);
         }
-        pair.rx.kick_if_needed();
+        // Like Linux's NAPI poll: the reposted buffers are announced once the
+        // driver has caught up with the used ring, not once per frame.
+        if pair.rx.used_idx() == pair.rx_last {
+            pair.rx.kick_if_needed();
+        }
         self.stats.rx += 1;
         self.stats.max_buffers = self.stats.max_buffers.max(nbufs);
         Ok(Some(got))
