@@ -9,13 +9,15 @@ here:
   UDP datagram with a 1472-byte payload); the rate is read from the tap's rx_packets counter
   on the host side, sampled every 5 ms, between 10% and 90% of the frames.
 - host -> guest: the host writes frames of 64 (then 1514) bytes into the tap through an
-  AF_PACKET socket for a fixed time, as fast as it can, then an end marker; the guest's
-  `op=net-sink` counts what reached it: received / sending time.
+  AF_PACKET socket for a fixed time, as fast as it can (yielding the CPU after every 64
+  frames, see below), then an end marker; the guest's `op=net-sink` counts what reached it:
+  received / sending time.
 - vsock (Strata only: QEMU has no userspace vsock backend): round trips of 1 byte through the
   guest's echo (`CONNECT 1234`), and echo throughput with 64 KiB writes.
 
-Usage: run as root, after `cargo build --release`:
-    python3 bench/virtio-net.py --strata target/release/strata \
+Usage: run as root, after `cargo build --release`; on a shared host under `chrt -f 2` (the
+VMMs and the host -> guest sender then run at SCHED_FIFO 1, the samplers at 2):
+    chrt -f 2 python3 bench/virtio-net.py --strata target/release/strata \
         --guest $(cargo run -q --release -p test-guests --bin guest-path -- net)
 """
 
@@ -78,7 +80,22 @@ def wait_line(path, marker, proc, limit=300):
     raise RuntimeError(f"no '{marker}'")
 
 
+def realtime():
+    """Whether the script runs under SCHED_FIFO (`chrt -f 2`)."""
+    return os.sched_getscheduler(0) == os.SCHED_FIFO
+
+
+def vmm_prefix():
+    """Under `chrt -f 2` the VMMs run at FIFO priority 1, below the script's own samplers (a
+    sampler at the VMM's priority would wait behind a spinning vCPU until the run ended)."""
+    return ["chrt", "-f", "1"] if realtime() else []
+
+
 def vmm_cmd(vmm, args, guest, cmdline, serial, tap):
+    return vmm_prefix() + vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap)
+
+
+def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap):
     if vmm == "strata":
         return [args.strata, "run", "--kernel", guest, "--cmdline", cmdline, "--timeout", "600",
                 "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}"]
@@ -160,6 +177,10 @@ def host_to_guest(vmm, args, size):
     elapsed = []
 
     def send():
+        own = os.sched_getparam(0).sched_priority
+        if realtime():
+            # The sender spins: at the VMMs' priority, yielding after each burst (below).
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         s.bind((tap, 0))
         t0 = time.perf_counter()
@@ -171,7 +192,13 @@ def host_to_guest(vmm, args, size):
                     sent += 1
                 except OSError:
                     pass
+            # Under SCHED_FIFO a sender that never blocks would keep the VMM's
+            # I/O thread (Strata's worker, QEMU's main loop) off the CPU the spinning vCPU
+            # leaves: give it its turn after every burst.
+            os.sched_yield()
         elapsed.append(time.perf_counter() - t0)
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
         time.sleep(0.2)
         for _ in range(500):
             try:
@@ -195,7 +222,7 @@ def vsock(args):
     d = tempfile.mkdtemp(prefix="strata-bench-vsock-")
     sock = os.path.join(d, "v.sock")
     serial = os.path.join(d, "serial.txt")
-    proc = subprocess.Popen([args.strata, "run", "--kernel", args.guest, "--cmdline",
+    proc = subprocess.Popen(vmm_prefix() + [args.strata, "run", "--kernel", args.guest, "--cmdline",
                              "transport=mmio op=vsock-echo port=1234 conns=2", "--timeout", "600",
                              "--serial", f"file={serial}", "--vsock", f"cid=3,socket={sock}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
