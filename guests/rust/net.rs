@@ -2,7 +2,7 @@
 //! devices of one transport and runs the operations its command line lists:
 //!
 //! ```text
-//! transport=mmio|pci|pci-legacy [rxbuf=N] [mrg=0|1] op=NAME [ARG=VALUE ...] ...
+//! transport=mmio|pci|pci-legacy [rxbuf=N] [mrg=0|1] [pairs=1|2] op=NAME [ARG=VALUE ...] ...
 //! ```
 //!
 //! guests/README.md lists the operations and what they print.
@@ -33,11 +33,12 @@ fn main(boot: &mut Boot) -> Result<(), Error> {
     }
     let rxbuf = number(boot.cmdline, "rxbuf")?.unwrap_or(2048) as usize;
     let mrg = number(boot.cmdline, "mrg")?.unwrap_or(1) != 0;
+    let pairs = number(boot.cmdline, "pairs")?.unwrap_or(1) as usize;
     let dma = &mut boot.dma;
     let mut d = Drivers {
         net: devices
             .take(ID_NET)
-            .map(|t| Net::new(t, dma, rxbuf, mrg))
+            .map(|t| Net::new(t, dma, rxbuf, mrg, pairs))
             .transpose()?,
         vsock: devices
             .take(ID_VSOCK)
@@ -85,6 +86,24 @@ fn run_op(d: &mut Drivers, op: Op) -> Result<(), Error> {
             Ok(())
         }
         "net-serve" => serve(net, op.args),
+        "net-pairs" => {
+            let n = number(op.args, "n")?.unwrap_or(2) as u16;
+            let status = net.set_pairs(n)?;
+            println!(
+                "net: pairs set {n} of {} answered {}",
+                net.max_pairs,
+                if status == kit::virtio::net::CTRL_OK { "ok" } else { "err" }
+            );
+            Ok(())
+        }
+        "net-ctrl" => {
+            let class = number(op.args, "class")?.unwrap_or(0) as u8;
+            let cmd = number(op.args, "cmd")?.unwrap_or(0) as u8;
+            let data = number(op.args, "data")?.unwrap_or(1) as u8;
+            let status = net.ctrl_command(class, cmd, &[data])?;
+            println!("net: ctrl class={class} cmd={cmd} answered {status}");
+            Ok(())
+        }
         "net-hostile" => hostile(net),
         "net-blast" => blast(net, op.args),
         "net-sink" => sink(net),
@@ -179,14 +198,20 @@ fn reply(f: &mut [u8], len: usize, mac: [u8; 6], ip: [u8; 4]) -> (Answered, usiz
     (Answered::Echo, 14 + total)
 }
 
-/// `op=net-serve ip=A.B.C.D count=N`: answers ARP and ICMP echo until it
-/// has answered `count` echo requests.
+/// `op=net-serve ip=A.B.C.D count=N [txpair=P]`: answers ARP and ICMP echo
+/// until it has answered `count` echo requests; echo replies go out on pair
+/// `txpair` (0 by default), ARP replies on pair 0; requests are taken from
+/// every pair in use.
 fn serve(net: &mut Net, args: Cmdline) -> Result<(), Error> {
     let ip_text = args
         .get("ip")
         .ok_or_else(|| err!("op=net-serve: ip= missing"))?;
     let ip = parse_ip(ip_text).ok_or_else(|| err!("op=net-serve: bad ip={ip_text}"))?;
     let count = number(args, "count")?.unwrap_or(20);
+    let txpair = number(args, "txpair")?.unwrap_or(0) as usize;
+    if txpair >= net.pairs_set_up() {
+        bail!("op=net-serve: txpair={txpair} is not set up");
+    }
     println!("net: ready ip={ip_text}");
     let (mut arps, mut echoes, mut largest) = (0u64, 0u64, 0usize);
     while echoes < count {
@@ -197,10 +222,14 @@ fn serve(net: &mut Net, args: Cmdline) -> Result<(), Error> {
         let mac = net.mac;
         let (kind, out) = reply(net.frame_mut(), len, mac, ip);
         match kind {
-            Answered::Arp => arps += 1,
+            Answered::Arp => {
+                arps += 1;
+                net.tx_pair = 0;
+            }
             Answered::Echo => {
                 echoes += 1;
                 largest = largest.max(len);
+                net.tx_pair = txpair;
             }
             Answered::Other => continue,
         }
@@ -210,6 +239,13 @@ fn serve(net: &mut Net, args: Cmdline) -> Result<(), Error> {
         "net: answered {echoes} echo requests, {arps} arp requests, largest {largest} bytes in at most {} buffers",
         net.stats.max_buffers
     );
+    if net.pairs_set_up() > 1 {
+        let s = net.stats;
+        println!(
+            "net: frames per pair: rx {} {} tx {} {}",
+            s.rx_pair[0], s.rx_pair[1], s.tx_pair[0], s.tx_pair[1]
+        );
+    }
     Ok(())
 }
 

@@ -133,8 +133,8 @@ pub const RUN_USAGE: &str =
                   [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
                   [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
                           [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...
-                  [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,queue_size=N]
-                         [,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
+                  [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,num_queues=2N]
+                         [,queue_size=N][,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
                   [--acpi on|off]
        strata run [--api-socket PATH] --restore source_url=file:///DIR[,resume=on]

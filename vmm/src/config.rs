@@ -101,7 +101,7 @@ pub struct VmConfig {
 }
 
 mod net;
-pub use net::{MacAddr, NetConfig, VsockConfig};
+pub use net::{MacAddr, NetConfig, VsockConfig, MAX_QUEUE_PAIRS};
 
 /// An image format, always stated (never probed from the file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

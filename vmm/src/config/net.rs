@@ -11,6 +11,8 @@ use super::{de_bool, de_opt_u64, ConfigError, Transport};
 
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
 pub const MAX_TAP_NAME: usize = 15;
+/// Most queue pairs a virtio-net device has (`num_queues` up to twice this).
+pub const MAX_QUEUE_PAIRS: u16 = 8;
 
 /// An Ethernet address, written `aa:bb:cc:dd:ee:ff`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,7 +134,8 @@ pub struct NetConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mtu: Option<u16>,
-    /// Receive plus transmit queues (2: one pair; multiqueue is not offered yet).
+    /// Receive plus transmit queues: 2N for N queue pairs (multiqueue with N > 1: one tap
+    /// queue per pair, VIRTIO_NET_F_MQ and a control queue).
     #[serde(default = "default_num_queues", deserialize_with = "de_u16")]
     pub num_queues: u16,
     /// Entries of each queue (a power of two, 2 to 32768).
@@ -204,10 +207,12 @@ pub(super) fn validate_net(nets: &[NetConfig]) -> Result<(), ConfigError> {
                 )));
             }
         }
-        if n.num_queues != 2 {
+        if n.num_queues == 0 || n.num_queues % 2 != 0 || n.num_queues > 2 * MAX_QUEUE_PAIRS {
             return Err(invalid(format!(
-                "num_queues={} (one queue pair, num_queues=2, is supported)",
-                n.num_queues
+                "num_queues={} must be an even number from 2 to {} (a receive and a transmit \
+                 queue per pair)",
+                n.num_queues,
+                2 * MAX_QUEUE_PAIRS
             )));
         }
         if !n.queue_size.is_power_of_two() || n.queue_size < 2 || n.queue_size > 32768 {
@@ -322,16 +327,33 @@ mod tests {
     fn test_net_config_bad_values_rejected_naming_net() {
         let long = config(r#"{"payload":{"kernel":"k"},"net":[{"tap":"abcdefghijklmnop"}]}"#);
         let twice = config(r#"{"payload":{"kernel":"k"},"net":[{"tap":"t"},{"tap":"t"}]}"#);
+        let odd = config(r#"{"payload":{"kernel":"k"},"net":[{"num_queues":3}]}"#);
+        let zero = config(r#"{"payload":{"kernel":"k"},"net":[{"num_queues":0}]}"#);
+        let many = config(r#"{"payload":{"kernel":"k"},"net":[{"num_queues":18}]}"#);
         let mq = config(r#"{"payload":{"kernel":"k"},"net":[{"num_queues":4}]}"#);
         let bad_mac = serde_json::from_str::<VmConfig>(r#"{"payload":{},"net":[{"mac":"nope"}]}"#);
 
         let long = long.validate().unwrap_err().to_string();
         let twice = twice.validate().unwrap_err().to_string();
-        let mq = mq.validate().unwrap_err().to_string();
+        let odd = odd.validate().unwrap_err().to_string();
+        let zero = zero.validate().unwrap_err().to_string();
+        let many = many.validate().unwrap_err().to_string();
 
         assert!(long.starts_with("invalid net: tap name"), "{long}");
         assert!(twice.contains("given to two devices"), "{twice}");
-        assert!(mq.contains("num_queues=4"), "{mq}");
+        assert!(
+            odd.starts_with("invalid net: num_queues=3 must be an even"),
+            "{odd}"
+        );
+        assert!(
+            zero.starts_with("invalid net: num_queues=0 must be an even"),
+            "{zero}"
+        );
+        assert!(
+            many.contains("num_queues=18 must be an even number from 2 to 16"),
+            "{many}"
+        );
+        assert!(mq.validate().is_ok());
         assert!(bad_mac
             .unwrap_err()
             .to_string()

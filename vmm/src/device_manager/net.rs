@@ -43,10 +43,13 @@ pub(super) fn virtio_device(
                 id: planned.id.clone(),
                 source,
             };
-            let tap = Tap::open(n.tap.as_deref()).map_err(tap_err)?;
+            let pairs = usize::from(n.num_queues / 2).max(1);
+            let taps = Tap::open_queues(n.tap.as_deref(), pairs).map_err(tap_err)?;
             let ip =
                 n.ip.map(|ip| (ip, n.mask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0))));
-            tap.configure_host(ip, n.mtu).map_err(tap_err)?;
+            if let Some(tap) = taps.first() {
+                tap.configure_host(ip, n.mtu).map_err(tap_err)?;
+            }
             let params = NetParams {
                 mac: n.mac.unwrap_or_else(MacAddr::random).0,
                 mtu: n.mtu,
@@ -54,7 +57,7 @@ pub(super) fn virtio_device(
                 offload_csum: n.offload_csum,
                 offload_tso: n.offload_tso,
             };
-            Ok(Box::new(Net::new(&planned.id, tap, params)))
+            Ok(Box::new(Net::new(&planned.id, taps, params)))
         }
         DeviceKind::Vsock => {
             let v = config.vsock.as_ref().ok_or_else(missing)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use vm_memory::GuestMemoryMmap;
 
-use super::event_handler::{self, NetHandler};
+use super::event_handler::{self, NetHandler, NetPair};
 use super::tap::{offload, Tap};
 use super::{features as f, metrics, DEFAULT_MTU, HDR_LEN, LEGACY_HDR_LEN, S_LINK_UP};
 use crate::counters::Counters;
@@ -30,24 +30,32 @@ pub struct NetParams {
 /// A virtio-net device on a tap.
 pub struct Net {
     id: String,
-    tap: Option<Tap>,
+    /// One tap queue per pair (empty while the worker holds them).
+    taps: Vec<Tap>,
+    /// Queue pairs (the number of taps).
+    pairs: usize,
     params: NetParams,
-    queue_sizes: [u16; 2],
+    /// Two queues per pair, then (with more than one pair) the control queue.
+    queue_sizes: Vec<u16>,
     acked: u64,
     counters: Arc<Counters>,
     worker: Option<Worker<NetHandler>>,
 }
 
 impl Net {
-    /// Device `id` (its worker thread is `virtio-<id>`) on `tap`.
-    pub fn new(id: &str, tap: Tap, params: NetParams) -> Net {
+    /// Device `id` (its worker thread is `virtio-<id>`) with one queue pair per tap queue in
+    /// `taps` (more than one: VIRTIO_NET_F_MQ and a control queue).
+    pub fn new(id: &str, taps: Vec<Tap>, params: NetParams) -> Net {
+        let pairs = taps.len().max(1);
+        let queues = if pairs > 1 { 2 * pairs + 1 } else { 2 };
         Net {
             id: id.to_string(),
-            tap: Some(tap),
-            queue_sizes: [params.queue_size; 2],
+            taps,
+            pairs,
+            queue_sizes: vec![params.queue_size; queues],
             params,
             acked: 0,
-            counters: Counters::new(metrics::NAMES),
+            counters: Counters::new(metrics::names(pairs)),
             worker: None,
         }
     }
@@ -57,7 +65,7 @@ impl Net {
         let mut c = [0u8; 12];
         c[..6].copy_from_slice(&self.params.mac);
         c[6..8].copy_from_slice(&S_LINK_UP.to_le_bytes());
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[8..10].copy_from_slice(&(self.pairs as u16).to_le_bytes());
         c[10..12].copy_from_slice(&self.params.mtu.unwrap_or(DEFAULT_MTU).to_le_bytes());
         c
     }
@@ -78,6 +86,51 @@ impl Net {
             }
         }
         flags
+    }
+
+    /// Sets the tap's header size and offloads (on an attached queue: a detached one refuses
+    /// every ioctl but TUNSETQUEUE), then leaves only pair 0's queue attached: the driver
+    /// uses one pair until it sets more.
+    fn prepare_taps(&mut self) -> Result<(), super::tap::TapError> {
+        for tap in self.taps.iter_mut() {
+            tap.set_attached(true)?;
+        }
+        let hdr_len = Net::hdr_len(self.acked);
+        for tap in self.taps.iter() {
+            tap.set_vnet_hdr_size(hdr_len as i32)?;
+            tap.set_offload(Net::tap_offloads(self.acked))?;
+        }
+        for tap in self.taps.iter_mut().skip(1) {
+            tap.set_attached(false)?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the enabled queues into pairs (each with its tap queue) and the control queue,
+    /// whose index depends on MQ: 2N with it, 2 without (virtio 1.2, 5.1.2).
+    fn sort_queues(&mut self, queues: Vec<ActiveQueue>) -> (Vec<NetPair>, Option<ActiveQueue>) {
+        let mq = self.acked & f::MQ != 0;
+        let used_pairs = if mq { self.pairs } else { 1 };
+        let ctrl_index = (self.acked & f::CTRL_VQ != 0).then_some(2 * used_pairs as u16);
+        let mut rx: Vec<Option<ActiveQueue>> = (0..self.pairs).map(|_| None).collect();
+        let mut tx: Vec<Option<ActiveQueue>> = (0..self.pairs).map(|_| None).collect();
+        let mut ctrl = None;
+        for q in queues {
+            let i = usize::from(q.index);
+            if Some(q.index) == ctrl_index {
+                ctrl = Some(q);
+            } else if i < 2 * used_pairs && i % 2 == 0 {
+                rx[i / 2] = Some(q);
+            } else if i < 2 * used_pairs {
+                tx[i / 2] = Some(q);
+            }
+        }
+        let pairs = std::mem::take(&mut self.taps)
+            .into_iter()
+            .zip(rx.into_iter().zip(tx))
+            .map(|(tap, (rx, tx))| NetPair::new(rx, tx, tap))
+            .collect();
+        (pairs, ctrl)
     }
 
     /// The header length the negotiated features give.
@@ -109,6 +162,9 @@ impl VirtioDevice for Net {
         if self.params.mtu.is_some() {
             v |= f::MTU;
         }
+        if self.pairs > 1 {
+            v |= f::CTRL_VQ | f::MQ;
+        }
         if self.params.offload_csum {
             v |= f::CSUM | f::GUEST_CSUM;
             if self.params.offload_tso {
@@ -125,6 +181,10 @@ impl VirtioDevice for Net {
 
     fn ack_features(&mut self, features: u64) {
         self.acked = features & self.features();
+        if self.acked & f::CTRL_VQ == 0 {
+            // MQ depends on the control queue (virtio 1.2, 5.1.3.1).
+            self.acked &= !f::MQ;
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -140,34 +200,25 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let mut rx = None;
-        let mut tx = None;
-        for q in queues {
-            match q.index {
-                super::RX_QUEUE => rx = Some(q),
-                super::TX_QUEUE => tx = Some(q),
-                _ => {}
-            }
+        if self.taps.len() != self.pairs {
+            return Err(ActivateError::Backend(std::io::Error::other(
+                "the tap was lost by a failed reset",
+            )));
         }
-        let tap = self.tap.take().ok_or_else(|| {
-            ActivateError::Backend(std::io::Error::other("the tap was lost by a failed reset"))
-        })?;
-        let hdr_len = Net::hdr_len(self.acked);
-        let configured = tap
-            .set_vnet_hdr_size(hdr_len as i32)
-            .and_then(|()| tap.set_offload(Net::tap_offloads(self.acked)));
-        if let Err(e) = configured {
-            self.tap = Some(tap);
+        if let Err(e) = self.prepare_taps() {
             return Err(ActivateError::Backend(std::io::Error::other(e.to_string())));
         }
+        let (pairs, ctrl) = self.sort_queues(queues);
+        let hdr_len = Net::hdr_len(self.acked);
         let handler = NetHandler::new(
-            event_handler::NetQueues { rx, tx },
-            tap,
+            pairs,
+            ctrl,
             event_handler::NetMode {
                 hdr_len,
                 mergeable: self.acked & f::MRG_RXBUF != 0,
                 mtu: self.params.mtu.unwrap_or(DEFAULT_MTU),
                 host_tso: self.acked & (f::HOST_TSO4 | f::HOST_TSO6) != 0,
+                mq: self.acked & f::MQ != 0,
             },
             mem,
             Arc::clone(&interrupt),
@@ -184,7 +235,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) -> bool {
         if let Some(worker) = self.worker.take() {
             match worker.stop() {
-                Some(handler) => self.tap = Some(handler.tap),
+                Some(handler) => self.taps = handler.pairs.into_iter().map(|p| p.tap).collect(),
                 None => return false,
             }
         }

@@ -1,36 +1,58 @@
-//! The virtio-net worker's event subscriber: the two queues' notify eventfds and the tap.
+//! The virtio-net worker's event subscriber: every queue pair's notify eventfds and tap
+//! queue, and the control queue.
 //!
-//! Receive: a frame is read from the tap only when the guest has posted a receive buffer.
-//! The frame (header included) lands in one bounce buffer; then the chains it needs are taken
-//! (one without MRG_RXBUF, as many as it fills with it) and only when they suffice is it
-//! copied into them and the chains used; otherwise the chains go back to the available ring
-//! and the frame waits. While the guest posts no buffers the tap leaves the epoll set, so a
-//! guest that never posts cannot make the worker spin; the receive queue's notification
-//! brings it back. Nothing the guest has room for is dropped.
+//! Receive is `rx.rs`. Transmit: each chain's readable bytes (header and frame) are gathered
+//! and written to the pair's tap queue as one frame. Chains too short for a header, frames
+//! longer than the MTU allows (without GSO) or 64 KiB, and frames the tap refuses are dropped
+//! and counted. Control: `ctrl.rs` parses each command; VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+//! attaches the first N tap queues and detaches the others (TUNSETQUEUE) before its answer
+//! is used, so the kernel steers frames only to pairs the driver uses.
 //!
-//! Transmit: each chain's readable bytes (header and frame) are gathered and written to the
-//! tap as one frame. Chains too short for a header, frames longer than the MTU allows
-//! (without GSO) or 64 KiB, and frames the tap refuses are dropped and counted.
+//! One worker serves all the pairs (docs/decisions/0017). Events carry a tag: the pair times
+//! four plus what it is (receive notify, transmit notify, tap, control).
 
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
+use super::ctrl;
+use super::rx::{RxScratch, RxState};
 use super::tap::Tap;
-use super::{metrics, BUDGET, L2_OVERHEAD, MAX_FRAME};
+use super::{metrics, L2_OVERHEAD, MAX_FRAME};
 use crate::counters::Counters;
 use crate::virtio::queue::{BrokenQueue, Chain};
 use crate::virtio::{ActiveQueue, VirtioInterrupt};
 
-/// The device's queues (each only if the driver enabled it).
-pub struct NetQueues {
+/// One queue pair: its two queues (each only if the driver enabled it) and its tap queue.
+pub struct NetPair {
     /// Receive queue.
     pub rx: Option<ActiveQueue>,
     /// Transmit queue.
     pub tx: Option<ActiveQueue>,
+    /// The pair's queue of the tap (given back to the device on reset).
+    pub tap: Tap,
+    /// Receive bounce buffer: header plus frame.
+    pub(super) rx_buf: Vec<u8>,
+    /// Bytes of a frame waiting in `rx_buf` (0: none).
+    pub(super) rx_pending: usize,
+    /// Whether the tap is in the epoll set.
+    tap_polled: bool,
+}
+
+impl NetPair {
+    /// A pair serving `rx` and `tx` with `tap`.
+    pub fn new(rx: Option<ActiveQueue>, tx: Option<ActiveQueue>, tap: Tap) -> NetPair {
+        NetPair {
+            rx,
+            tx,
+            tap,
+            rx_buf: vec![0; super::HDR_LEN + MAX_FRAME],
+            rx_pending: 0,
+            tap_polled: false,
+        }
+    }
 }
 
 /// What the negotiated features decide.
@@ -44,69 +66,63 @@ pub struct NetMode {
     pub mtu: u16,
     /// The guest may send GSO frames (HOST_TSO4/6 negotiated).
     pub host_tso: bool,
+    /// VIRTIO_NET_F_MQ: the driver may choose how many pairs it uses.
+    pub mq: bool,
 }
 
-/// How far receive got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RxState {
-    /// The tap has no more frames (or the budget ran out): keep polling it.
-    Drained,
-    /// A frame waits for receive buffers: stop polling the tap.
-    NeedBuffers,
+/// Event tags: `pair * 4 + kind`.
+const RX_NOTIFY: u32 = 0;
+const TX_NOTIFY: u32 = 1;
+const TAP: u32 = 2;
+const CTRL_NOTIFY: u32 = 3;
+
+fn tag(pair: usize, kind: u32) -> u32 {
+    (pair as u32) << 2 | kind
 }
 
 /// What the worker owns while the device runs.
 pub struct NetHandler {
-    /// The queues.
-    pub queues: NetQueues,
-    /// The tap (given back to the device on reset).
-    pub tap: Tap,
-    mode: NetMode,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    counters: Arc<Counters>,
-    /// Receive bounce buffer: header plus frame.
-    rx_buf: Vec<u8>,
-    /// Bytes of a frame waiting in `rx_buf` (0: none).
-    rx_pending: usize,
-    /// Whether the tap is in the epoll set.
-    tap_polled: bool,
+    /// The queue pairs (all of the device's taps, used by the driver or not).
+    pub pairs: Vec<NetPair>,
+    /// The control queue.
+    pub ctrl: Option<ActiveQueue>,
+    /// Pairs the driver uses (1 until it sets more with VQ_PAIRS_SET).
+    pub(super) active_pairs: usize,
+    pub(super) mode: NetMode,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) scratch: RxScratch,
     /// Transmit gather buffer.
     tx_buf: Vec<u8>,
-    /// Scratch: the writable descriptors of the chains a frame takes.
-    segs: Vec<(GuestAddress, usize)>,
-    heads: Vec<(u16, u32)>,
-    broken: bool,
+    pub(super) broken: bool,
 }
 
 impl NetHandler {
-    /// A handler serving `queues` with `tap`.
+    /// A handler serving `pairs` (the first one active) and the control queue `ctrl`.
     pub fn new(
-        queues: NetQueues,
-        tap: Tap,
+        pairs: Vec<NetPair>,
+        ctrl: Option<ActiveQueue>,
         mode: NetMode,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
         counters: Arc<Counters>,
     ) -> NetHandler {
         NetHandler {
-            queues,
-            tap,
+            pairs,
+            ctrl,
+            active_pairs: 1,
             mode,
             mem,
             interrupt,
             counters,
-            rx_buf: vec![0; super::HDR_LEN + MAX_FRAME],
-            rx_pending: 0,
-            tap_polled: false,
+            scratch: RxScratch::default(),
             tx_buf: vec![0; super::HDR_LEN + MAX_FRAME],
-            segs: Vec::new(),
-            heads: Vec::new(),
             broken: false,
         }
     }
 
-    fn fail(&mut self, _e: BrokenQueue) {
+    pub(super) fn fail(&mut self, _e: BrokenQueue) {
         if !self.broken {
             self.broken = true;
             self.counters.inc(metrics::QUEUE_BROKEN);
@@ -114,11 +130,10 @@ impl NetHandler {
         }
     }
 
-    /// Sends every pending transmit chain to the tap.
-    pub fn process_tx(&mut self) {
+    /// Sends every pending transmit chain of pair `p` to its tap queue.
+    pub fn process_tx(&mut self, p: usize) {
         let NetHandler {
-            queues,
-            tap,
+            pairs,
             mode,
             mem,
             interrupt,
@@ -127,201 +142,102 @@ impl NetHandler {
             broken,
             ..
         } = self;
-        let Some(tx) = queues.tx.as_mut().filter(|_| !*broken) else {
+        let Some(pair) = pairs.get_mut(p).filter(|_| !*broken) else {
             return;
         };
+        let Some(tx) = pair.tx.as_mut() else {
+            return;
+        };
+        let tap = &pair.tap;
+        let mut sent = 0;
         let result = tx.serve(mem, interrupt.as_ref(), |chain| {
-            transmit_chain(chain, mem, tap, *mode, tx_buf, counters);
+            if transmit_chain(chain, mem, tap, *mode, tx_buf, counters) {
+                sent += 1;
+            }
             0
         });
+        counters.add(metrics::tx_frames_pair(p), sent);
         if let Err(e) = result {
             self.fail(e);
         }
     }
 
-    /// Moves frames from the tap into receive buffers, at most [`BUDGET`] of them.
-    fn process_rx(&mut self) -> RxState {
-        if self.broken || self.queues.rx.is_none() {
-            return RxState::NeedBuffers;
-        }
-        let mut delivered = 0;
-        let mut state = RxState::Drained;
-        for _ in 0..BUDGET {
-            if self.rx_pending == 0 {
-                match self.rx_has_buffers() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        state = RxState::NeedBuffers;
-                        break;
-                    }
-                    Err(e) => {
-                        self.fail(e);
-                        return RxState::NeedBuffers;
-                    }
-                }
-                match self.tap.read(&mut self.rx_buf) {
-                    Ok(n) if n >= self.mode.hdr_len => self.rx_pending = n,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-            match self.deliver_pending() {
-                Ok(true) => delivered += 1,
-                Ok(false) => {
-                    state = RxState::NeedBuffers;
-                    break;
-                }
-                Err(e) => {
-                    self.fail(e);
-                    return RxState::NeedBuffers;
-                }
-            }
-        }
-        if delivered > 0 {
-            if let Some(rx) = self.queues.rx.as_mut() {
-                rx.signal_used(&self.mem, self.interrupt.as_ref());
-            }
-        }
-        if state == RxState::NeedBuffers {
-            self.counters.inc(metrics::RX_NO_BUFFERS);
-        }
-        state
-    }
-
-    /// Whether the receive queue has a chain; when it has none, re-enables notifications and
-    /// looks once more (the driver may have posted meanwhile).
-    fn rx_has_buffers(&mut self) -> Result<bool, BrokenQueue> {
-        let Some(rx) = self.queues.rx.as_mut() else {
-            return Ok(false);
+    /// Answers every pending control command.
+    fn process_ctrl(&mut self, ops: &mut EventOps) {
+        let Some(mut ctrl) = self.ctrl.take().filter(|_| !self.broken) else {
+            return;
         };
-        let avail = rx
-            .queue
-            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
-            .map_err(|e| BrokenQueue {
-                index: rx.index,
-                reason: e.to_string(),
-            })?;
-        if avail.0 != rx.queue.next_avail() {
-            return Ok(true);
-        }
-        rx.rearm(&self.mem)
-    }
-
-    /// Copies the waiting frame into receive chains: true when delivered (or dropped because
-    /// it can never fit), false when more buffers are needed.
-    fn deliver_pending(&mut self) -> Result<bool, BrokenQueue> {
-        let NetHandler {
-            queues,
-            mode,
-            mem,
-            counters,
-            rx_buf,
-            rx_pending,
-            segs,
-            heads,
-            ..
-        } = self;
-        let Some(rx) = queues.rx.as_mut() else {
-            return Ok(false);
-        };
-        let len = *rx_pending;
-        let mut start = rx.queue.next_avail();
-        segs.clear();
-        heads.clear();
-        let mut room = 0usize;
-        while room < len {
-            let Some(chain) = rx.pop(mem)? else {
-                if rx.rearm(mem)? {
-                    continue;
-                }
-                // Not enough buffers yet: give the taken chains back and wait.
-                rx.queue.set_next_avail(start);
-                return Ok(false);
+        let mem = self.mem.clone();
+        let interrupt = Arc::clone(&self.interrupt);
+        let result = ctrl.serve(&mem, interrupt.as_ref(), |chain| {
+            let request = ctrl::parse(chain, &mem);
+            let Some(status) = request.status else {
+                self.counters.inc(metrics::CTRL_MALFORMED);
+                return 0;
             };
-            let head = chain.head_index();
-            let before = segs.len();
-            let mut chain_room = 0usize;
-            for d in chain.writable() {
-                segs.push((d.addr(), d.len() as usize));
-                chain_room = chain_room.saturating_add(d.len() as usize);
+            let answer = match ctrl::decide(request.command, self.mode.mq, self.pairs.len()) {
+                Ok(n) if self.set_active_pairs(n, ops) => ctrl::OK,
+                _ => ctrl::ERR,
+            };
+            let counter = if answer == ctrl::OK {
+                metrics::CTRL_OK
+            } else {
+                metrics::CTRL_ERR
+            };
+            self.counters.inc(counter);
+            match mem.write_obj(answer, status) {
+                Ok(()) => 1,
+                Err(_) => 0,
             }
-            if chain_room == 0 || (heads.is_empty() && chain_room < mode.hdr_len) {
-                // Too short for a header: give it back empty, count it.
-                counters.inc(metrics::RX_BAD_CHAIN);
-                segs.truncate(before);
-                rx.push_used(mem, head, 0)?;
-                if heads.is_empty() {
-                    start = rx.queue.next_avail();
-                }
-                continue;
-            }
-            if !mode.mergeable && chain_room < len {
-                // The guest's only kind of buffer cannot take this frame: drop the frame,
-                // keep the buffer for the next one.
-                counters.inc(metrics::RX_DROPPED);
-                rx.queue.set_next_avail(start);
-                *rx_pending = 0;
-                return Ok(true);
-            }
-            heads.push((head, chain_room.min(len - room) as u32));
-            room += chain_room;
+        });
+        self.ctrl = Some(ctrl);
+        if let Err(e) = result {
+            self.fail(e);
         }
-        if mode.hdr_len >= super::HDR_LEN {
-            let n = heads.len() as u16;
-            rx_buf[10..12].copy_from_slice(&n.to_le_bytes());
-        }
-        if copy_to_segments(mem, &rx_buf[..len], segs).is_err() {
-            counters.inc(metrics::RX_BAD_CHAIN);
-            heads.iter_mut().for_each(|h| h.1 = 0);
-        } else {
-            counters.inc(metrics::RX_FRAMES);
-            counters.add(metrics::RX_BYTES, (len - mode.hdr_len) as u64);
-        }
-        for &(head, used) in heads.iter() {
-            rx.push_used(mem, head, used)?;
-        }
-        *rx_pending = 0;
-        Ok(true)
     }
 
-    /// Puts the tap in the epoll set or takes it out, as receive needs.
-    fn poll_tap(&mut self, ops: &mut EventOps, want: bool) {
-        if want == self.tap_polled {
+    /// Uses the first `n` pairs: their tap queues attached and polled, the others detached
+    /// and out of the epoll set. False if a tap queue refused to attach or detach (the
+    /// driver then gets ERR).
+    fn set_active_pairs(&mut self, n: usize, ops: &mut EventOps) -> bool {
+        let mut ok = true;
+        for (i, pair) in self.pairs.iter_mut().enumerate() {
+            ok &= pair.tap.set_attached(i < n).is_ok();
+        }
+        self.active_pairs = n;
+        for p in 0..self.pairs.len() {
+            if p < n {
+                self.rx_then_poll(p, ops);
+            } else {
+                self.poll_tap(p, ops, false);
+            }
+        }
+        ok
+    }
+
+    /// Puts pair `p`'s tap in the epoll set or takes it out, as receive needs.
+    fn poll_tap(&mut self, p: usize, ops: &mut EventOps, want: bool) {
+        let Some(pair) = self.pairs.get_mut(p) else {
+            return;
+        };
+        if want == pair.tap_polled {
             return;
         }
-        let ev = Events::new(&self.tap, EventSet::IN);
+        let ev = Events::with_data(&pair.tap, tag(p, TAP), EventSet::IN);
         let ok = if want { ops.add(ev) } else { ops.remove(ev) };
         if ok.is_ok() {
-            self.tap_polled = want;
+            pair.tap_polled = want;
         }
     }
 
-    fn rx_then_poll(&mut self, ops: &mut EventOps) {
-        let state = self.process_rx();
-        self.poll_tap(ops, state == RxState::Drained && !self.broken);
+    fn rx_then_poll(&mut self, p: usize, ops: &mut EventOps) {
+        let state = self.process_rx(p);
+        self.poll_tap(p, ops, state == RxState::Drained && !self.broken);
     }
 }
 
-/// Writes `bytes` across `segs` in order.
-fn copy_to_segments(
-    mem: &GuestMemoryMmap,
-    bytes: &[u8],
-    segs: &[(GuestAddress, usize)],
-) -> Result<(), vm_memory::GuestMemoryError> {
-    let mut off = 0;
-    for &(addr, len) in segs {
-        if off >= bytes.len() {
-            break;
-        }
-        let n = len.min(bytes.len() - off);
-        mem.write_slice(&bytes[off..off + n], addr)?;
-        off += n;
-    }
-    Ok(())
-}
-
-/// Gathers one transmit chain and writes it to the tap (or drops and counts it).
+/// Gathers one transmit chain and writes it to the tap (or drops and counts it); true when
+/// the frame was sent.
 fn transmit_chain(
     chain: Chain<'_>,
     mem: &GuestMemoryMmap,
@@ -329,73 +245,112 @@ fn transmit_chain(
     mode: NetMode,
     buf: &mut [u8],
     counters: &Counters,
-) {
+) -> bool {
     let limit = mode.hdr_len + MAX_FRAME;
     let mut len = 0usize;
     for d in chain.readable() {
         let n = d.len() as usize;
         if n > limit - len {
             counters.inc(metrics::TX_OVERSIZE);
-            return;
+            return false;
         }
         if mem.read_slice(&mut buf[len..len + n], d.addr()).is_err() {
             counters.inc(metrics::TX_MALFORMED);
-            return;
+            return false;
         }
         len += n;
     }
     if len < mode.hdr_len {
         counters.inc(metrics::TX_MALFORMED);
-        return;
+        return false;
     }
     let frame = len - mode.hdr_len;
     let gso = buf[1] & 0x7f != 0;
     if (gso && !mode.host_tso) || (!gso && frame > usize::from(mode.mtu) + L2_OVERHEAD) {
         counters.inc(metrics::TX_OVERSIZE);
-        return;
+        return false;
     }
     match tap.write(&buf[..len]) {
         Ok(_) => {
             counters.inc(metrics::TX_FRAMES);
             counters.add(metrics::TX_BYTES, frame as u64);
+            true
         }
-        Err(_) => counters.inc(metrics::TX_ERRORS),
+        Err(_) => {
+            counters.inc(metrics::TX_ERRORS);
+            false
+        }
     }
 }
 
 impl MutEventSubscriber for NetHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        let is = |q: &Option<ActiveQueue>| {
-            q.as_ref()
-                .is_some_and(|q| std::os::fd::AsRawFd::as_raw_fd(&q.notify) == fd)
+        let data = events.data();
+        let p = (data >> 2) as usize;
+        let Some(pair) = self.pairs.get(p) else {
+            return;
         };
-        if is(&self.queues.tx) {
-            if let Some(tx) = self.queues.tx.as_ref() {
-                let _ = tx.notify.read();
+        match data & 3 {
+            TX_NOTIFY => {
+                if let Some(tx) = pair.tx.as_ref() {
+                    let _ = tx.notify.read();
+                }
+                self.process_tx(p);
             }
-            self.process_tx();
-        } else if is(&self.queues.rx) {
-            if let Some(rx) = self.queues.rx.as_ref() {
-                let _ = rx.notify.read();
+            RX_NOTIFY => {
+                if let Some(rx) = pair.rx.as_ref() {
+                    let _ = rx.notify.read();
+                }
+                self.rx_then_poll(p, ops);
             }
-            self.rx_then_poll(ops);
-        } else if fd == std::os::fd::AsRawFd::as_raw_fd(&self.tap) {
-            self.rx_then_poll(ops);
+            TAP => self.rx_then_poll(p, ops),
+            _ => {
+                if let Some(ctrl) = self.ctrl.as_ref() {
+                    let _ = ctrl.notify.read();
+                }
+                self.process_ctrl(ops);
+            }
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for q in [&self.queues.rx, &self.queues.tx].into_iter().flatten() {
-            if ops.add(Events::new(&q.notify, EventSet::IN)).is_err() {
+        let mut fds = Vec::new();
+        for (p, pair) in self.pairs.iter().enumerate() {
+            if let Some(q) = &pair.rx {
+                fds.push(Events::with_data(
+                    &q.notify,
+                    tag(p, RX_NOTIFY),
+                    EventSet::IN,
+                ));
+            }
+            if let Some(q) = &pair.tx {
+                fds.push(Events::with_data(
+                    &q.notify,
+                    tag(p, TX_NOTIFY),
+                    EventSet::IN,
+                ));
+            }
+        }
+        if let Some(q) = &self.ctrl {
+            fds.push(Events::with_data(
+                &q.notify,
+                tag(0, CTRL_NOTIFY),
+                EventSet::IN,
+            ));
+        }
+        for ev in fds {
+            if ops.add(ev).is_err() {
                 self.broken = true;
                 self.interrupt.set_needs_reset();
                 return;
             }
         }
         // Frames the driver queued before DRIVER_OK, and receive buffers it already posted.
-        self.process_tx();
-        self.rx_then_poll(ops);
+        for p in 0..self.pairs.len() {
+            self.process_tx(p);
+        }
+        self.rx_then_poll(0, ops);
+        self.process_ctrl(ops);
     }
 }
 
@@ -406,9 +361,10 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
+    use super::super::rx::RxState;
     use super::*;
     use crate::virtio::transport::test_util::CountingInterrupt;
     use crate::virtio::Queue;
@@ -459,11 +415,8 @@ mod tests {
         };
         let counters = Counters::new(metrics::NAMES);
         let h = NetHandler::new(
-            NetQueues {
-                rx: Some(q(rx, 0)),
-                tx: Some(q(tx, 1)),
-            },
-            tap,
+            vec![NetPair::new(Some(q(rx, 0)), Some(q(tx, 1)), tap)],
+            None,
             mode,
             m.clone(),
             Arc::new(CountingInterrupt::default()),
@@ -477,6 +430,7 @@ mod tests {
         mergeable: true,
         mtu: 1500,
         host_tso: false,
+        mq: false,
     };
 
     fn send_host(host: &std::fs::File, frame: &[u8]) {
@@ -498,10 +452,14 @@ mod tests {
         let mut r = rig(&m, &rx, &tx, MRG);
         send_host(&r.host, &frame(100, 12));
 
-        let state = r.h.process_rx();
+        let state = r.h.process_rx(0);
 
         assert_eq!(state, RxState::NeedBuffers);
-        assert_eq!(r.h.rx_pending, 0, "no frame may be read without a buffer");
+        assert_eq!(
+            r.h.pairs[0].pending(),
+            0,
+            "no frame may be read without a buffer"
+        );
         assert_eq!(r.counters.get(metrics::RX_FRAMES), 0);
         // Buffers arrive: the frame is delivered; with buffers left and the tap empty the
         // tap stays polled.
@@ -513,7 +471,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(r.h.process_rx(), RxState::Drained);
+        assert_eq!(r.h.process_rx(0), RxState::Drained);
         assert_eq!(rx.used().idx().load(), 1);
         assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 100);
     }
@@ -536,7 +494,7 @@ mod tests {
         let f = frame(1200, 12);
         send_host(&r.host, &f);
 
-        r.h.process_rx();
+        r.h.process_rx(0);
 
         let used = |i| rx.used().ring().ref_at(i).unwrap().load().len();
         assert_eq!(rx.used().idx().load(), 3);
@@ -559,11 +517,11 @@ mod tests {
         let mut r = rig(&m, &rx, &tx, MRG);
         send_host(&r.host, &frame(1200, 12));
 
-        let state = r.h.process_rx();
+        let state = r.h.process_rx(0);
 
         assert_eq!(state, RxState::NeedBuffers);
         assert_eq!(rx.used().idx().load(), 0);
-        assert_eq!(r.h.rx_pending, 1200);
+        assert_eq!(r.h.pairs[0].pending(), 1200);
         assert_eq!(r.counters.get(metrics::RX_DROPPED), 0);
     }
 
@@ -583,7 +541,7 @@ mod tests {
         let mut r = rig(&m, &rx, &tx, MRG);
         send_host(&r.host, &frame(100, 12));
 
-        r.h.process_rx();
+        r.h.process_rx(0);
 
         let used = |i| rx.used().ring().ref_at(i).unwrap().load();
         assert_eq!(r.counters.get(metrics::RX_BAD_CHAIN), 1);
@@ -607,7 +565,7 @@ mod tests {
         send_host(&r.host, &frame(1000, 10));
         send_host(&r.host, &frame(100, 10));
 
-        r.h.process_rx();
+        r.h.process_rx(0);
 
         assert_eq!(r.counters.get(metrics::RX_DROPPED), 1);
         assert_eq!(rx.used().idx().load(), 1);
@@ -655,7 +613,7 @@ mod tests {
         .unwrap();
         let mut r = rig(&m, &rx, &tx, MRG);
 
-        r.h.process_tx();
+        r.h.process_tx(0);
 
         assert_eq!(tx.used().idx().load(), 6);
         assert_eq!(host_recv(&r.host), Some(good));
@@ -674,8 +632,8 @@ mod tests {
         let mut r = rig(&m, &rx, &tx, MRG);
         send_host(&r.host, &frame(100, 12));
 
-        r.h.process_rx();
-        r.h.process_rx();
+        r.h.process_rx(0);
+        r.h.process_rx(0);
 
         assert_eq!(r.counters.get(metrics::QUEUE_BROKEN), 1);
     }
@@ -704,9 +662,138 @@ mod tests {
         rx.add_desc_chains(&[desc(0x10000, 2048, VRING_DESC_F_WRITE, 0)], 0)
             .unwrap();
         let h = manager.subscriber_mut(id).unwrap();
-        h.queues.rx.as_ref().unwrap().notify.write(1).unwrap();
+        h.pairs[0].rx.as_ref().unwrap().notify.write(1).unwrap();
         manager.run_with_timeout(100).unwrap();
         assert_eq!(rx.used().idx().load(), 1);
         assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 100);
+    }
+
+    #[test]
+    fn test_net_rx_with_buffers_asks_driver_not_to_notify_until_they_run_out() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        rx.add_desc_chains(
+            &[
+                desc(0x10000, 2048, VRING_DESC_F_WRITE, 0),
+                desc(0x11000, 2048, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(100, 12));
+
+        let first = r.h.process_rx(0);
+        let used_flags =
+            |q: &MockSplitQueue<GuestMemoryMmap>| m.read_obj::<u16>(q.used_addr()).unwrap();
+        let flags_while_serving = used_flags(&rx);
+        send_host(&r.host, &frame(100, 12));
+        send_host(&r.host, &frame(100, 12));
+        let second = r.h.process_rx(0);
+
+        // Two buffers, three frames: while the device had buffers the driver was told not to
+        // notify (VRING_USED_F_NO_NOTIFY); once they ran out, asked to again.
+        assert_eq!(first, RxState::Drained);
+        assert_eq!(flags_while_serving, 1);
+        assert_eq!(second, RxState::NeedBuffers);
+        assert_eq!(used_flags(&rx), 0);
+        assert_eq!(rx.used().idx().load(), 2);
+    }
+
+    /// A handler with two pairs and a control queue (MQ negotiated).
+    fn mq_rig<'a>(
+        m: &'a GuestMemoryMmap,
+        queues: &[MockSplitQueue<'a, GuestMemoryMmap>; 5],
+    ) -> (NetHandler, Vec<std::fs::File>, Arc<Counters>) {
+        let q = |i: usize| ActiveQueue {
+            index: i as u16,
+            queue: queues[i].create_queue::<Queue>().unwrap(),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        };
+        let (tap0, host0) = tap_pair();
+        let (tap1, host1) = tap_pair();
+        let counters = Counters::new(metrics::names(2));
+        let h = NetHandler::new(
+            vec![
+                NetPair::new(Some(q(0)), Some(q(1)), tap0),
+                NetPair::new(Some(q(2)), Some(q(3)), tap1),
+            ],
+            Some(q(4)),
+            NetMode { mq: true, ..MRG },
+            m.clone(),
+            Arc::new(CountingInterrupt::default()),
+            counters.clone(),
+        );
+        (h, vec![host0, host1], counters)
+    }
+
+    #[test]
+    fn test_net_ctrl_pairs_set_enables_second_pair_others_answered_err() {
+        let m = mem();
+        let queues =
+            [0u64, 1, 2, 3, 4].map(|i| MockSplitQueue::create(&m, GuestAddress(i * 0x1000), 16));
+        // VQ_PAIRS_SET 2; RX promiscuous on (not offered); VQ_PAIRS_SET 3 (too many); a
+        // command without a status byte.
+        m.write_slice(&[4, 0, 2, 0], GuestAddress(0x30000)).unwrap();
+        m.write_slice(&[0, 0, 1], GuestAddress(0x30100)).unwrap();
+        m.write_slice(&[4, 0, 3, 0], GuestAddress(0x30200)).unwrap();
+        m.write_slice(&[0xff; 3], GuestAddress(0x31000)).unwrap();
+        queues[4]
+            .add_desc_chains(
+                &[
+                    desc(0x30000, 4, VRING_DESC_F_NEXT, 1),
+                    desc(0x31000, 1, VRING_DESC_F_WRITE, 0),
+                    desc(0x30100, 3, VRING_DESC_F_NEXT, 3),
+                    desc(0x31001, 1, VRING_DESC_F_WRITE, 0),
+                    desc(0x30200, 4, VRING_DESC_F_NEXT, 5),
+                    desc(0x31002, 1, VRING_DESC_F_WRITE, 0),
+                    desc(0x30000, 4, 0, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        queues[2]
+            .add_desc_chains(&[desc(0x10000, 2048, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let (h, hosts, counters) = mq_rig(&m, &queues);
+        send_host(&hosts[1], &frame(100, 12));
+        use event_manager::SubscriberOps;
+        let mut manager = event_manager::EventManager::<NetHandler>::new().unwrap();
+        let id = manager.add_subscriber(h);
+
+        // init answers the commands already queued and serves pair 1 once it is enabled.
+        let active = manager.subscriber_mut(id).unwrap().active_pairs;
+        let status: [u8; 3] = m.read_obj(GuestAddress(0x31000)).unwrap();
+
+        assert_eq!(active, 2);
+        assert_eq!(status, [ctrl::OK, ctrl::ERR, ctrl::ERR]);
+        assert_eq!(queues[4].used().idx().load(), 4);
+        assert_eq!(queues[4].used().ring().ref_at(0).unwrap().load().len(), 1);
+        assert_eq!(queues[4].used().ring().ref_at(3).unwrap().load().len(), 0);
+        assert_eq!(counters.get(metrics::CTRL_OK), 1);
+        assert_eq!(counters.get(metrics::CTRL_ERR), 2);
+        assert_eq!(counters.get(metrics::CTRL_MALFORMED), 1);
+        assert_eq!(queues[2].used().idx().load(), 1);
+        assert_eq!(counters.get(metrics::rx_frames_pair(1)), 1);
+        assert_eq!(counters.get(metrics::rx_frames_pair(0)), 0);
+    }
+
+    #[test]
+    fn test_net_second_pair_unused_until_pairs_set() {
+        let m = mem();
+        let queues =
+            [0u64, 1, 2, 3, 4].map(|i| MockSplitQueue::create(&m, GuestAddress(i * 0x1000), 16));
+        queues[2]
+            .add_desc_chains(&[desc(0x10000, 2048, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        let (mut h, hosts, counters) = mq_rig(&m, &queues);
+        send_host(&hosts[1], &frame(100, 12));
+
+        let state = h.process_rx(1);
+
+        assert_eq!(state, RxState::NeedBuffers);
+        assert_eq!(queues[2].used().idx().load(), 0);
+        assert_eq!(counters.get(metrics::rx_frames_pair(1)), 0);
     }
 }

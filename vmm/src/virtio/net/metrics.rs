@@ -22,6 +22,31 @@ pub const TX_ERRORS: usize = 8;
 pub const RX_NO_BUFFERS: usize = 9;
 /// Times a queue broke (DEVICE_NEEDS_RESET).
 pub const QUEUE_BROKEN: usize = 10;
+/// Control-queue commands answered VIRTIO_NET_OK.
+pub const CTRL_OK: usize = 11;
+/// Control-queue commands answered VIRTIO_NET_ERR (unknown, not negotiated, bad values).
+pub const CTRL_ERR: usize = 12;
+/// Control-queue chains without a status byte to answer in (used with 0 bytes).
+pub const CTRL_MALFORMED: usize = 13;
+/// The first per-pair counter: pair `p` has `rx_frames_pair<p>` at `PAIR_BASE + 2p` and
+/// `tx_frames_pair<p>` at `PAIR_BASE + 2p + 1`.
+pub const PAIR_BASE: usize = 14;
+
+/// Pair `p`'s received-frames counter.
+pub const fn rx_frames_pair(p: usize) -> usize {
+    PAIR_BASE + 2 * p
+}
+
+/// Pair `p`'s sent-frames counter.
+pub const fn tx_frames_pair(p: usize) -> usize {
+    PAIR_BASE + 2 * p + 1
+}
+
+/// The counter names of a device with `pairs` queue pairs.
+pub fn names(pairs: usize) -> &'static [&'static str] {
+    let n = (PAIR_BASE + 2 * pairs).min(NAMES.len());
+    &NAMES[..n]
+}
 
 /// The counter names, in index order.
 pub const NAMES: &[&str] = &[
@@ -36,4 +61,39 @@ pub const NAMES: &[&str] = &[
     "tx_errors",
     "rx_no_buffers",
     "queue_broken",
+    "ctrl_ok",
+    "ctrl_err",
+    "ctrl_malformed",
+    "rx_frames_pair0",
+    "tx_frames_pair0",
+    "rx_frames_pair1",
+    "tx_frames_pair1",
+    "rx_frames_pair2",
+    "tx_frames_pair2",
+    "rx_frames_pair3",
+    "tx_frames_pair3",
+    "rx_frames_pair4",
+    "tx_frames_pair4",
+    "rx_frames_pair5",
+    "tx_frames_pair5",
+    "rx_frames_pair6",
+    "tx_frames_pair6",
+    "rx_frames_pair7",
+    "tx_frames_pair7",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_net_metrics_pair_names_match_indices() {
+        let max = usize::from(crate::config::MAX_QUEUE_PAIRS);
+
+        assert_eq!(names(max).len(), NAMES.len());
+        assert_eq!(names(1).len(), PAIR_BASE + 2);
+        assert_eq!(NAMES[rx_frames_pair(max - 1)], "rx_frames_pair7");
+        assert_eq!(NAMES[tx_frames_pair(1)], "tx_frames_pair1");
+        assert_eq!(NAMES[CTRL_MALFORMED], "ctrl_malformed");
+    }
+}

@@ -1,15 +1,19 @@
-//! virtio-net (virtio 1.2, 5.1) on a host tap: one receive and one transmit queue, the
-//! virtio-net header on every frame shared with the tap (IFF_VNET_HDR), mergeable receive
-//! buffers, checksum and TCP segmentation offloads negotiated with the guest and applied to
-//! the tap, MAC, MTU and link status in the configuration space.
+//! virtio-net (virtio 1.2, 5.1) on a host tap: a receive and a transmit queue per queue
+//! pair (several pairs: VIRTIO_NET_F_MQ, a control queue, one queue of a multiqueue tap per
+//! pair), the virtio-net header on every frame shared with the tap (IFF_VNET_HDR), mergeable
+//! receive buffers, checksum and TCP segmentation offloads negotiated with the guest and
+//! applied to the tap, MAC, MTU and link status in the configuration space.
 //!
-//! `device.rs` is the `VirtioDevice`, `event_handler.rs` its worker's subscriber (the receive
-//! and transmit paths), `tap.rs` the tap, `metrics.rs` its counters. docs/decisions/0011 gives
-//! the reasons (receive path, offloads, threads).
+//! `device.rs` is the `VirtioDevice`, `event_handler.rs` its worker's subscriber (dispatch
+//! and the transmit path), `rx.rs` the receive path, `ctrl.rs` the control queue's commands,
+//! `tap.rs` the tap, `metrics.rs` its counters. docs/decisions/0011 (receive path, offloads)
+//! and 0017 (multiqueue) give the reasons.
 
+mod ctrl;
 mod device;
 mod event_handler;
 pub mod metrics;
+mod rx;
 pub mod tap;
 
 pub use device::{Net, NetParams};
@@ -17,9 +21,9 @@ pub use event_handler::NetHandler;
 
 use virtio_bindings::virtio_net as vn;
 
-/// The receive queue.
+/// The receive queue (of pair 0; pair `p` has `2p`).
 pub const RX_QUEUE: u16 = 0;
-/// The transmit queue.
+/// The transmit queue (of pair 0; pair `p` has `2p + 1`).
 pub const TX_QUEUE: u16 = 1;
 /// The MTU the guest is told about (and frames are checked against) when none is configured.
 pub const DEFAULT_MTU: u16 = 1500;
@@ -66,6 +70,10 @@ pub mod features {
     pub const MRG_RXBUF: u64 = bit(vn::VIRTIO_NET_F_MRG_RXBUF);
     /// The status field is valid.
     pub const STATUS: u64 = bit(vn::VIRTIO_NET_F_STATUS);
+    /// A control queue (offered with more than one queue pair).
+    pub const CTRL_VQ: u64 = bit(vn::VIRTIO_NET_F_CTRL_VQ);
+    /// Several queue pairs, chosen with VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (needs CTRL_VQ).
+    pub const MQ: u64 = bit(vn::VIRTIO_NET_F_MQ);
 }
 
 /// The link is up (configuration `status`).

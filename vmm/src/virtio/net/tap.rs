@@ -19,8 +19,13 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 217, int)`: attach or detach one queue of a multiqueue tap.
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 
 const IFF_TAP: i16 = 0x0002;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_ATTACH_QUEUE: i16 = 0x0200;
+const IFF_DETACH_QUEUE: i16 = 0x0400;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 
@@ -51,6 +56,17 @@ pub enum TapError {
     /// Creating or attaching needs CAP_NET_ADMIN.
     #[error("no permission to create or attach tap {0} (needs CAP_NET_ADMIN)")]
     Permission(String),
+    /// An existing tap was made with one queue and the device wants one per queue pair.
+    #[error(
+        "tap {name} was created without multi_queue and num_queues={num_queues} needs one tap \
+         queue per pair (ip tuntap add {name} mode tap multi_queue)"
+    )]
+    NotMultiQueue {
+        /// The tap.
+        name: String,
+        /// The device's `num_queues`.
+        num_queues: usize,
+    },
     /// Another process (or another device) holds the tap.
     #[error("tap {0} is in use by another device or process")]
     Busy(String),
@@ -118,26 +134,43 @@ impl IfReq {
     }
 }
 
-/// One open tap.
+/// One open tap (one queue of it, for a multiqueue tap).
 #[derive(Debug)]
 pub struct Tap {
     file: File,
     name: String,
     created: bool,
+    /// Whether this queue is attached (a multiqueue tap's queues can be detached).
+    attached: bool,
+    multi_queue: bool,
 }
 
-/// Whether interface `name` exists, and if so whether it is a tap (a tun/tap device whose
-/// `tun_flags` has IFF_TAP).
-fn existing_kind(name: &str) -> Option<bool> {
+/// What an interface of the wanted name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existing {
+    /// No interface has that name.
+    None,
+    /// Some interface that is not a tap.
+    NotATap,
+    /// A tap; whether it was made with IFF_MULTI_QUEUE.
+    Tap { multi_queue: bool },
+}
+
+/// What interface `name` is (a tap is a tun/tap device whose `tun_flags` has IFF_TAP).
+fn existing_kind(name: &str) -> Existing {
     let dir = Path::new("/sys/class/net").join(name);
     if !dir.exists() {
-        return None;
+        return Existing::None;
     }
-    let flags = std::fs::read_to_string(dir.join("tun_flags")).ok();
-    let is_tap = flags
-        .and_then(|f| i64::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
-        .is_some_and(|f| f & i64::from(IFF_TAP) != 0);
-    Some(is_tap)
+    let flags = std::fs::read_to_string(dir.join("tun_flags"))
+        .ok()
+        .and_then(|f| i64::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok());
+    match flags {
+        Some(f) if f & i64::from(IFF_TAP) != 0 => Existing::Tap {
+            multi_queue: f & i64::from(IFF_MULTI_QUEUE) != 0,
+        },
+        _ => Existing::NotATap,
+    }
 }
 
 fn configure_err<'a>(what: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> TapError + 'a {
@@ -153,41 +186,46 @@ impl Tap {
     /// creates `stap<N>`. Every frame read or written carries a virtio-net header; the fd is
     /// non-blocking.
     pub fn open(name: Option<&str>) -> Result<Tap, TapError> {
+        let mut taps = Tap::open_queues(name, 1)?;
+        taps.pop()
+            .ok_or_else(|| TapError::OpenTun(io::Error::other("no tap queue")))
+    }
+
+    /// [`Tap::open`] with `queues` file descriptors, one per queue pair: with more than one
+    /// the tap is a multiqueue tap (IFF_MULTI_QUEUE, TUNSETIFF once per fd). An existing tap
+    /// made without multi_queue cannot give more than one.
+    pub fn open_queues(name: Option<&str>, queues: usize) -> Result<Vec<Tap>, TapError> {
         let wanted = name.unwrap_or("stap%d");
         if wanted.len() > 15 {
             return Err(TapError::NameTooLong(wanted.to_string()));
         }
-        let existed = match name.map(existing_kind) {
-            Some(Some(false)) => return Err(TapError::NotATap(wanted.to_string())),
-            Some(Some(true)) => true,
-            _ => false,
+        let existing = name.map_or(Existing::None, existing_kind);
+        let multi_queue = match existing {
+            Existing::NotATap => return Err(TapError::NotATap(wanted.to_string())),
+            Existing::Tap { multi_queue: false } if queues > 1 => {
+                return Err(TapError::NotMultiQueue {
+                    name: wanted.to_string(),
+                    num_queues: queues * 2,
+                })
+            }
+            Existing::Tap { multi_queue } => multi_queue,
+            Existing::None => queues > 1,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(TapError::OpenTun)?;
-        let mut req = IfReq::new(wanted);
-        req.set_i16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is (40 bytes,
-        // repr(C)); the fd is the tun device just opened.
-        let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            let name = wanted.to_string();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name),
-                Some(libc::EBUSY) => TapError::Busy(name),
-                Some(libc::EINVAL) if existed => TapError::NotATap(name),
-                _ => TapError::SetIff { name, source: e },
+        let existed = existing != Existing::None;
+        let mut taps: Vec<Tap> = Vec::with_capacity(queues);
+        for _ in 0..queues.max(1) {
+            // The first TUNSETIFF creates `stap%d`; the others attach to the name it got.
+            let name = taps.first().map_or(wanted, |t| t.name.as_str());
+            let (file, got) = set_iff(name, multi_queue, existed)?;
+            taps.push(Tap {
+                file,
+                name: got,
+                created: !existed,
+                attached: true,
+                multi_queue,
             });
         }
-        Ok(Tap {
-            file,
-            name: req.name(),
-            created: !existed,
-        })
+        Ok(taps)
     }
 
     /// A "tap" over any datagram fd (one end of a SOCK_SEQPACKET pair keeps frame
@@ -198,7 +236,40 @@ impl Tap {
             file,
             name: "test".into(),
             created: false,
+            attached: true,
+            multi_queue: false,
         }
+    }
+
+    /// Attaches (`true`) or detaches this queue of a multiqueue tap (TUNSETQUEUE): the kernel
+    /// steers frames only to attached queues. A single-queue tap is always attached.
+    pub fn set_attached(&mut self, attach: bool) -> Result<(), TapError> {
+        if attach == self.attached || !self.multi_queue {
+            return Ok(());
+        }
+        let mut req = IfReq::new("");
+        req.set_i16(if attach {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        });
+        // SAFETY: TUNSETQUEUE reads one `struct ifreq` (only its flags), which `req` is.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETQUEUE, &mut req) };
+        if ret < 0 {
+            let what = if attach {
+                "attach a queue"
+            } else {
+                "detach a queue"
+            };
+            return Err(configure_err(what, &self.name)(io::Error::last_os_error()));
+        }
+        self.attached = attach;
+        Ok(())
+    }
+
+    /// Whether the kernel delivers frames to this queue.
+    pub fn attached(&self) -> bool {
+        self.attached
     }
 
     /// The interface's name.
@@ -294,6 +365,34 @@ impl Tap {
         }
         Ok(n as usize)
     }
+}
+
+/// TUNSETIFF on a fresh /dev/net/tun fd: creates or attaches tap `name`; returns the fd and
+/// the name the kernel gave.
+fn set_iff(name: &str, multi_queue: bool, existed: bool) -> Result<(File, String), TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::OpenTun)?;
+    let mut req = IfReq::new(name);
+    let mq = if multi_queue { IFF_MULTI_QUEUE } else { 0 };
+    req.set_i16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | mq);
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is (40 bytes,
+    // repr(C)); the fd is the tun device just opened.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        let name = name.to_string();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name),
+            Some(libc::EBUSY) => TapError::Busy(name),
+            Some(libc::EINVAL) if existed => TapError::NotATap(name),
+            _ => TapError::SetIff { name, source: e },
+        });
+    }
+    Ok((file, req.name()))
 }
 
 impl AsRawFd for Tap {
