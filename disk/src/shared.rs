@@ -178,4 +178,12 @@ impl SharedDisk {
     pub fn engine(&self, depth: u32) -> Result<Box<dyn Engine>> {
         aio::engine(self, depth)
     }
+
+    /// As [`SharedDisk::engine`], but the synchronous adapter (qcow2, vmdk) runs each request
+    /// inside `submit`, on the caller's thread: for a caller with a thread of its own that
+    /// would otherwise only hand requests over and wait (virtio-blk's worker;
+    /// docs/decisions/0010).
+    pub fn engine_inline(&self, depth: u32) -> Result<Box<dyn Engine>> {
+        aio::engine_with(self, depth, aio::SyncMode::Inline)
+    }
 }

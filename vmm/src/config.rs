@@ -144,6 +144,11 @@ pub struct DiskConfig {
     /// This device's transport (the machine's `transport` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// Let the device's worker poll the request queue for a few microseconds after each
+    /// batch (self-tuning, zero while the disk is idle; docs/decisions/0016). `off` for hosts
+    /// with fewer CPUs than busy threads.
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub poll_queue: bool,
 }
 
 /// The virtio-console device (Cloud Hypervisor's `--console off|null|tty|file=PATH|pty`).

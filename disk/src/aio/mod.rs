@@ -140,6 +140,13 @@ pub trait Engine: Send {
     /// Accepted requests whose completion has not been returned yet.
     fn in_flight(&self) -> usize;
 
+    /// Whether [`Engine::completions`] would return something now, found without a system
+    /// call where the engine can (io_uring's completion ring is shared memory): what a caller
+    /// that polls asks between batches. True when unsure.
+    fn has_completions(&mut self) -> bool {
+        true
+    }
+
     /// Blocks until the notifier is readable (for callers without an event loop: tools,
     /// tests and benchmarks). Returns at once if completions are waiting.
     fn wait(&mut self) -> Result<()> {
@@ -149,6 +156,16 @@ pub trait Engine: Send {
 
 /// The engine [`SharedDisk::engine`] returns.
 pub(crate) fn engine(disk: &SharedDisk, depth: u32) -> Result<Box<dyn Engine>> {
+    engine_with(disk, depth, SyncMode::Worker)
+}
+
+/// An engine for `disk`: io_uring for raw images, otherwise (or where io_uring is refused)
+/// the synchronous adapter running requests as `mode` says.
+pub(crate) fn engine_with(
+    disk: &SharedDisk,
+    depth: u32,
+    mode: SyncMode,
+) -> Result<Box<dyn Engine>> {
     if disk.raw().is_some() {
         match UringEngine::new(disk.clone(), depth) {
             Ok(e) => return Ok(Box::new(e)),
@@ -156,7 +173,7 @@ pub(crate) fn engine(disk: &SharedDisk, depth: u32) -> Result<Box<dyn Engine>> {
             Err(e) => return Err(e),
         }
     }
-    Ok(Box::new(SyncEngine::new(disk.clone(), SyncMode::Worker)?))
+    Ok(Box::new(SyncEngine::new(disk.clone(), mode)?))
 }
 
 /// Refuses a request the image cannot take: out of range, a write to a read-only image, an

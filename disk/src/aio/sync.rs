@@ -141,6 +141,14 @@ impl Engine for SyncEngine {
     fn in_flight(&self) -> usize {
         self.outstanding
     }
+
+    fn has_completions(&mut self) -> bool {
+        !self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
 }
 
 impl Drop for SyncEngine {

@@ -555,6 +555,10 @@ impl Engine for UringEngine {
         self.outstanding
     }
 
+    fn has_completions(&mut self) -> bool {
+        !self.ready.is_empty() || !self.ring.completion().is_empty()
+    }
+
     fn wait(&mut self) -> Result<()> {
         self.commit()?;
         eventfd::wait_readable(self.notify.as_fd())

@@ -196,9 +196,8 @@ fn inner(path: &Path, mode: Repair) -> Result<CheckReport> {
         .metadata()
         .map_err(|e| Error::io(e, "cannot stat"))?
         .len();
-    let mut first = vec![0u8; file_len.min(2 << 20) as usize];
-    file.read_exact_at(&mut first, 0)
-        .map_err(|e| io(e, "read header", 0))?;
+    let first =
+        super::header::read_first_cluster(&file, file_len).map_err(|e| io(e, "read header", 0))?;
     let h = Header::parse(&first, file_len)?;
     let mut rc = Refcounts::load(
         &file,

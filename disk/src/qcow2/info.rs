@@ -1,7 +1,7 @@
 //! Image information, as `qemu-img info` reports it.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::header::{
@@ -66,9 +66,8 @@ fn inner(path: &Path) -> Result<ImageInfo> {
         .metadata()
         .map_err(|e| Error::io(e, "cannot stat image"))?;
     let file_len = meta.len();
-    let mut first = vec![0u8; file_len.min(2 << 20) as usize];
-    file.read_exact_at(&mut first, 0)
-        .map_err(|e| io(e, "read header", 0))?;
+    let first =
+        super::header::read_first_cluster(&file, file_len).map_err(|e| io(e, "read header", 0))?;
     let h = Header::parse(&first, file_len)?;
     let (snaps, _) = read_table(&file, &h, file_len)?;
     let q = Qcow2Info {

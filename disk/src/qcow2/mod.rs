@@ -129,9 +129,8 @@ impl Qcow2 {
             .metadata()
             .map_err(|e| Error::io(e, "cannot stat image"))?
             .len();
-        let mut first = vec![0u8; file_len.min(2 << 20) as usize];
-        file.read_exact_at(&mut first, 0)
-            .map_err(|e| io(e, "read header", 0))?;
+        let first =
+            header::read_first_cluster(&file, file_len).map_err(|e| io(e, "read header", 0))?;
         let header = Header::parse(&first, file_len)?;
         if !options.read_only && header.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::new(

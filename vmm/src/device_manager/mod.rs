@@ -398,7 +398,13 @@ fn virtio_device(
                 }
             })?;
             let serial = d.serial.clone().unwrap_or_default();
-            Ok(Box::new(Block::new(&planned.id, image, &serial)))
+            let poll_max = match d.poll_queue {
+                true => crate::virtio::poll::DEFAULT_MAX,
+                false => std::time::Duration::ZERO,
+            };
+            Ok(Box::new(
+                Block::new(&planned.id, image, &serial).with_polling(poll_max),
+            ))
         }
     }
 }

@@ -145,7 +145,7 @@ pub fn blk_queue(data: &[u8]) -> u16 {
         queue,
         notify,
     };
-    let Ok(engine) = image(qcow2).engine(u32::from(QUEUE_SIZE)) else {
+    let Ok(engine) = image(qcow2).engine_inline(u32::from(QUEUE_SIZE)) else {
         return 0;
     };
     let interrupt = Arc::new(Interrupt::default());

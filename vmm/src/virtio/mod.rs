@@ -17,6 +17,7 @@ pub mod console;
 pub mod fuzz;
 pub mod net;
 pub mod persist;
+pub mod poll;
 pub mod queue;
 pub mod rng;
 pub mod transport;

@@ -2,6 +2,7 @@
 //! and its worker's lifetime.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use disk::{Capabilities, SharedDisk};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -25,6 +26,8 @@ pub struct Block {
     acked: u64,
     counters: Arc<Counters>,
     worker: Option<Worker<BlockHandler>>,
+    /// The worker's largest polling window (zero: no polling; docs/decisions/0016).
+    poll_max: Duration,
 }
 
 impl Block {
@@ -42,7 +45,15 @@ impl Block {
             acked: 0,
             counters: Counters::new(metrics::NAMES),
             worker: None,
+            poll_max: Duration::ZERO,
         }
+    }
+
+    /// Makes the worker poll its queue after each batch for an adaptive window of at most
+    /// `max` (docs/decisions/0016).
+    pub fn with_polling(mut self, max: Duration) -> Block {
+        self.poll_max = max;
+        self
     }
 
     /// The configuration space (virtio 1.2, 5.2.4), 60 bytes.
@@ -126,7 +137,7 @@ impl VirtioDevice for Block {
         })?;
         let engine = self
             .disk
-            .engine(u32::from(QUEUE_SIZE))
+            .engine_inline(u32::from(QUEUE_SIZE))
             .map_err(|e| ActivateError::Backend(std::io::Error::other(e.to_string())))?;
         let handler = BlockHandler::new(
             engine,
@@ -135,7 +146,8 @@ impl VirtioDevice for Block {
             Arc::clone(&interrupt),
             Arc::clone(&self.counters),
             self.serial,
-        );
+        )
+        .with_polling(self.poll_max);
         self.worker = Some(Worker::spawn(
             format!("virtio-{}", self.id),
             handler,

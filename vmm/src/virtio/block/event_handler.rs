@@ -19,6 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::request::{self, total, BlkRequest, Op, Segment};
 use super::{metrics, status, ID_BYTES, QUEUE_SIZE};
 use crate::counters::Counters;
+use crate::virtio::poll::AdaptivePoll;
 use crate::virtio::queue::BrokenQueue;
 use crate::virtio::{ActiveQueue, QueueT, VirtioInterrupt};
 
@@ -50,6 +51,8 @@ pub struct BlockHandler {
     answered: bool,
     stalled: bool,
     broken: bool,
+    /// The polling window after each batch (zero until [`BlockHandler::with_polling`]).
+    poll: AdaptivePoll,
 }
 
 impl BlockHandler {
@@ -76,7 +79,15 @@ impl BlockHandler {
             answered: false,
             stalled: false,
             broken: false,
+            poll: AdaptivePoll::new(std::time::Duration::ZERO),
         }
+    }
+
+    /// Polls the queue and the engine after each batch, for a self-tuning window of at most
+    /// `max` (docs/decisions/0016); zero never polls.
+    pub fn with_polling(mut self, max: std::time::Duration) -> BlockHandler {
+        self.poll = AdaptivePoll::new(max);
+        self
     }
 
     fn fail(&mut self, _e: BrokenQueue) {
@@ -89,10 +100,16 @@ impl BlockHandler {
 
     /// Starts every available request (as many as there are free slots).
     pub fn process_queue(&mut self) {
+        self.serve(true);
+    }
+
+    /// Starts every available request and commits them as one batch; `rearm` asks the driver
+    /// to notify again once the ring is empty (not while polling).
+    fn serve(&mut self, rearm: bool) {
         if self.broken {
             return;
         }
-        let result = self.pop_and_start();
+        let result = self.pop_and_start(rearm);
         if let Err(e) = self.engine.commit() {
             // The accepted requests stay queued in the engine and start at the next commit.
             let _ = e;
@@ -103,7 +120,7 @@ impl BlockHandler {
         }
     }
 
-    fn pop_and_start(&mut self) -> Result<(), BrokenQueue> {
+    fn pop_and_start(&mut self, rearm: bool) -> Result<(), BrokenQueue> {
         loop {
             if self.free.is_empty() {
                 self.stalled = true;
@@ -111,7 +128,7 @@ impl BlockHandler {
             }
             let mem = self.mem.clone();
             let Some(chain) = self.queue.pop(&mem)? else {
-                if self.queue.rearm(&mem)? {
+                if rearm && self.queue.rearm(&mem)? {
                     continue;
                 }
                 return Ok(());
@@ -319,6 +336,8 @@ fn iovecs(mem: &GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<libc::iovec>> {
 
 impl MutEventSubscriber for BlockHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        self.poll.woke(std::time::Instant::now());
+        self.counters.inc(metrics::WAKEUPS);
         let fd = events.fd();
         if fd == self.queue.notify.as_raw_fd() {
             let _ = self.queue.notify.read();
@@ -326,6 +345,9 @@ impl MutEventSubscriber for BlockHandler {
         } else if fd == self.engine_fd() {
             self.process_completions();
         }
+        self.poll_phase();
+        let in_flight = self.engine.in_flight() > 0;
+        self.poll.sleeping(std::time::Instant::now(), in_flight);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -343,6 +365,8 @@ impl MutEventSubscriber for BlockHandler {
 
 #[path = "handler_persist.rs"]
 mod persist;
+#[path = "handler_poll.rs"]
+mod poll;
 
 #[cfg(test)]
 mod tests {
@@ -558,5 +582,61 @@ mod tests {
         assert_eq!(status_at(&m, 0x2800), status::IOERR);
         assert_eq!(status_at(&m, 0x3800), status::IOERR);
         assert_eq!(vq.used().idx().load(), 2);
+    }
+
+    /// A handler that polls, with its window grown to 8 us by two short sleeps.
+    fn polling(h: BlockHandler) -> BlockHandler {
+        let mut h = h.with_polling(std::time::Duration::from_micros(64));
+        let t = std::time::Instant::now();
+        for i in 0..2u64 {
+            h.poll
+                .sleeping(t + std::time::Duration::from_micros(i), false);
+            h.poll.woke(t + std::time::Duration::from_micros(i + 1));
+        }
+        h
+    }
+
+    #[test]
+    fn test_blk_poll_phase_takes_requests_posted_without_notify() {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x40000), 16);
+        let (h, counters) = handler(&m, &vq, &image(false));
+        let mut h = polling(h);
+        assert_eq!(h.poll.window(), std::time::Duration::from_micros(8));
+        header(&m, 0x1000, kind::IN, 0);
+        vq.add_desc_chains(
+            &[d(0x1000, 16, false, Some(1)), d(0x2000, 513, true, None)],
+            0,
+        )
+        .unwrap();
+
+        h.poll_phase();
+        drive(&mut h);
+
+        assert_eq!(counters.get(metrics::POLLED_BATCHES), 1);
+        assert_eq!(status_at(&m, 0x2200), status::OK);
+        assert_eq!(used(&vq, 0), (0, 513));
+        // Notifications are on again once the phase ends.
+        let flags: u16 = m.read_obj(vq.used_addr()).unwrap();
+        assert_eq!(flags, 0);
+    }
+
+    #[test]
+    fn test_blk_poll_phase_without_polling_leaves_queue_alone() {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x40000), 16);
+        let (mut h, counters) = handler(&m, &vq, &image(false));
+        header(&m, 0x1000, kind::IN, 0);
+        vq.add_desc_chains(
+            &[d(0x1000, 16, false, Some(1)), d(0x2000, 513, true, None)],
+            0,
+        )
+        .unwrap();
+
+        h.poll_phase();
+
+        assert_eq!(counters.get(metrics::POLLED_BATCHES), 0);
+        assert_eq!(vq.used().idx().load(), 0);
+        assert_eq!(h.queue.queue.next_avail(), 0);
     }
 }

@@ -20,6 +20,11 @@ pub const UNSUPPORTED: usize = 7;
 pub const BAD_CHAINS: usize = 8;
 /// Times the queue broke (DEVICE_NEEDS_RESET).
 pub const QUEUE_BROKEN: usize = 9;
+/// Batches of requests the worker found by polling the available ring (no notify, no
+/// wake-up; docs/decisions/0016).
+pub const POLLED_BATCHES: usize = 10;
+/// Times the worker woke on its eventfds (queue notify or engine completion).
+pub const WAKEUPS: usize = 11;
 
 /// The counter names, in index order.
 pub const NAMES: &[&str] = &[
@@ -33,4 +38,6 @@ pub const NAMES: &[&str] = &[
     "unsupported",
     "bad_chains",
     "queue_broken",
+    "polled_batches",
+    "wakeups",
 ];

@@ -2,11 +2,13 @@
 //! format always stated), read-only, flush, get-id, discard and write-zeroes offered from the
 //! image's capability query, one request queue.
 //!
-//! Requests go to the image asynchronously through a `disk::aio::Engine` (io_uring for raw
-//! images; a joined worker thread for qcow2/vmdk): data moves straight between the image and
+//! Requests go to the image through a `disk::aio::Engine` (io_uring for raw images; qcow2/vmdk
+//! requests run inline on the device worker): data moves straight between the image and
 //! the guest's buffers (the descriptors' host addresses become the request's iovecs), and the
 //! engine's completion eventfd sits in the device worker's `EventManager` next to the queue's
-//! notify eventfd. A slow flush on one disk never stalls another device or a vCPU.
+//! notify eventfd. After each batch the worker polls the queue for an adaptive window
+//! (`handler_poll.rs`, docs/decisions/0016). A slow flush on one disk never stalls another
+//! device or a vCPU.
 //!
 //! `device.rs` is the `VirtioDevice` (features, configuration space), `request.rs` turns a
 //! descriptor chain into a request, `event_handler.rs` is the worker's subscriber,

@@ -1,0 +1,79 @@
+//! The virtio-blk worker's polling phase (docs/decisions/0016): after a batch, keep serving
+//! the available ring and the engine's completions without notifications until nothing new
+//! has turned up for the adaptive window ([`crate::virtio::poll`]), then ask the driver to
+//! notify again and go back to sleep.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{metrics, BlockHandler};
+use crate::virtio::poll::MAX_PHASE;
+use crate::virtio::queue::BrokenQueue;
+use crate::virtio::QueueT;
+
+impl BlockHandler {
+    /// Polls for at most the current window after the last work found (and at most
+    /// [`MAX_PHASE`] in all); does nothing while the window is zero.
+    pub(super) fn poll_phase(&mut self) {
+        let window = self.poll.window();
+        if window.is_zero() || self.broken {
+            return;
+        }
+        let mem = self.mem.clone();
+        if let Err(e) = self.queue.queue.disable_notification(&mem) {
+            return self.fail(self.queue_error(e));
+        }
+        let start = Instant::now();
+        let mut last_work = start;
+        loop {
+            let mut work = false;
+            if self.engine.in_flight() > 0 && self.engine.has_completions() {
+                self.process_completions();
+                work = true;
+            }
+            if self.avail_pending() {
+                self.counters.inc(metrics::POLLED_BATCHES);
+                self.serve(false);
+                work = true;
+            }
+            if self.broken {
+                return;
+            }
+            let now = Instant::now();
+            if work {
+                last_work = now;
+            }
+            if now.duration_since(last_work) >= window || now.duration_since(start) >= MAX_PHASE {
+                break;
+            }
+            if !work {
+                // Let a thread that shares this CPU run: io_uring's io-wq workers (buffered
+                // reads that cannot complete at once) finish the very requests polled for.
+                std::thread::yield_now();
+            }
+        }
+        match self.queue.rearm(&mem) {
+            // Requests arrived after the last look: come back for them at once.
+            Ok(true) => {
+                let _ = self.queue.notify.write(1);
+            }
+            Ok(false) => {}
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Whether the driver made buffers available that the device has not taken yet.
+    fn avail_pending(&self) -> bool {
+        self.queue
+            .queue
+            .avail_idx(&self.mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != self.queue.queue.next_avail())
+    }
+
+    fn queue_error(&self, e: virtio_queue::Error) -> BrokenQueue {
+        BrokenQueue {
+            index: self.queue.index,
+            reason: e.to_string(),
+        }
+    }
+}
