@@ -59,6 +59,7 @@ mod cpu;
 mod fxsave;
 mod inject;
 mod iret;
+#[rustfmt::skip]
 mod mnemonic_names;
 mod operand;
 mod paging;
