@@ -40,10 +40,14 @@ fn vmlinux() -> PathBuf {
 }
 
 /// The kernel command line: serial console, a static eth0 address, no root (it waits).
+/// `lapic=notscdeadline`: a periodic local APIC timer, so that a vCPU starved by a loaded PVM
+/// host cannot trap this tickless-less kernel in its tick catch-up loop (docs/guests.md, "A
+/// starved vCPU and the TSC-deadline tick").
 fn cmdline() -> String {
     format!(
         "console=ttyS0 reboot=k panic=-1 noxsave clearcpuid=288,295,308,151,141 rodata=off \
-         root=/dev/vdz rootwait ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"
+         lapic=notscdeadline root=/dev/vdz rootwait \
+         ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"
     )
 }
 
