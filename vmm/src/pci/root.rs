@@ -185,6 +185,38 @@ impl PciRoot {
         }
     }
 
+    /// Moves every BAR whose function's configuration space names another address than
+    /// where it is mapped (after a restore wrote the saved addresses into the functions).
+    /// Fails naming the first BAR whose new range is taken.
+    pub fn sync_bars(&mut self) -> Result<(), String> {
+        let (pio, mmio) = (self.pio.clone(), self.mmio.clone());
+        for (&device, slot) in self.slots.iter_mut() {
+            for mapped in slot.bars.iter_mut() {
+                let Some(addr) = lock(&slot.device).bar_address(mapped.bar) else {
+                    continue;
+                };
+                if addr == mapped.base {
+                    continue;
+                }
+                let bus = if mapped.kind == BarKind::Io {
+                    &pio
+                } else {
+                    &mmio
+                };
+                bus.relocate(mapped.base, addr, mapped.size).map_err(|e| {
+                    format!(
+                        "PCI device {device} BAR {} cannot move to {addr:#x}: {e}",
+                        mapped.bar
+                    )
+                })?;
+                let old = mapped.base;
+                mapped.base = addr;
+                lock(&slot.device).bar_moved(mapped.bar, old, addr);
+            }
+        }
+        Ok(())
+    }
+
     /// Where BAR `bar` of device `device` is mapped.
     pub fn bar_base(&self, device: u8, bar: usize) -> Option<u64> {
         let slot = self.slots.get(&device)?;

@@ -67,6 +67,15 @@ pub struct Stats {
 }
 
 impl Net {
+    /// Reads the MAC from the configuration space again (a restored clone
+    /// may have been given a new one).
+    pub fn reread_mac(&mut self) {
+        let cfg = self.dev.config();
+        for (i, b) in self.mac.iter_mut().enumerate() {
+            *b = cfg.read8(i as u16);
+        }
+    }
+
     /// Negotiates MAC, MTU, STATUS and (with `mergeable`) MRG_RXBUF, sets
     /// up both queues with receive buffers of `rx_buf_len` bytes, all
     /// posted, and sets DRIVER_OK.

@@ -25,17 +25,21 @@ pub struct NetParams {
     pub offload_csum: bool,
     /// Offer TCP segmentation offload.
     pub offload_tso: bool,
+    /// `mac` was configured (not generated): a restore keeps it instead of the snapshot's.
+    pub mac_configured: bool,
 }
 
 /// A virtio-net device on a tap.
 pub struct Net {
-    id: String,
+    pub(super) id: String,
     tap: Option<Tap>,
-    params: NetParams,
+    pub(super) params: NetParams,
     queue_sizes: [u16; 2],
     acked: u64,
     counters: Arc<Counters>,
-    worker: Option<Worker<NetHandler>>,
+    pub(super) worker: Option<Worker<NetHandler>>,
+    /// The worker's handler while a snapshot is written (`persist.rs`).
+    pub(super) parked: Option<NetHandler>,
 }
 
 impl Net {
@@ -49,6 +53,7 @@ impl Net {
             acked: 0,
             counters: Counters::new(metrics::NAMES),
             worker: None,
+            parked: None,
         }
     }
 
@@ -182,6 +187,9 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        if let Some(handler) = self.parked.take() {
+            self.tap = Some(handler.tap);
+        }
         if let Some(worker) = self.worker.take() {
             match worker.stop() {
                 Some(handler) => self.tap = Some(handler.tap),
@@ -194,6 +202,10 @@ impl VirtioDevice for Net {
 
     fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
+    }
+
+    fn persist(&mut self) -> Option<&mut dyn crate::virtio::persist::VirtioPersist> {
+        Some(self)
     }
 }
 

@@ -114,6 +114,24 @@ impl NetHandler {
         }
     }
 
+    /// Where each running queue is (a snapshot; the worker is stopped).
+    pub fn positions(&self) -> Vec<crate::virtio::persist::QueuePosition> {
+        [&self.queues.rx, &self.queues.tx]
+            .into_iter()
+            .flatten()
+            .map(|q| crate::virtio::persist::QueuePosition {
+                index: q.index,
+                next_avail: q.queue.next_avail(),
+                next_used: q.queue.next_used(),
+            })
+            .collect()
+    }
+
+    /// The interrupt the worker raises (to start it again).
+    pub fn interrupt(&self) -> Arc<dyn VirtioInterrupt> {
+        Arc::clone(&self.interrupt)
+    }
+
     /// Sends every pending transmit chain to the tap.
     pub fn process_tx(&mut self) {
         let NetHandler {
@@ -386,6 +404,8 @@ impl MutEventSubscriber for NetHandler {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        // A fresh epoll set (a handler started again after a snapshot was in another).
+        self.tap_polled = false;
         for q in [&self.queues.rx, &self.queues.tx].into_iter().flatten() {
             if ops.add(Events::new(&q.notify, EventSet::IN)).is_err() {
                 self.broken = true;

@@ -10,6 +10,7 @@
 mod device;
 mod event_handler;
 pub mod metrics;
+mod persist;
 pub mod tap;
 
 pub use device::{Net, NetParams};

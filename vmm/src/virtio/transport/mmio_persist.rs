@@ -55,6 +55,11 @@ impl MmioTransport {
         })
     }
 
+    /// Starts the device's worker again after a snapshot (see `VirtioPersist`).
+    pub fn resume_after_snapshot(&mut self) {
+        self.common.resume_after_snapshot(&self.dyn_interrupt);
+    }
+
     /// Takes `entry` into this freshly created transport (its device activated if it ran).
     pub fn restore_state(&mut self, entry: &DeviceState) -> Result<(), PersistError> {
         let id = entry.id.clone();
