@@ -380,6 +380,9 @@ mod tests {
         fn bar_moved(&mut self, bar: usize, old: u64, new: u64) {
             self.moves.push((bar, old, new));
         }
+        fn bar_address(&self, bar: usize) -> Option<u64> {
+            self.config.bar(bar).map(|b| b.addr)
+        }
     }
 
     fn setup() -> (
@@ -505,5 +508,24 @@ mod tests {
         let err = root.add_device(0, Arc::new(Mutex::new(bridge)), &[]);
 
         assert!(matches!(err, Err(PciRootError::SlotTaken(0))));
+    }
+
+    #[test]
+    fn test_pci_root_sync_bars_moves_mapping_to_restored_address() {
+        let (io, mmio, probe, _q) = setup();
+        let mut state = probe.lock().unwrap().config.save_state();
+        state.bars[0].as_mut().unwrap().addr = 0xc001_0000;
+        probe.lock().unwrap().config.restore_state(&state).unwrap();
+
+        io.root().sync_bars().unwrap();
+        let mut b = [0u8; 1];
+        mmio.read(0xc001_0020, &mut b);
+
+        assert_eq!(b, [0x20]);
+        assert_eq!(io.root().bar_base(3, 0), Some(0xc001_0000));
+        assert_eq!(
+            probe.lock().unwrap().moves,
+            vec![(0, 0xc000_0000, 0xc001_0000)]
+        );
     }
 }

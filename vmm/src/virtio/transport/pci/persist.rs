@@ -137,3 +137,120 @@ impl VirtioPciDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kvm::irq::mock::RecordingWiring;
+    use crate::kvm::irq::{MsiMessage, Route};
+    use crate::pci::msix::MSIX_ENABLE;
+    use crate::pci::PciDevice;
+    use crate::virtio::transport::pci::common::field;
+    use crate::virtio::transport::pci::{PciPlacement, MODERN_BAR};
+    use crate::virtio::transport::test_util::{memory, Persisting, TestDevice};
+
+    fn device(persisting: bool) -> (VirtioPciDevice, Arc<RecordingWiring>) {
+        let (dev, _seen) = TestDevice::new();
+        let dev: Box<dyn crate::virtio::VirtioDevice> = if persisting {
+            Box::new(Persisting(dev))
+        } else {
+            Box::new(dev)
+        };
+        let wiring = Arc::new(RecordingWiring::default());
+        let place = PciPlacement {
+            modern_bar: 0xc000_0000,
+            legacy_bar: Some(0xc000),
+            msi_gsis: vec![24, 25, 26],
+            intx_gsi: 10,
+        };
+        let d = VirtioPciDevice::new(dev, memory(), wiring.clone(), &place).unwrap();
+        (d, wiring)
+    }
+
+    fn wr(d: &mut VirtioPciDevice, offset: u64, v: u64, len: usize) {
+        d.write_bar(MODERN_BAR, offset, &v.to_le_bytes()[..len]);
+    }
+
+    fn rd(d: &mut VirtioPciDevice, offset: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        d.read_bar(MODERN_BAR, offset, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+
+    /// MSI-X on with vector 1 programmed, the modern BAR moved, queue 0 running on vector 1.
+    fn bring_up(d: &mut VirtioPciDevice) {
+        d.write_config_register(d.msix_cap / 4, 2, &MSIX_ENABLE.to_le_bytes());
+        wr(d, super::super::MSIX_TABLE_OFFSET + 16, 0xfee0_0000, 4);
+        wr(d, super::super::MSIX_TABLE_OFFSET + 24, 0x4051, 4);
+        wr(d, super::super::MSIX_TABLE_OFFSET + 28, 0, 4);
+        let moved = d.write_config_register(8, 0, &0xd000_0000u32.to_le_bytes());
+        assert!(moved.is_some());
+        d.bar_moved(MODERN_BAR, 0xc000_0000, 0xd000_0000);
+        wr(d, field::DEVICE_STATUS, 3, 1);
+        wr(d, field::DRIVER_FEATURE_SELECT, 1, 4);
+        wr(d, field::DRIVER_FEATURE, 1, 4);
+        wr(d, field::DEVICE_STATUS, 0xb, 1);
+        wr(d, field::QUEUE_SELECT, 0, 2);
+        wr(d, field::QUEUE_SIZE, 8, 2);
+        wr(d, field::QUEUE_MSIX_VECTOR, 1, 2);
+        wr(d, field::QUEUE_DESC, 0x10000, 8);
+        wr(d, field::QUEUE_DRIVER, 0x11000, 8);
+        wr(d, field::QUEUE_DEVICE, 0x12000, 8);
+        wr(d, field::QUEUE_ENABLE, 1, 2);
+        wr(d, field::DEVICE_STATUS, 0xf, 1);
+    }
+
+    #[test]
+    fn test_virtio_pci_state_restored_with_bar_msix_routes_vectors_and_running_queue() {
+        let (mut src, _) = device(true);
+        bring_up(&mut src);
+        let (mut dst, wiring) = device(true);
+
+        let entry = src.save_state("blk0").unwrap();
+        dst.restore_state(&entry).unwrap();
+
+        assert_eq!(entry.kind, "virtio-pci/4");
+        for reg in 0..64 {
+            assert_eq!(
+                dst.read_config_register(reg),
+                src.read_config_register(reg),
+                "configuration register {reg}"
+            );
+        }
+        assert_eq!(dst.bar_address(MODERN_BAR), Some(0xd000_0000));
+        let routes = wiring.table.lock().unwrap();
+        assert_eq!(
+            routes.routes(25),
+            &[Route::Msi(MsiMessage {
+                address_lo: 0xfee0_0000,
+                address_hi: 0,
+                data: 0x4051
+            })]
+        );
+        drop(routes);
+        assert!(dst.interrupt.msix().enabled());
+        assert_eq!(dst.interrupt.queue_vector(0), 1);
+        assert_eq!(rd(&mut dst, field::DEVICE_STATUS, 1), 0xf);
+        assert!(dst.common.is_active());
+    }
+
+    #[test]
+    fn test_virtio_pci_state_refused_for_device_without_persist_or_other_kind() {
+        let (mut plain, _) = device(false);
+        let (mut src, _) = device(true);
+        let mut entry = src.save_state("d0").unwrap();
+        entry.kind = "virtio-pci/2".into();
+        let (mut dst, _) = device(true);
+
+        let unsupported = plain.save_state("net0").unwrap_err().to_string();
+        let kind = dst.restore_state(&entry).unwrap_err().to_string();
+
+        assert!(
+            unsupported.contains("does not support snapshots"),
+            "{unsupported}"
+        );
+        assert!(kind.contains("virtio-pci/2"), "{kind}");
+    }
+}
