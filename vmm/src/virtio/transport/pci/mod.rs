@@ -13,7 +13,7 @@
 mod common;
 pub mod interrupt;
 mod legacy;
-mod persist;
+pub mod persist;
 
 use std::sync::{Arc, Mutex};
 
