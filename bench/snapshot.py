@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Snapshot benchmark: Strata's vm.snapshot / restore vs QEMU's migrate-to-file / -incoming,
-in the same run, for the ring-3 counter guest with 128 MiB and 1 GiB of RAM.
+"""Snapshot benchmark: Strata's vm.snapshot / restore vs Firecracker's snapshot API and QEMU's
+migrate-to-file / -incoming, in the same run, for the ring-3 counter guest (which prints
+`count N` lines every 1000 ring-3 iterations) with 128 MiB and 1 GiB of RAM.
 
 Run by hand (never in CI):  python3 bench/snapshot.py [--runs 3] [--sizes 128,1024]
+                                [--firecracker PATH] [--no-qemu]
 Builds nothing: run `cargo build --release` first. Measures, per size, the median of N runs:
   snapshot   Strata: `PUT vm.snapshot` of the paused guest until answered (state + sparse
-             memory file written and synced). QEMU: QMP `stop`, then `migrate exec:cat>FILE`
-             until `query-migrate` says completed.
-  restore    Strata (a): `PUT vm.restore {"resume":true}` on a running VMM until answered
-             (memory mapped MAP_PRIVATE, devices and vCPUs restored, vCPUs running).
-  to output  process start until the guest prints its next line: Strata
-             `strata run --restore ...,resume=on`; QEMU `-incoming exec:cat FILE` (which
-             stays paused once the state is loaded, as the source was stopped: QMP `cont` as
-             soon as `query-status` leaves `inmigrate`).
-Firecracker is the peer the issue names; it is not built here (2 shared cores, five builds):
-see docs/benchmarks.md. Prints a Markdown table ready for docs/benchmarks.md.
+             memory file written and synced). Firecracker: `PATCH /vm {"state":"Paused"}`,
+             then `PUT /snapshot/create` (snapshot_type Full) until answered. QEMU: QMP
+             `stop`, then `migrate exec:cat>FILE` until `query-migrate` says completed.
+  restore answered
+             the restore request on an already started VMM until answered, the VM resumed:
+             Strata `PUT vm.restore {"resume":true}` (memory mapped MAP_PRIVATE);
+             Firecracker `PUT /snapshot/load` (mem_backend File, resume_vm true).
+  restore to running
+             the same request until the restored guest prints its next `count` line (the
+             guest-side event both VMMs see: the guest runs again).
+  process start to output
+             a new VMM process until the guest prints its next line: Strata
+             `strata run --restore ...,resume=on`; Firecracker started, then `/snapshot/load`
+             at once; QEMU `-incoming exec:cat FILE` (then QMP `cont` as soon as
+             `query-status` leaves `inmigrate`).
+Prints a Markdown table ready for docs/benchmarks.md.
 """
 import argparse
 import json
@@ -95,6 +103,7 @@ def strata_once(tmp, mib, kernel):
     t_restore = time.perf_counter() - t0
     assert st == 204, body
     wait_count(serial, 0, p)
+    t_running = time.perf_counter() - t0
     http(s, "PUT", "/api/v1/vmm.shutdown")
     p.wait()
     # (b) process start to the guest's next line.
@@ -108,7 +117,62 @@ def strata_once(tmp, mib, kernel):
     p.wait()
     used = sum(os.stat(os.path.join(snap, f)).st_blocks * 512 for f in os.listdir(snap))
     shutil.rmtree(snap)
-    return t_snap, t_restore, t_output, used
+    return t_snap, t_restore, t_output, used, t_running
+
+
+def fc_api(sock_path, proc, method, path, body):
+    s = connect(sock_path, proc)
+    st, out = http(s, method, path, json.dumps(body))
+    s.close()
+    if st not in (200, 204):
+        raise RuntimeError(f"Firecracker {method} {path}: {st} {out!r}")
+
+
+def firecracker_once(tmp, mib, kernel, fc):
+    out = os.path.join(tmp, "f-out")
+    sock = os.path.join(tmp, "f.sock")
+    with open(out, "w") as f:
+        p = subprocess.Popen([fc, "--api-sock", sock, "--level", "Error", "--id", "snap-src"],
+                             stdout=f, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    fc_api(sock, p, "PUT", "/boot-source", {"kernel_image_path": kernel, "boot_args": "every=1000"})
+    fc_api(sock, p, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
+    fc_api(sock, p, "PUT", "/actions", {"action_type": "InstanceStart"})
+    wait_count(out, 50, p)
+    fc_api(sock, p, "PATCH", "/vm", {"state": "Paused"})
+    state, mem = os.path.join(tmp, "f-state"), os.path.join(tmp, "f-mem")
+    t0 = time.perf_counter()
+    fc_api(sock, p, "PUT", "/snapshot/create",
+           {"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem})
+    t_snap = time.perf_counter() - t0
+    p.kill()
+    p.wait()
+    os.remove(sock)
+    load = {"snapshot_path": state, "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": True}
+
+    def restore(started_at=None):
+        with open(out, "w") as f:
+            t_start = time.perf_counter()
+            p = subprocess.Popen([fc, "--api-sock", sock, "--level", "Error", "--id", "snap-dst"],
+                                 stdout=f, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        s = connect(sock, p)
+        s.close()
+        t0 = time.perf_counter()
+        fc_api(sock, p, "PUT", "/snapshot/load", load)
+        t_answer = time.perf_counter() - t0
+        wait_count(out, 0, p)
+        t_end = time.perf_counter()
+        p.kill()
+        p.wait()
+        os.remove(sock)
+        return t_answer, t_end - t0, t_end - t_start
+    # (a) on a started VMM (its API socket answering), (b) counted from the process start.
+    t_restore, t_running, _ = restore()
+    _, _, t_output = restore()
+    used = sum(os.stat(x).st_blocks * 512 for x in (state, mem))
+    os.remove(state)
+    os.remove(mem)
+    return t_snap, t_restore, t_output, used, t_running
 
 
 def qemu_cmd(qmp, mib, serial, kernel=None, incoming=None):
@@ -171,23 +235,34 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sizes", default="128,1024")
+    ap.add_argument("--firecracker", help="the firecracker binary (v1.16.1 built from source)")
+    ap.add_argument("--no-qemu", action="store_true")
     args = ap.parse_args()
     kernel = guest_path("counter")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mib in [int(x) for x in args.sizes.split(",")]:
             s = [strata_once(tmp, mib, kernel) for _ in range(args.runs)]
-            q = [qemu_once(tmp, mib, kernel) for _ in range(args.runs)]
             rows.append(f"| {mib} MiB | Strata | {ms([x[0] for x in s])} | {ms([x[1] for x in s])} "
-                        f"| {ms([x[2] for x in s])} | {s[-1][3] >> 10} KiB |")
-            rows.append(f"| {mib} MiB | QEMU {QEMU} migrate/-incoming | {ms([x[0] for x in q])} | - "
-                        f"| {ms([x[1] for x in q])} | {q[-1][2] >> 10} KiB |")
+                        f"| {ms([x[4] for x in s])} | {ms([x[2] for x in s])} "
+                        f"| {s[-1][3] >> 10} KiB |")
+            if args.firecracker:
+                f = [firecracker_once(tmp, mib, kernel, args.firecracker)
+                     for _ in range(args.runs)]
+                rows.append(f"| {mib} MiB | Firecracker | {ms([x[0] for x in f])} "
+                            f"| {ms([x[1] for x in f])} | {ms([x[4] for x in f])} "
+                            f"| {ms([x[2] for x in f])} | {f[-1][3] >> 10} KiB |")
+            if not args.no_qemu:
+                q = [qemu_once(tmp, mib, kernel) for _ in range(args.runs)]
+                rows.append(f"| {mib} MiB | QEMU {QEMU} migrate/-incoming | {ms([x[0] for x in q])} "
+                            f"| - | - | {ms([x[1] for x in q])} | {q[-1][2] >> 10} KiB |")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, `python3 bench/snapshot.py --runs {args.runs} --sizes {args.sizes}`")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
+          f"`python3 bench/snapshot.py {' '.join(sys.argv[1:])}`")
     print()
-    print("| guest RAM | VMM | snapshot (ms) | vm.restore resume=on answered (ms) "
+    print("| guest RAM | VMM | snapshot (ms) | restore answered (ms) | restore to running (ms) "
           "| process start to guest output (ms) | files on disk |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
