@@ -129,11 +129,13 @@ impl VirtioPciDevice {
             self.interrupt.set_queue_vector(q as u16, v);
         }
         self.interrupt.set_config_vector(s.config_vector);
+        // Before the device: an interrupt it raises as it comes back (vsock's transport reset
+        // event) adds to the saved ISR instead of being overwritten by it.
+        self.interrupt
+            .restore_flags(s.isr, s.config_generation, s.intx_disabled);
         self.common
             .restore_state(&s.common, &self.dyn_interrupt)
             .map_err(device_err)?;
-        self.interrupt
-            .restore_flags(s.isr, s.config_generation, s.intx_disabled);
         Ok(())
     }
 }
