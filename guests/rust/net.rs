@@ -69,6 +69,7 @@ fn run_op(d: &mut Drivers, op: Op) -> Result<(), Error> {
         .ok_or_else(|| err!("op={}: no net device", op.name))?;
     match op.name {
         "net-info" => {
+            net.reread_mac();
             let m = net.mac;
             println!(
                 "net: mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} mtu={} link={} hdr={} mrg={}",
@@ -329,6 +330,12 @@ fn vsock_op(v: &mut Vsock, op: Op) -> Result<(), Error> {
     match op.name {
         "vsock-info" => {
             println!("vsock: cid={}", v.cid);
+            Ok(())
+        }
+        "vsock-wait-reset" => {
+            println!("vsock: waiting for a transport reset");
+            let id = v.wait_transport_reset()?;
+            println!("vsock: transport reset event {id}, cid={}", v.cid);
             Ok(())
         }
         "vsock-echo" => {

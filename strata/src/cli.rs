@@ -138,7 +138,8 @@ pub const RUN_USAGE: &str =
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
                   [--acpi on|off]
        strata run [--api-socket PATH] --restore source_url=file:///DIR[,resume=on]
-                  [,memory=mmap|uffd][,overlay_dir=DIR]
+                  [,memory=mmap|uffd][,overlay_dir=DIR][,net_mac=MAC][,net_tap=NAME]
+                  [,vsock_cid=N][,vsock_socket=PATH]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;
 VM options then create and boot that VM at once, otherwise the VMM waits for vm.create.";
 

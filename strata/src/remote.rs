@@ -12,6 +12,7 @@ pub const REMOTE_USAGE: &str = "usage: strata remote --api-socket PATH COMMAND
 commands: ping | create FILE | boot | info | counters | pause | resume | shutdown | reboot
           | power-button | delete | shutdown-vmm | snapshot file:///DIR
           | restore source_url=file:///DIR[,resume=on][,memory=uffd][,overlay_dir=DIR]
+                    [,net_mac=MAC][,net_tap=NAME][,vsock_cid=N][,vsock_socket=PATH]
 FILE is a VM configuration: JSON (Cloud Hypervisor's VmConfig for what Strata has), or TOML
 when its name ends in .toml.";
 

@@ -5,11 +5,12 @@
 use std::path::Path;
 
 use vmm::snapshot::format::{parse, FormatError};
+use vmm::virtio::transport::pci::persist::PciState;
 
 /// What each seed must give: Ok, or an error whose message contains the text.
 fn expectation(name: &str) -> Option<&'static str> {
     match name {
-        "valid-counter" => None,
+        "valid-counter" | "valid-pci" => None,
         "truncated-header" => Some("truncated state file"),
         "bad-magic" => Some("bad magic"),
         "version-2" => Some("unsupported snapshot format version 2"),
@@ -35,7 +36,17 @@ fn test_state_file_fuzz_seeds_parse_or_fail_with_one_line() {
         let result = parse(&bytes);
 
         match (expectation(name), result) {
-            (None, Ok(state)) => assert_eq!(state.vcpus.len(), 1, "{name}"),
+            (None, Ok(state)) => {
+                assert_eq!(state.vcpus.len(), 1, "{name}");
+                for d in state
+                    .devices
+                    .iter()
+                    .filter(|d| d.kind.starts_with("virtio-pci/"))
+                {
+                    let pci: Result<PciState, _> = serde_json::from_value(d.state.clone());
+                    assert!(pci.is_ok(), "{name}: {}: {pci:?}", d.id);
+                }
+            }
             (None, Err(e)) => panic!("{name}: {e}"),
             (Some(want), Err(e)) => {
                 let msg = e.to_string();
@@ -47,5 +58,5 @@ fn test_state_file_fuzz_seeds_parse_or_fail_with_one_line() {
         }
         seen += 1;
     }
-    assert!(seen >= 11, "only {seen} seeds in {}", dir.display());
+    assert!(seen >= 12, "only {seen} seeds in {}", dir.display());
 }

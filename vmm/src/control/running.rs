@@ -189,6 +189,16 @@ impl RunningVm {
         config: &crate::config::VmConfig,
         dir: &std::path::Path,
     ) -> Result<SaveStats, SnapshotError> {
+        let written = self.save(config, dir);
+        self.vm.virtio.resume_after_snapshot();
+        written
+    }
+
+    fn save(
+        &mut self,
+        config: &crate::config::VmConfig,
+        dir: &std::path::Path,
+    ) -> Result<SaveStats, SnapshotError> {
         let virtio = self.vm.virtio.save_states()?;
         let vcpus = self.vcpus.save().map_err(SnapshotError::SaveVcpus)?;
         save::write(&self.vm, config, vcpus, virtio, dir)

@@ -56,6 +56,7 @@ pub(super) fn virtio_device(
                 queue_size: n.queue_size,
                 offload_csum: n.offload_csum,
                 offload_tso: n.offload_tso,
+                mac_configured: n.mac.is_some(),
             };
             Ok(Box::new(Net::new(&planned.id, taps, params)))
         }

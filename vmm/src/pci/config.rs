@@ -304,6 +304,9 @@ impl PciConfiguration {
     }
 }
 
+#[path = "config_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::*;

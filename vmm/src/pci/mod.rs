@@ -34,6 +34,12 @@ pub trait PciDevice: Send {
 
     /// BAR `bar` moved on its bus from `old` to `new`.
     fn bar_moved(&mut self, bar: usize, old: u64, new: u64);
+
+    /// Where BAR `bar` is now as the function's configuration space says (a restore moves
+    /// the BAR's mapping there: `PciRoot::sync_bars`); None for a function without it.
+    fn bar_address(&self, _bar: usize) -> Option<u64> {
+        None
+    }
 }
 
 /// PCI vendor ID of Intel (the host bridge).

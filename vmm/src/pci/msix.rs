@@ -197,6 +197,9 @@ impl MsixConfig {
     }
 }
 
+#[path = "msix_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,6 +185,38 @@ impl PciRoot {
         }
     }
 
+    /// Moves every BAR whose function's configuration space names another address than
+    /// where it is mapped (after a restore wrote the saved addresses into the functions).
+    /// Fails naming the first BAR whose new range is taken.
+    pub fn sync_bars(&mut self) -> Result<(), String> {
+        let (pio, mmio) = (self.pio.clone(), self.mmio.clone());
+        for (&device, slot) in self.slots.iter_mut() {
+            for mapped in slot.bars.iter_mut() {
+                let Some(addr) = lock(&slot.device).bar_address(mapped.bar) else {
+                    continue;
+                };
+                if addr == mapped.base {
+                    continue;
+                }
+                let bus = if mapped.kind == BarKind::Io {
+                    &pio
+                } else {
+                    &mmio
+                };
+                bus.relocate(mapped.base, addr, mapped.size).map_err(|e| {
+                    format!(
+                        "PCI device {device} BAR {} cannot move to {addr:#x}: {e}",
+                        mapped.bar
+                    )
+                })?;
+                let old = mapped.base;
+                mapped.base = addr;
+                lock(&slot.device).bar_moved(mapped.bar, old, addr);
+            }
+        }
+        Ok(())
+    }
+
     /// Where BAR `bar` of device `device` is mapped.
     pub fn bar_base(&self, device: u8, bar: usize) -> Option<u64> {
         let slot = self.slots.get(&device)?;
@@ -348,6 +380,9 @@ mod tests {
         fn bar_moved(&mut self, bar: usize, old: u64, new: u64) {
             self.moves.push((bar, old, new));
         }
+        fn bar_address(&self, bar: usize) -> Option<u64> {
+            self.config.bar(bar).map(|b| b.addr)
+        }
     }
 
     fn setup() -> (
@@ -473,5 +508,24 @@ mod tests {
         let err = root.add_device(0, Arc::new(Mutex::new(bridge)), &[]);
 
         assert!(matches!(err, Err(PciRootError::SlotTaken(0))));
+    }
+
+    #[test]
+    fn test_pci_root_sync_bars_moves_mapping_to_restored_address() {
+        let (io, mmio, probe, _q) = setup();
+        let mut state = probe.lock().unwrap().config.save_state();
+        state.bars[0].as_mut().unwrap().addr = 0xc001_0000;
+        probe.lock().unwrap().config.restore_state(&state).unwrap();
+
+        io.root().sync_bars().unwrap();
+        let mut b = [0u8; 1];
+        mmio.read(0xc001_0020, &mut b);
+
+        assert_eq!(b, [0x20]);
+        assert_eq!(io.root().bar_base(3, 0), Some(0xc001_0000));
+        assert_eq!(
+            probe.lock().unwrap().moves,
+            vec![(0, 0xc000_0000, 0xc001_0000)]
+        );
     }
 }

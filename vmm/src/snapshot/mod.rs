@@ -122,6 +122,39 @@ pub struct RestoreConfig {
     /// in this directory (clones: each restored VM writes to its own overlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_dir: Option<PathBuf>,
+    /// A new MAC for the VM's virtio-net device (a clone's own; the VM must have exactly one
+    /// `--net` device). The guest reads it from the configuration space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_mac: Option<crate::config::MacAddr>,
+    /// Another tap for the VM's virtio-net device (attached if it exists, else created): two
+    /// clones in one network namespace cannot share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tap: Option<String>,
+    /// A new guest CID for the VM's virtio-vsock device (a clone's own). The guest reads it
+    /// again on the transport reset event every restore sends.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vsock_cid: Option<u32>,
+    /// Another Unix socket for the vsock device (two VMs cannot listen on one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_socket: Option<PathBuf>,
+}
+
+/// A `u32` given as a JSON number or, from the command line's `key=value`, as a string.
+fn de_opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let n = match &v {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse::<u64>().ok(),
+        _ => None,
+    };
+    n.and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{v} is not a number below 2^32")))
 }
 
 /// The directory a `file://` URL names.
@@ -162,5 +195,27 @@ mod tests {
         assert!(!c.resume);
         assert_eq!(c.memory, MemoryRestore::Mmap);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn test_restore_config_clone_identity_fields_parse_from_strings_or_numbers() {
+        let from_cli: RestoreConfig = serde_json::from_str(
+            r#"{"source_url":"file:///s","net_mac":"52:54:00:00:00:07","vsock_cid":"12"}"#,
+        )
+        .unwrap();
+        let from_api: RestoreConfig =
+            serde_json::from_str(r#"{"source_url":"file:///s","vsock_cid":12}"#).unwrap();
+        let bad_mac =
+            serde_json::from_str::<RestoreConfig>(r#"{"source_url":"x","net_mac":"52:54"}"#);
+        let bad_cid =
+            serde_json::from_str::<RestoreConfig>(r#"{"source_url":"x","vsock_cid":"-1"}"#);
+
+        assert_eq!(
+            from_cli.net_mac.map(|m| m.0),
+            Some([0x52, 0x54, 0, 0, 0, 7])
+        );
+        assert_eq!(from_cli.vsock_cid, Some(12));
+        assert_eq!(from_api.vsock_cid, Some(12));
+        assert!(bad_mac.is_err() && bad_cid.is_err());
     }
 }

@@ -37,7 +37,42 @@ pub fn load(restore: &RestoreConfig) -> Result<(PathBuf, StateFile), SnapshotErr
     if let Some(overlays) = &restore.overlay_dir {
         make_overlays(&mut state.config, overlays)?;
     }
+    apply_identity(&mut state.config, restore)?;
     Ok((dir, state))
+}
+
+/// A clone's own MAC, tap, vsock CID and socket (docs/decisions/0018), written into the
+/// snapshot's configuration before the devices are created from it.
+pub fn apply_identity(config: &mut VmConfig, r: &RestoreConfig) -> Result<(), SnapshotError> {
+    if r.net_mac.is_some() || r.net_tap.is_some() {
+        let [net] = config.net.as_mut_slice() else {
+            return Err(SnapshotError::ConfigMismatch(format!(
+                "net_mac and net_tap need a VM with exactly one net device; the snapshot has {}",
+                config.net.len()
+            )));
+        };
+        if let Some(mac) = r.net_mac {
+            net.mac = Some(mac);
+        }
+        if let Some(tap) = &r.net_tap {
+            net.tap = Some(tap.clone());
+        }
+    }
+    if r.vsock_cid.is_some() || r.vsock_socket.is_some() {
+        let Some(vsock) = config.vsock.as_mut() else {
+            return Err(SnapshotError::ConfigMismatch(
+                "vsock_cid and vsock_socket need a VM with a vsock device; the snapshot has none"
+                    .into(),
+            ));
+        };
+        if let Some(cid) = r.vsock_cid {
+            vsock.cid = cid;
+        }
+        if let Some(socket) = &r.vsock_socket {
+            vsock.socket = socket.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Every disk the configuration names must be the one the snapshot recorded, with the same
@@ -207,4 +242,41 @@ pub fn build(dir: &Path, state: &StateFile, how: MemoryRestore) -> Result<Vm, Vm
         _uffd: uffd_handler,
         reaper: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MacAddr, NetConfig, VsockConfig};
+
+    #[test]
+    fn test_apply_identity_sets_clone_mac_and_cid_or_refuses_without_device() {
+        let mut config = VmConfig {
+            net: vec![NetConfig::default()],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into(),
+                id: None,
+                transport: None,
+            }),
+            ..Default::default()
+        };
+        let r = RestoreConfig {
+            net_mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+            vsock_cid: Some(9),
+            vsock_socket: Some("/tmp/c9.sock".into()),
+            ..Default::default()
+        };
+
+        apply_identity(&mut config, &r).unwrap();
+        let no_net = apply_identity(&mut VmConfig::default(), &r).unwrap_err();
+
+        assert_eq!(config.net[0].mac, Some(MacAddr([2, 0, 0, 0, 0, 9])));
+        let vsock = config.vsock.unwrap();
+        assert_eq!((vsock.cid, vsock.socket), (9, "/tmp/c9.sock".into()));
+        assert!(
+            no_net.to_string().contains("exactly one net device"),
+            "{no_net}"
+        );
+    }
 }

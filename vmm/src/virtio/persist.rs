@@ -36,4 +36,17 @@ pub trait VirtioPersist {
     fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), String> {
         Ok(())
     }
+
+    /// Called once the snapshot is written (or failed): a device whose backend the host
+    /// drives (a tap, host sockets) keeps its worker stopped from `quiesce` until here, so
+    /// that nothing writes guest memory while it is saved. Nothing to do by default.
+    fn resume_after_snapshot(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Called at restore after the device was activated with its saved queues (vsock sends
+    /// its transport reset event here). Nothing to do by default.
+    fn restored(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -198,6 +198,15 @@ pub struct Stats {
 }
 
 impl Net {
+    /// Reads the MAC from the configuration space again (a restored clone
+    /// may have been given a new one).
+    pub fn reread_mac(&mut self) {
+        let cfg = self.dev.config();
+        for (i, b) in self.mac.iter_mut().enumerate() {
+            *b = cfg.read8(i as u16);
+        }
+    }
+
     /// Negotiates MAC, MTU, STATUS, (with `mergeable`) MRG_RXBUF and (with
     /// `pairs` above 1) MQ and the control queue, sets up `pairs` pairs
     /// (at most the device's and [`MAX_PAIRS`]) with receive buffers of

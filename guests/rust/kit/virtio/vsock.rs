@@ -1,9 +1,10 @@
 //! virtio-vsock, polled, one stream connection at a time: queue 0
 //! receives packets (every descriptor a 4 KiB buffer for header and
-//! payload, reposted as it is), queue 1 transmits them, queue 2 (events) is
-//! set up and left alone.
+//! payload, reposted as it is), queue 1 transmits them, queue 2 (events)
+//! has one 8-byte buffer posted, which only a transport reset (after a
+//! restore from a snapshot) fills.
 
-use super::queue::{Desc, Virtq, DESC_F_WRITE};
+use super::queue::{Buf, Desc, Virtq, DESC_F_WRITE};
 use super::{Device, Transport};
 use crate::dma::{Dma, DmaBuf};
 use crate::io::rdtsc;
@@ -123,7 +124,8 @@ pub struct Vsock {
     pub cid: u64,
     rx: Virtq,
     tx: Virtq,
-    _event: Virtq,
+    event: Virtq,
+    event_mem: DmaBuf,
     rx_mem: DmaBuf,
     rx_last: u16,
     tx_mem: DmaBuf,
@@ -142,12 +144,14 @@ impl Vsock {
         let cid = dev.config().read64(0);
         let rx_mem = dma.alloc(BUF * usize::from(rx.size()), 4096)?;
         let tx_mem = dma.alloc(BUF * usize::from(tx.size()), 4096)?;
+        let event_mem = dma.alloc(8, 8)?;
         let mut v = Self {
             dev,
             cid,
             rx,
             tx,
-            _event: event,
+            event,
+            event_mem,
             rx_mem,
             rx_last: 0,
             tx_mem,
@@ -168,9 +172,33 @@ impl Vsock {
             );
             v.rx.push_avail(i);
         }
+        v.event.add(&[Buf::writable(v.event_mem.addr(), 8)])?;
         v.dev.driver_ok();
         v.rx.kick();
+        v.event.kick();
         Ok(v)
+    }
+
+    /// Waits (without a time limit: a snapshot and its restore come when
+    /// the host wants) for a transport reset event; then reads the CID
+    /// again, posts the event buffer again and returns the event's id.
+    pub fn wait_transport_reset(&mut self) -> Result<u32, Error> {
+        let used = loop {
+            if let Some(u) = self.event.pop_used()? {
+                break u;
+            }
+            core::hint::spin_loop();
+        };
+        let b = self.event_mem.as_slice();
+        let id = if used.len >= 4 {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::MAX
+        };
+        self.cid = self.dev.config().read64(0);
+        self.event.add(&[Buf::writable(self.event_mem.addr(), 8)])?;
+        self.event.kick();
+        Ok(id)
     }
 
     /// Waits for the next received packet; copies its payload into `out`

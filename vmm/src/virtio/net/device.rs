@@ -25,21 +25,25 @@ pub struct NetParams {
     pub offload_csum: bool,
     /// Offer TCP segmentation offload.
     pub offload_tso: bool,
+    /// `mac` was configured (not generated): a restore keeps it instead of the snapshot's.
+    pub mac_configured: bool,
 }
 
 /// A virtio-net device on a tap.
 pub struct Net {
-    id: String,
+    pub(super) id: String,
     /// One tap queue per pair (empty while the worker holds them).
     taps: Vec<Tap>,
     /// Queue pairs (the number of taps).
-    pairs: usize,
-    params: NetParams,
+    pub(super) pairs: usize,
+    pub(super) params: NetParams,
     /// Two queues per pair, then (with more than one pair) the control queue.
     queue_sizes: Vec<u16>,
     acked: u64,
     counters: Arc<Counters>,
-    worker: Option<Worker<NetHandler>>,
+    pub(super) worker: Option<Worker<NetHandler>>,
+    /// The worker's handler while a snapshot is written (`persist.rs`).
+    pub(super) parked: Option<NetHandler>,
 }
 
 impl Net {
@@ -57,6 +61,7 @@ impl Net {
             acked: 0,
             counters: Counters::new(metrics::names(pairs)),
             worker: None,
+            parked: None,
         }
     }
 
@@ -233,6 +238,9 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        if let Some(handler) = self.parked.take() {
+            self.taps = handler.pairs.into_iter().map(|p| p.tap).collect();
+        }
         if let Some(worker) = self.worker.take() {
             match worker.stop() {
                 Some(handler) => self.taps = handler.pairs.into_iter().map(|p| p.tap).collect(),
@@ -245,6 +253,10 @@ impl VirtioDevice for Net {
 
     fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
+    }
+
+    fn persist(&mut self) -> Option<&mut dyn crate::virtio::persist::VirtioPersist> {
+        Some(self)
     }
 }
 

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -128,6 +129,26 @@ impl NetHandler {
             self.counters.inc(metrics::QUEUE_BROKEN);
             self.interrupt.set_needs_reset();
         }
+    }
+
+    /// Where each running queue is (a snapshot; the worker is stopped).
+    pub fn positions(&self) -> Vec<crate::virtio::persist::QueuePosition> {
+        self.pairs
+            .iter()
+            .flat_map(|pair| [&pair.rx, &pair.tx])
+            .chain([&self.ctrl])
+            .flatten()
+            .map(|q| crate::virtio::persist::QueuePosition {
+                index: q.index,
+                next_avail: q.queue.next_avail(),
+                next_used: q.queue.next_used(),
+            })
+            .collect()
+    }
+
+    /// The interrupt the worker raises (to start it again).
+    pub fn interrupt(&self) -> Arc<dyn VirtioInterrupt> {
+        Arc::clone(&self.interrupt)
     }
 
     /// Sends every pending transmit chain of pair `p` to its tap queue.
@@ -314,6 +335,10 @@ impl MutEventSubscriber for NetHandler {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        // A fresh epoll set (a handler started again after a snapshot was in another).
+        for pair in &mut self.pairs {
+            pair.tap_polled = false;
+        }
         let mut fds = Vec::new();
         for (p, pair) in self.pairs.iter().enumerate() {
             if let Some(q) = &pair.rx {

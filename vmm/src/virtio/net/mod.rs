@@ -13,6 +13,7 @@ mod ctrl;
 mod device;
 mod event_handler;
 pub mod metrics;
+mod persist;
 mod rx;
 pub mod tap;
 

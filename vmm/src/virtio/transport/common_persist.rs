@@ -144,7 +144,25 @@ impl VirtioCommon {
             self.activate_at(interrupt, &s.positions)?;
         }
         self.status.store(s.status, Ordering::Release);
+        if s.active {
+            if let Some(persist) = self.device.persist() {
+                persist.restored()?;
+            }
+        }
         Ok(())
+    }
+
+    /// The snapshot is written: a device that kept its worker stopped starts it again (one
+    /// that cannot is marked as needing a reset, which the guest sees).
+    pub fn resume_after_snapshot(&mut self, interrupt: &Arc<dyn VirtioInterrupt>) {
+        if !self.active {
+            return;
+        }
+        if let Some(persist) = self.device.persist() {
+            if persist.resume_after_snapshot().is_err() {
+                interrupt.set_needs_reset();
+            }
+        }
     }
 
     /// Activation with each queue at a saved position.

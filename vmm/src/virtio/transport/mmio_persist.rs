@@ -55,6 +55,11 @@ impl MmioTransport {
         })
     }
 
+    /// Starts the device's worker again after a snapshot (see `VirtioPersist`).
+    pub fn resume_after_snapshot(&mut self) {
+        self.common.resume_after_snapshot(&self.dyn_interrupt);
+    }
+
     /// Takes `entry` into this freshly created transport (its device activated if it ran).
     pub fn restore_state(&mut self, entry: &DeviceState) -> Result<(), PersistError> {
         let id = entry.id.clone();
@@ -94,69 +99,16 @@ impl MmioTransport {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     use super::*;
-    use crate::counters::Counters;
     use crate::devices::BusDevice;
     use crate::kvm::irq::mock::RecordingWiring;
-    use crate::virtio::persist::{QueuePosition, VirtioPersist};
     use crate::virtio::transport::mmio::regs;
-    use crate::virtio::transport::test_util::{memory, Seen, TestDevice};
-    use crate::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+    use crate::virtio::transport::test_util::{memory, Persisting, Seen, TestDevice};
+    use crate::virtio::VirtioDevice;
 
     const BASE: u64 = 0xd000_0000;
-
-    /// The test device, with snapshot support: quiescing reports queue 0 at 7/5.
-    struct Persisting(TestDevice);
-
-    impl VirtioPersist for Persisting {
-        fn quiesce(&mut self) -> Result<Vec<QueuePosition>, String> {
-            Ok(vec![QueuePosition {
-                index: 0,
-                next_avail: 7,
-                next_used: 5,
-            }])
-        }
-    }
-
-    impl VirtioDevice for Persisting {
-        fn device_type(&self) -> u32 {
-            self.0.device_type()
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            self.0.queue_max_sizes()
-        }
-        fn features(&self) -> u64 {
-            self.0.features()
-        }
-        fn ack_features(&mut self, f: u64) {
-            self.0.ack_features(f)
-        }
-        fn read_config(&self, o: u64, d: &mut [u8]) {
-            self.0.read_config(o, d)
-        }
-        fn write_config(&mut self, o: u64, d: &[u8]) {
-            self.0.write_config(o, d)
-        }
-        fn activate(
-            &mut self,
-            mem: GuestMemoryMmap,
-            interrupt: Arc<dyn VirtioInterrupt>,
-            queues: Vec<ActiveQueue>,
-        ) -> Result<(), ActivateError> {
-            self.0.activate(mem, interrupt, queues)
-        }
-        fn reset(&mut self) -> bool {
-            self.0.reset()
-        }
-        fn counters(&self) -> Arc<Counters> {
-            self.0.counters()
-        }
-        fn persist(&mut self) -> Option<&mut dyn VirtioPersist> {
-            Some(self)
-        }
-    }
 
     fn transport(persisting: bool) -> (MmioTransport, Arc<Mutex<Seen>>) {
         let (dev, seen) = TestDevice::new();

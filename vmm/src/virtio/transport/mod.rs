@@ -394,6 +394,7 @@ pub(crate) mod test_util {
 
     use super::*;
     use crate::counters::Counters;
+    use crate::virtio::persist::{QueuePosition, VirtioPersist};
     use crate::virtio::{ActivateError, VirtioInterruptType};
 
     /// What the test device saw.
@@ -471,6 +472,57 @@ pub(crate) mod test_util {
         }
         fn counters(&self) -> Arc<Counters> {
             Counters::new(&[])
+        }
+    }
+
+    /// The test device, with snapshot support: quiescing reports queue 0 at 7/5.
+    pub struct Persisting(pub TestDevice);
+
+    impl VirtioPersist for Persisting {
+        fn quiesce(&mut self) -> Result<Vec<QueuePosition>, String> {
+            Ok(vec![QueuePosition {
+                index: 0,
+                next_avail: 7,
+                next_used: 5,
+            }])
+        }
+    }
+
+    impl VirtioDevice for Persisting {
+        fn device_type(&self) -> u32 {
+            self.0.device_type()
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            self.0.queue_max_sizes()
+        }
+        fn features(&self) -> u64 {
+            self.0.features()
+        }
+        fn ack_features(&mut self, f: u64) {
+            self.0.ack_features(f)
+        }
+        fn read_config(&self, o: u64, d: &mut [u8]) {
+            self.0.read_config(o, d)
+        }
+        fn write_config(&mut self, o: u64, d: &[u8]) {
+            self.0.write_config(o, d)
+        }
+        fn activate(
+            &mut self,
+            mem: GuestMemoryMmap,
+            interrupt: Arc<dyn VirtioInterrupt>,
+            queues: Vec<ActiveQueue>,
+        ) -> Result<(), ActivateError> {
+            self.0.activate(mem, interrupt, queues)
+        }
+        fn reset(&mut self) -> bool {
+            self.0.reset()
+        }
+        fn counters(&self) -> Arc<Counters> {
+            self.0.counters()
+        }
+        fn persist(&mut self) -> Option<&mut dyn VirtioPersist> {
+            Some(self)
         }
     }
 

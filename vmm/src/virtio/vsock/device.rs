@@ -8,20 +8,26 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vm_memory::GuestMemoryMmap;
 
 use super::event_handler::VsockHandler;
-use super::{metrics, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::{metrics, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::counters::Counters;
 use crate::virtio::worker::Worker;
 use crate::virtio::{features, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
 /// A virtio-vsock device.
 pub struct Vsock {
-    id: String,
-    cid: u64,
+    pub(super) id: String,
+    pub(super) cid: u64,
     socket: PathBuf,
     listener: UnixListener,
     acked: u64,
     counters: Arc<Counters>,
-    worker: Option<Worker<VsockHandler>>,
+    pub(super) worker: Option<Worker<VsockHandler>>,
+    /// The event queue (transport reset events after a restore: `persist.rs`).
+    pub(super) event: Option<ActiveQueue>,
+    /// Guest memory and the interrupt, while active (for the event queue).
+    pub(super) active: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
+    /// The worker's handler while a snapshot is written.
+    pub(super) parked: Option<VsockHandler>,
 }
 
 impl Vsock {
@@ -37,6 +43,9 @@ impl Vsock {
             acked: 0,
             counters: Counters::new(metrics::NAMES),
             worker: None,
+            event: None,
+            active: None,
+            parked: None,
         })
     }
 }
@@ -77,9 +86,11 @@ impl VirtioDevice for Vsock {
             match q.index {
                 RX_QUEUE => rx = Some(q),
                 TX_QUEUE => tx = Some(q),
+                EVENT_QUEUE => self.event = Some(q),
                 _ => {}
             }
         }
+        self.active = Some((mem.clone(), Arc::clone(&interrupt)));
         let listener = self.listener.try_clone().map_err(ActivateError::Backend)?;
         let handler = VsockHandler::new(
             (rx, tx),
@@ -99,6 +110,9 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) -> bool {
+        self.parked = None;
+        self.event = None;
+        self.active = None;
         if let Some(worker) = self.worker.take() {
             // The handler's connections close with it; the listener stays with the device.
             if worker.stop().is_none() {
@@ -111,6 +125,10 @@ impl VirtioDevice for Vsock {
 
     fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
+    }
+
+    fn persist(&mut self) -> Option<&mut dyn crate::virtio::persist::VirtioPersist> {
+        Some(self)
     }
 }
 

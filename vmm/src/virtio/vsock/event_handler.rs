@@ -117,6 +117,24 @@ impl VsockHandler {
         }
     }
 
+    /// Where the receive and transmit queues are (a snapshot; the worker is stopped).
+    pub fn positions(&self) -> Vec<crate::virtio::persist::QueuePosition> {
+        [&self.rx, &self.tx]
+            .into_iter()
+            .flatten()
+            .map(|q| crate::virtio::persist::QueuePosition {
+                index: q.index,
+                next_avail: q.queue.next_avail(),
+                next_used: q.queue.next_used(),
+            })
+            .collect()
+    }
+
+    /// The interrupt the worker raises (to start it again).
+    pub fn interrupt(&self) -> Arc<dyn VirtioInterrupt> {
+        Arc::clone(&self.interrupt)
+    }
+
     fn fail(&mut self, _e: BrokenQueue) {
         if !self.broken {
             self.broken = true;
@@ -626,6 +644,14 @@ impl MutEventSubscriber for VsockHandler {
         let mut ok = ops.add(Events::new(&self.listener, EventSet::IN)).is_ok();
         for q in [&self.rx, &self.tx].into_iter().flatten() {
             ok &= ops.add(Events::new(&q.notify, EventSet::IN)).is_ok();
+        }
+        // A handler started again after a snapshot: its streams into the fresh epoll set.
+        for fd in self.handshakes.keys() {
+            ok &= ops.add(Events::new_raw(*fd, EventSet::IN)).is_ok();
+        }
+        for c in self.conns.values_mut() {
+            c.registered = EventSet::empty();
+            sync_interest(c, ops);
         }
         if !ok {
             self.broken = true;

@@ -22,6 +22,7 @@ mod device;
 mod event_handler;
 pub mod metrics;
 pub mod packet;
+mod persist;
 
 pub use device::Vsock;
 pub use event_handler::VsockHandler;
@@ -30,7 +31,7 @@ pub use event_handler::VsockHandler;
 pub const RX_QUEUE: u16 = 0;
 /// The transmit queue (guest to device).
 pub const TX_QUEUE: u16 = 1;
-/// The event queue (transport reset events; unused).
+/// The event queue (a transport reset event after a restore).
 pub const EVENT_QUEUE: u16 = 2;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;

@@ -128,6 +128,25 @@ impl PciInterrupt {
         self.config_vector.store(NO_VECTOR, Ordering::Release);
     }
 
+    /// The snapshot's view: (ISR, configuration generation, INTx disabled).
+    pub fn saved_flags(&self) -> (u8, u8, bool) {
+        (
+            self.isr.load(Ordering::Acquire),
+            self.config_generation.load(Ordering::Acquire),
+            self.intx_disabled.load(Ordering::Acquire),
+        )
+    }
+
+    /// Restores what [`PciInterrupt::saved_flags`] returned; with MSI-X off and the ISR set,
+    /// INTA# is asserted again (the level the guest had not yet acknowledged).
+    pub fn restore_flags(&self, isr: u8, config_generation: u8, intx_disabled: bool) {
+        self.isr.store(isr, Ordering::Release);
+        self.config_generation
+            .store(config_generation, Ordering::Release);
+        self.intx_disabled.store(intx_disabled, Ordering::Release);
+        self.resample();
+    }
+
     fn raise(&self, isr_bit: u8, vector: u16) -> std::io::Result<()> {
         let mut msix = self.msix();
         if msix.enabled() {

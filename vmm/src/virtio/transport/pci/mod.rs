@@ -13,6 +13,7 @@
 mod common;
 pub mod interrupt;
 mod legacy;
+pub mod persist;
 
 use std::sync::{Arc, Mutex};
 
@@ -412,6 +413,10 @@ impl PciDevice for VirtioPciDevice {
             LEGACY_BAR => self.legacy_base = Some(new),
             _ => {}
         }
+    }
+
+    fn bar_address(&self, bar: usize) -> Option<u64> {
+        self.config.bar(bar).map(|b| b.addr)
     }
 }
 
