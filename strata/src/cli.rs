@@ -121,6 +121,12 @@ const OPTIONS: &[OptionSpec] = &[
         primary: None,
         repeat: false,
     },
+    OptionSpec {
+        name: "firmware",
+        path: &["payload", "firmware"],
+        primary: None,
+        repeat: false,
+    },
 ];
 
 /// The usage text of `strata run`.
@@ -136,7 +142,7 @@ pub const RUN_USAGE: &str =
                   [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,queue_size=N]
                          [,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
-                  [--acpi on|off]
+                  [--acpi on|off] [--firmware PATH]
        strata run [--api-socket PATH] --restore source_url=file:///DIR[,resume=on]
                   [,memory=mmap|uffd][,overlay_dir=DIR]
 With --api-socket, serves Cloud Hypervisor's REST API on that Unix socket until vmm.shutdown;

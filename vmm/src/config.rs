@@ -233,6 +233,11 @@ pub struct PayloadConfig {
     /// Kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Firmware (Cloud Hypervisor's `payload.firmware`): a raw BIOS image (SeaBIOS, qboot)
+    /// started at the reset vector, or a PVH-entry ELF; the kernel, if any, then goes to the
+    /// firmware through fw_cfg (docs/decisions/0015).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
 }
 
 /// vCPUs.
@@ -484,10 +489,10 @@ impl VmConfig {
 
     /// Checks what serde cannot: values the machine cannot have.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.payload.kernel.is_none() {
+        if self.payload.kernel.is_none() && self.payload.firmware.is_none() {
             return Err(ConfigError::Invalid {
                 field: "kernel",
-                reason: "no kernel given (use --kernel PATH)".into(),
+                reason: "no kernel or firmware given (use --kernel PATH or --firmware PATH)".into(),
             });
         }
         if self.cpus.boot_vcpus == 0 {
