@@ -144,6 +144,10 @@ pub struct DiskConfig {
     /// This device's transport (the machine's `transport` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// The disk firmware boots from (`--firmware`: first in fw_cfg's `bootorder`; without
+    /// one marked, the firmware boots the first disk it finds).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub boot: bool,
 }
 
 /// The virtio-console device (Cloud Hypervisor's `--console off|null|tty|file=PATH|pty`).

@@ -239,6 +239,7 @@ pub(crate) fn create_machine_devices(
     //    --firmware QEMU's memory map, the kernel's legacy keys and the 0x402 debug console.
     let firmware_items = firmware::setup::fw_cfg_items(
         config,
+        plan,
         &plan.kernel_cmdline(config.payload.cmdline.as_deref().unwrap_or_default()),
     )?;
     let memory_map = match firmware_items {

@@ -8,6 +8,7 @@ use super::{map_raw, read, rom_slot, Firmware, FirmwareError, RESET_IP};
 use crate::arch::x86_64::layout::{ram_ranges, MemoryRegion, RegionKind};
 use crate::boot::{self, BootEntry, BootMachine, BootSource, EntryMode, Protocol};
 use crate::config::VmConfig;
+use crate::device_manager::{DeviceKind, DevicePlan, Placement};
 use crate::devices::fw_cfg::content::FirmwareItems;
 use crate::devices::fw_cfg::legacy::{self, LegacyKernel};
 use crate::devices::fw_cfg::FW_CFG_SETUP_ADDR;
@@ -92,6 +93,7 @@ pub(crate) fn memory_map(ram_size: u64) -> Vec<MemoryRegion> {
 /// console port. `cmdline` is the kernel's full command line.
 pub(crate) fn fw_cfg_items(
     config: &VmConfig,
+    plan: &DevicePlan,
     cmdline: &str,
 ) -> Result<Option<FirmwareItems>, VmmError> {
     if config.payload.firmware.is_none() {
@@ -113,7 +115,7 @@ pub(crate) fn fw_cfg_items(
             vec![(LINUXBOOT_FILE.to_string(), linuxboot_rom())],
             LINUXBOOT_BOOTORDER.as_bytes().to_vec(),
         ),
-        false => (Vec::new(), Vec::new()),
+        false => (Vec::new(), boot_disk_path(config, plan).into_bytes()),
     };
     Ok(Some(FirmwareItems {
         legacy,
@@ -121,6 +123,25 @@ pub(crate) fn fw_cfg_items(
         files,
         bootorder,
     }))
+}
+
+/// The `bootorder` line naming the disk marked `boot=on`, in SeaBIOS's device paths (it
+/// matches `/pci@i0cf8/*@<device>` for a PCI device and `/virtio-mmio@<16 hex digits>/*` for a
+/// virtio-mmio one); empty when no disk is marked.
+pub(crate) fn boot_disk_path(config: &VmConfig, plan: &DevicePlan) -> String {
+    let Some(index) = config.disks.iter().position(|d| d.boot) else {
+        return String::new();
+    };
+    let placement = plan
+        .devices
+        .iter()
+        .find(|d| d.kind == DeviceKind::Block(index))
+        .map(|d| d.placement);
+    match placement {
+        Some(Placement::Pci { device, .. }) => format!("/pci@i0cf8/disk@{device:x}\n"),
+        Some(Placement::Mmio { base, .. }) => format!("/virtio-mmio@{:016x}/disk\n", base.0),
+        None => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -137,5 +158,29 @@ mod tests {
         assert_eq!(map[0].kind, RegionKind::Ram);
         assert_eq!(map[1].base, GuestAddress(0xfeff_c000));
         assert_eq!(map[1].kind, RegionKind::Reserved);
+    }
+
+    #[test]
+    fn test_firmware_boot_disk_path_pci_and_mmio_as_seabios_matches() {
+        let config = |json: &str| -> VmConfig { serde_json::from_str(json).unwrap() };
+        let pci = config(
+            r#"{"payload":{},"transport":"pci","disks":[{"path":"a","format":"raw"},{"path":"b","format":"raw","boot":"on"}]}"#,
+        );
+        let mmio = config(
+            r#"{"payload":{},"transport":"mmio","disks":[{"path":"a","format":"raw","boot":true}]}"#,
+        );
+        let none = config(r#"{"payload":{},"disks":[{"path":"a","format":"raw"}]}"#);
+        let plan_of = |c: &VmConfig| {
+            let mut r = crate::resources::SystemResources::new(128 << 20);
+            DevicePlan::new(&crate::device_manager::requests(c), &mut r).unwrap()
+        };
+
+        let pci_line = boot_disk_path(&pci, &plan_of(&pci));
+        let mmio_line = boot_disk_path(&mmio, &plan_of(&mmio));
+        let none_line = boot_disk_path(&none, &plan_of(&none));
+
+        assert_eq!(pci_line, "/pci@i0cf8/disk@2\n");
+        assert_eq!(mmio_line, "/virtio-mmio@00000000d0000000/disk\n");
+        assert_eq!(none_line, "");
     }
 }
