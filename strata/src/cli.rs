@@ -121,6 +121,12 @@ const OPTIONS: &[OptionSpec] = &[
         primary: None,
         repeat: false,
     },
+    OptionSpec {
+        name: "firmware",
+        path: &["payload", "firmware"],
+        primary: None,
+        repeat: false,
+    },
 ];
 
 /// The usage text of `strata run`.
@@ -132,11 +138,11 @@ pub const RUN_USAGE: &str =
                   [--transport mmio|pci] [--rng src=PATH[,transport=mmio|pci]]
                   [--console off|null|tty|file=PATH|pty[,transport=mmio|pci]]
                   [--disk path=PATH,format=raw|qcow2|vmdk[,readonly=on][,direct=on][,backing=on]
-                          [,id=ID][,serial=SERIAL][,transport=mmio|pci]]...
+                          [,id=ID][,serial=SERIAL][,transport=mmio|pci][,boot=on][,poll_queue=on|off]]...
                   [--net [tap=NAME][,mac=MAC][,ip=ADDR,mask=MASK][,mtu=N][,num_queues=2N]
                          [,queue_size=N][,offload_csum=on|off][,offload_tso=on|off][,id=ID][,transport=..]]...
                   [--vsock cid=N,socket=PATH[,id=ID][,transport=mmio|pci]]
-                  [--acpi on|off]
+                  [--acpi on|off] [--firmware PATH]
        strata run [--api-socket PATH] --restore source_url=file:///DIR[,resume=on]
                   [,memory=mmap|uffd][,overlay_dir=DIR][,net_mac=MAC][,net_tap=NAME]
                   [,vsock_cid=N][,vsock_socket=PATH]

@@ -149,6 +149,10 @@ pub struct DiskConfig {
     /// with fewer CPUs than busy threads.
     #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub poll_queue: bool,
+    /// The disk firmware boots from (`--firmware`: first in fw_cfg's `bootorder`; without
+    /// one marked, the firmware boots the first disk it finds).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub boot: bool,
 }
 
 /// The virtio-console device (Cloud Hypervisor's `--console off|null|tty|file=PATH|pty`).
@@ -238,6 +242,11 @@ pub struct PayloadConfig {
     /// Kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Firmware (Cloud Hypervisor's `payload.firmware`): a raw BIOS image (SeaBIOS, qboot)
+    /// started at the reset vector, or a PVH-entry ELF; the kernel, if any, then goes to the
+    /// firmware through fw_cfg (docs/decisions/0015).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
 }
 
 /// vCPUs.
@@ -489,10 +498,10 @@ impl VmConfig {
 
     /// Checks what serde cannot: values the machine cannot have.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.payload.kernel.is_none() {
+        if self.payload.kernel.is_none() && self.payload.firmware.is_none() {
             return Err(ConfigError::Invalid {
                 field: "kernel",
-                reason: "no kernel given (use --kernel PATH)".into(),
+                reason: "no kernel or firmware given (use --kernel PATH or --firmware PATH)".into(),
             });
         }
         if self.cpus.boot_vcpus == 0 {

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod device_manager;
 pub mod devices;
 pub mod emulate;
+pub mod firmware;
 pub mod kvm;
 pub mod memory;
 pub mod pci;

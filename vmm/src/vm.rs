@@ -15,6 +15,7 @@ use crate::device_manager::{self, DeviceContext, DeviceManager, DeviceManagerErr
 use crate::devices::fw_cfg::content::FwCfgMachine;
 use crate::devices::fw_cfg::FwCfgError;
 use crate::devices::{self, Bus, DebugconTarget, LegacyConfig, LegacyDevices};
+use crate::firmware;
 use crate::kvm::reaper::Reaper;
 use crate::kvm::{KvmVm, Vcpu, VcpuContext, VcpuError, VmError};
 use crate::memory::{self, MemoryError};
@@ -96,6 +97,12 @@ pub enum VmmError {
     /// A snapshot could not be taken or restored (boxed: it is the largest error here).
     #[error(transparent)]
     Snapshot(Box<crate::snapshot::SnapshotError>),
+    /// The firmware (`--firmware`) could not be used.
+    #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
+    /// The kernel could not be handed to the firmware through fw_cfg.
+    #[error(transparent)]
+    LegacyBoot(#[from] crate::devices::fw_cfg::legacy::LegacyBootError),
 }
 
 impl From<crate::snapshot::SnapshotError> for VmmError {
@@ -228,13 +235,26 @@ pub(crate) fn create_machine_devices(
     let power_button = acpi_machine
         .map(|machine| acpi::setup::register_pm(kvm, &pio, &vm_events, machine.ged_irq))
         .transpose()?;
-    //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader.
-    let memory_map = layout::memory_map(config.memory.size);
+    //    fw_cfg at 0x510-0x51b: the machine's items and, with ACPI, the table loader; with
+    //    --firmware QEMU's memory map, the kernel's legacy keys and the 0x402 debug console.
+    let firmware_items = firmware::setup::fw_cfg_items(
+        config,
+        plan,
+        &plan.kernel_cmdline(config.payload.cmdline.as_deref().unwrap_or_default()),
+    )?;
+    let memory_map = match firmware_items {
+        Some(_) => firmware::setup::memory_map(config.memory.size),
+        None => layout::memory_map(config.memory.size),
+    };
+    if firmware_items.is_some() {
+        devices.register_debugcon_at(&pio, firmware::FIRMWARE_DEBUGCON_PORT)?;
+    }
     let fw_cfg_machine = FwCfgMachine {
         cpus: config.cpus.boot_vcpus,
         ram_size: config.memory.size,
         memory_map: &memory_map,
         acpi: acpi_machine,
+        firmware: firmware_items.as_ref(),
     };
     devices::fw_cfg::content::register(&pio, mem, &fw_cfg_machine)?;
     // 9. The planned devices behind their transports, with ioeventfds and irqfds.
@@ -266,8 +286,9 @@ pub(crate) fn create_machine_devices(
 impl Vm {
     /// Builds a VM from `config`: the boot sequence of ARCHITECTURE.md, steps 1 to 10.
     pub fn build(config: &VmConfig) -> Result<Vm, VmmError> {
-        // 1. Validate the configuration.
+        // 1. Validate the configuration (and read and check the firmware, if any).
         config.validate()?;
+        let firmware = firmware::setup::configured(config)?;
         let cpu_count = config.cpus.boot_vcpus;
         // 2. Open KVM and create the VM.
         let kvm = KvmVm::new()?;
@@ -298,14 +319,22 @@ impl Vm {
             vcpus: cpu_count,
             rsdp: ged_irq.map(|_| acpi::ACPI_TABLES_START),
         };
-        let entry = boot::load(&mem, &source, &machine)?;
-        // 7. Firmware tables: the BIOS data area words and the MP table (with the plan's IRQs).
-        bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
-        mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
+        //    With --firmware: the ROM and the reset vector, or a PVH firmware (firmware/).
+        let entry = match &firmware {
+            None => boot::load(&mem, &source, &machine)?,
+            Some(fw) => firmware::setup::load(&kvm, &mem, fw, &source, &machine)?,
+        };
+        // 7. Firmware tables: the BIOS data area words and the MP table (with the plan's IRQs);
+        //    a raw BIOS image builds its own (ACPI from fw_cfg's table loader).
+        let raw_firmware = firmware::setup::is_raw(&firmware);
+        if !raw_firmware {
+            bda::setup_bios_data_area(&mem).map_err(VmmError::BiosDataArea)?;
+            mptable::setup_mptable(&mem, cpu_count, &plan.mp_config())?;
+        }
         //    With ACPI, the tables from 0xe0000 (docs/decisions/0012).
         let acpi_machine =
             ged_irq.map(|irq| acpi::setup::machine(cpu_count, config.memory.size, &plan, irq));
-        if let Some(machine) = &acpi_machine {
+        if let (Some(machine), false) = (&acpi_machine, raw_firmware) {
             acpi::setup_acpi(&mem, machine)?;
         }
         // 8-9. Legacy devices, ACPI registers, fw_cfg, the planned virtio devices.

@@ -48,6 +48,8 @@ pub enum Protocol {
     Multiboot1,
     /// Multiboot 2.
     Multiboot2,
+    /// No kernel: a raw BIOS image started at the reset vector (`--firmware`).
+    Firmware,
 }
 
 impl fmt::Display for Protocol {
@@ -58,6 +60,7 @@ impl fmt::Display for Protocol {
             Protocol::Pvh => "the PVH boot protocol",
             Protocol::Multiboot1 => "multiboot 1",
             Protocol::Multiboot2 => "multiboot 2",
+            Protocol::Firmware => "the firmware's reset vector",
         })
     }
 }
@@ -69,6 +72,8 @@ pub enum EntryMode {
     Long64,
     /// 32-bit protected mode, paging off, flat 4 GiB code and data segments (PVH, multiboot).
     Protected32,
+    /// The architectural reset state: real mode, CS base 0xffff0000, IP 0xfff0 (firmware).
+    Reset,
 }
 
 /// The register state the boot vCPU starts with.
@@ -303,6 +308,18 @@ pub fn probe(path: &Path) -> Result<Protocol, BootError> {
         Detected::Multiboot1(_) => Protocol::Multiboot1,
         Detected::Vmlinux(_) => Protocol::LinuxElf,
     })
+}
+
+/// A PVH kernel's image as QEMU describes it to firmware through fw_cfg: the lowest load
+/// address, the bytes from there to the end of the last segment, and the PVH entry point.
+/// None when `bytes` are not an ELF with a PVH note.
+pub fn pvh_image_span(bytes: &[u8]) -> Option<(u64, u64, u64)> {
+    let image = elf::parse(bytes).ok().filter(|_| elf::is_elf(bytes))?;
+    let entry = image.pvh_entry?;
+    let ranges = elf::segment_ranges(&image);
+    let start = ranges.iter().map(|r| r.0).min()?;
+    let end = ranges.iter().map(|r| r.1).max()?;
+    Some((start, end - start, entry))
 }
 
 fn detect(kernel: &KernelImage) -> Result<Detected, BootError> {

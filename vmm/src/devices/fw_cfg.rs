@@ -8,8 +8,8 @@
 //! setup), and named files from [`FW_CFG_FILE_FIRST`] (`etc/e820`, `bootorder`,
 //! `etc/boot-fail-wait`, `etc/table-loader`, the ACPI tables ...). Every item is read-only.
 //!
-//! A DMA request is guest input: its descriptor must be 16-byte aligned and lie in RAM, and the
-//! buffer it names must lie wholly in RAM; otherwise nothing is transferred and the control
+//! A DMA request is guest input: its descriptor must lie wholly in RAM (at any alignment, as
+//! in QEMU; SeaBIOS's are 4-byte aligned), and the buffer it names must lie wholly in RAM; otherwise nothing is transferred and the control
 //! word gets the error bit (when the descriptor itself can be written). A write request is
 //! refused the same way (no item is writable, so a guest cannot change the tables the
 //! table-loader describes). A transfer past an item's end reads zeros, as in QEMU.
@@ -81,7 +81,7 @@ const DMA_READ: u32 = 0x02;
 const DMA_SKIP: u32 = 0x04;
 const DMA_SELECT: u32 = 0x08;
 const DMA_WRITE: u32 = 0x10;
-/// Size and alignment of a DMA descriptor.
+/// Size of a DMA descriptor.
 const DMA_DESCRIPTOR: u64 = 16;
 /// Bytes per chunk when a transfer reads past an item's end (zeros).
 const ZERO_CHUNK: usize = 4096;
@@ -204,8 +204,9 @@ impl FwCfg {
     fn dma(&mut self, addr: u64) {
         let desc = GuestAddress(addr);
         let mut raw = [0u8; DMA_DESCRIPTOR as usize];
-        if addr % DMA_DESCRIPTOR != 0 || self.mem.read_slice(&mut raw, desc).is_err() {
-            // Unaligned or outside RAM: answered with the error bit where that can be written.
+        // Any alignment, as in QEMU: SeaBIOS builds its descriptors on a 4-byte aligned stack.
+        if self.mem.read_slice(&mut raw, desc).is_err() {
+            // Outside RAM: answered with the error bit where that can be written.
             self.set_control(desc, DMA_ERROR);
             return;
         }
@@ -271,7 +272,9 @@ impl FwCfg {
 impl PortDevice for FwCfg {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         match offset {
-            1 if data.len() == 1 => data[0] = self.read_byte(),
+            // A string read (`rep insb`, which SeaBIOS uses without DMA) arrives as one
+            // exit of `count` bytes: each byte is the item's next.
+            1 => data.iter_mut().for_each(|b| *b = self.read_byte()),
             4..=11 => {
                 for (i, b) in data.iter_mut().enumerate() {
                     *b = DMA_SIGNATURE
@@ -301,6 +304,7 @@ impl PortDevice for FwCfg {
 }
 
 pub mod content;
+pub mod legacy;
 
 #[cfg(test)]
 mod tests;

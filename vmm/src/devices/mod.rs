@@ -126,6 +126,19 @@ pub struct LegacyDevices {
 }
 
 impl LegacyDevices {
+    /// Puts a second debug console at `port` writing where the 0xe9 one writes (SeaBIOS's
+    /// QEMU builds print their log at 0x402).
+    pub(crate) fn register_debugcon_at(&self, bus: &Bus, port: u16) -> Result<(), DeviceError> {
+        let con = debugcon::DebugCon::new(Arc::clone(&self.debugcon_output));
+        insert(
+            bus,
+            "firmware debug console",
+            Arc::new(Mutex::new(con)),
+            port,
+            1,
+        )
+    }
+
     /// Hands every buffered console byte (serial and 0xe9) to its writer; call on VM exit.
     pub fn flush_output(&self) {
         self.serial.flush_output();

@@ -4,7 +4,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_C
 use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::irq::KvmWiring;
@@ -32,6 +32,17 @@ pub enum VmError {
     /// KVM_SET_TSS_ADDR failed.
     #[error("unable to set the TSS address: {0}")]
     SetTssAddress(kvm_ioctls::Error),
+    /// KVM_SET_IDENTITY_MAP_ADDR failed.
+    #[error("unable to set the identity map address: {0}")]
+    SetIdentityMapAddress(kvm_ioctls::Error),
+    /// The firmware ROM's memslot could not be registered.
+    #[error("unable to register the firmware ROM (memslot {slot}) with KVM: {source}")]
+    SetRomRegion {
+        /// Memslot number.
+        slot: u32,
+        /// The cause.
+        source: kvm_ioctls::Error,
+    },
     /// KVM_CREATE_IRQCHIP failed.
     #[error("unable to create the in-kernel irqchip: {0}")]
     CreateIrqchip(kvm_ioctls::Error),
@@ -60,13 +71,19 @@ pub enum VmError {
 }
 
 /// Where KVM puts the three pages of its real-mode TSS (inside the MMIO hole, unused there).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// QEMU's address: below the 16 MiB under 4 GiB that firmware ROMs may take (`--firmware`).
+const KVM_TSS_ADDRESS: usize = 0xfeff_d000;
+/// Where KVM puts its identity-mapped page table for real mode without unrestricted guest
+/// (the page below the TSS, as in QEMU; KVM's default would lie inside a large ROM).
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfeff_c000;
 
 /// An open KVM VM.
 pub struct KvmVm {
     kvm: Kvm,
     fd: Arc<VmFd>,
     wiring: Arc<KvmWiring>,
+    /// Firmware ROM mappings behind read-only memslots (`--firmware`).
+    roms: std::sync::Mutex<Vec<MmapRegion>>,
 }
 
 impl KvmVm {
@@ -79,7 +96,12 @@ impl KvmVm {
         }
         let fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
         let wiring = Arc::new(KvmWiring::new(Arc::clone(&fd)));
-        Ok(KvmVm { kvm, fd, wiring })
+        Ok(KvmVm {
+            kvm,
+            fd,
+            wiring,
+            roms: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// The largest number of vCPUs KVM allows in one VM.
@@ -117,8 +139,33 @@ impl KvmVm {
         Ok(())
     }
 
+    /// Registers `rom` as a read-only memslot at guest address `gpa` (a firmware ROM: guest
+    /// writes there become MMIO exits that no device claims) and keeps the mapping as long as
+    /// the VM.
+    pub fn register_rom(&self, slot: u32, gpa: u64, rom: MmapRegion) -> Result<(), VmError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: kvm_bindings::KVM_MEM_READONLY,
+            guest_phys_addr: gpa,
+            memory_size: rom.size() as u64,
+            userspace_addr: rom.as_ptr() as u64,
+        };
+        // SAFETY: the mapping is moved into `self.roms` below and lives as long as this VM
+        // descriptor; its address and size are the mapping's own.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|source| VmError::SetRomRegion { slot, source })?;
+        self.roms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(rom);
+        Ok(())
+    }
+
     /// Creates the in-kernel PIC/IOAPIC/LAPIC and PIT.
     pub fn setup_irqchip(&self) -> Result<(), VmError> {
+        self.fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(VmError::SetIdentityMapAddress)?;
         self.fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmError::SetTssAddress)?;

@@ -78,6 +78,7 @@ fn boot_gdt(mode: EntryMode) -> [u64; 4] {
             gdt_entry(0xc093, 0, 0xfffff),
             gdt_entry(0x008b, 0, 0x67),
         ],
+        EntryMode::Reset => [0; 4],
     }
 }
 
@@ -108,6 +109,9 @@ pub fn setup_sregs(
     mode: EntryMode,
     mut sregs: kvm_sregs,
 ) -> Result<kvm_sregs, RegsError> {
+    if mode == EntryMode::Reset {
+        return Ok(reset_sregs(sregs));
+    }
     let gdt = boot_gdt(mode);
     write_u64s(mem, BOOT_GDT_START, &gdt)?;
     let code = kvm_segment_from_gdt(gdt[1], 1);
@@ -133,7 +137,7 @@ pub fn setup_sregs(
             sregs.cr0 = X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
             sregs.efer |= EFER_LME | EFER_LMA;
         }
-        EntryMode::Protected32 => {
+        EntryMode::Protected32 | EntryMode::Reset => {
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr4 = 0;
             sregs.cr3 = 0;
@@ -141,6 +145,54 @@ pub fn setup_sregs(
         }
     }
     Ok(sregs)
+}
+
+/// The architectural reset state firmware starts in (what KVM gives a new vCPU, set
+/// explicitly): real mode, CS selector 0xf000 with base 0xffff0000 (with IP 0xfff0 the first
+/// fetch is at 0xfffffff0, the top of the ROM), data segments at 0 with 64 KiB limits,
+/// CR0 = CD | NW | ET, no paging, an empty IDT at 0 with the real-mode limit.
+fn reset_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let seg = |selector: u16, base: u64, type_: u8| kvm_bindings::kvm_segment {
+        base,
+        limit: 0xffff,
+        selector,
+        type_,
+        present: 1,
+        s: 1,
+        ..Default::default()
+    };
+    sregs.cs = seg(0xf000, 0xffff_0000, 0xb);
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *s = seg(0, 0, 0x3);
+    }
+    sregs.tr = kvm_bindings::kvm_segment {
+        limit: 0xffff,
+        type_: 0xb,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.ldt = kvm_bindings::kvm_segment {
+        limit: 0xffff,
+        type_: 0x2,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = 0;
+    sregs.gdt.limit = 0xffff;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0xffff;
+    sregs.cr0 = 0x6000_0010;
+    sregs.cr2 = 0;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs
 }
 
 /// The general-purpose registers the boot vCPU starts with.

@@ -22,6 +22,22 @@ pub struct FwCfgMachine<'a> {
     pub memory_map: &'a [MemoryRegion],
     /// The ACPI tables' machine, with ACPI on.
     pub acpi: Option<&'a AcpiMachine>,
+    /// With `--firmware`: the kernel's legacy keys and the serial console port.
+    pub firmware: Option<&'a FirmwareItems>,
+}
+
+/// What fw_cfg adds for firmware (`--firmware`).
+#[derive(Debug, Default)]
+pub struct FirmwareItems {
+    /// The legacy kernel, initrd, command line and setup keys (`fw_cfg::legacy`).
+    pub legacy: Vec<(u16, Vec<u8>)>,
+    /// `etc/sercon-port`: the port SeaBIOS mirrors its text console to (QEMU gives 0x3f8
+    /// when there is no display; Strata has no VGA BIOS).
+    pub sercon_port: u16,
+    /// Further files (the linuxboot option ROM under `genroms/`).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `bootorder`'s contents (one device path per line; empty: the firmware's own order).
+    pub bootorder: Vec<u8>,
 }
 
 /// `etc/e820`: one 20-byte record (address, length, type; little-endian) per region.
@@ -58,11 +74,21 @@ pub fn add_machine(cfg: &mut FwCfg, m: &FwCfgMachine<'_>) -> Result<(), FwCfgErr
     cfg.add_item(FW_CFG_RAM_SIZE, m.ram_size.to_le_bytes().to_vec())?;
     cfg.add_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec())?;
     cfg.add_file("etc/e820", e820(m.memory_map))?;
-    cfg.add_file("bootorder", Vec::new())?;
+    let bootorder = m.firmware.map_or(Vec::new(), |f| f.bootorder.clone());
+    cfg.add_file("bootorder", bootorder)?;
     cfg.add_file(
         "etc/boot-fail-wait",
         BOOT_FAIL_WAIT_NEVER.to_le_bytes().to_vec(),
     )?;
+    if let Some(fw) = m.firmware {
+        for (key, data) in &fw.legacy {
+            cfg.add_item(*key, data.clone())?;
+        }
+        cfg.add_file("etc/sercon-port", fw.sercon_port.to_le_bytes().to_vec())?;
+        for (name, data) in &fw.files {
+            cfg.add_file(name, data.clone())?;
+        }
+    }
     if let Some(acpi) = m.acpi {
         let files = loader::files(acpi);
         cfg.add_file(TABLES_FILE, files.tables)?;
@@ -120,6 +146,7 @@ mod tests {
                 ram_size: 128 << 20,
                 memory_map: &map,
                 acpi: Some(&acpi),
+                firmware: None,
             },
         )
         .unwrap();

@@ -1,0 +1,192 @@
+//! SeaBIOS boots a disk (issue 11 item 5), opt-in: on this PVM host GRUB's i386-pc core runs
+//! in ring 0 through KVM's instruction emulator and takes minutes (under QEMU too), see
+//! docs/guests.md. Run with
+//! `cargo test -p strata --release --test firmware_disk -- --ignored`.
+//!
+//! The test builds a disk: GRUB i386-pc's boot.img in the MBR, a core.img (biosdisk,
+//! part_msdos, ext2) in the embedding area, an ext2 partition at 1 MiB with GRUB's modules,
+//! a grub.cfg and the multiboot1 test guest; converts it to qcow2; and boots it with Debian's
+//! SeaBIOS: as virtio-blk over PCI and over virtio-mmio (found through the DSDT), marked
+//! `boot=on` behind a second, unbootable disk; and under QEMU `-M pc` as the yardstick. The
+//! guest prints what GRUB handed it (its command line, SeaBIOS's memory map).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{kvm_available, require, run_until, scratch, strata_until};
+
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+const GRUB: &str = "/usr/lib/grub/i386-pc";
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the GRUB disk in `dir`; returns the qcow2 image.
+fn grub_disk(dir: &Path) -> PathBuf {
+    require(&format!("{GRUB}/boot.img"), "grub-pc-bin");
+    let root = dir.join("root");
+    let grub_dir = root.join("boot/grub/i386-pc");
+    std::fs::create_dir_all(&grub_dir).expect("mkdir");
+    for entry in std::fs::read_dir(GRUB).expect("grub modules") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_some_and(|e| e == "mod" || e == "lst") {
+            std::fs::copy(&p, grub_dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::copy(test_guests::multiboot1_elf(), root.join("boot/guest.elf")).expect("guest");
+    std::fs::write(
+        root.join("boot/grub/grub.cfg"),
+        "set timeout=0\nmultiboot /boot/guest.elf from-grub-cfg\nboot\n",
+    )
+    .expect("grub.cfg");
+    let (core, fs) = (dir.join("core.img"), dir.join("fs.img"));
+    run_tool(
+        Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-d", GRUB, "-o"])
+            .arg(&core)
+            .args([
+                "-p",
+                "(hd0,msdos1)/boot/grub",
+                "biosdisk",
+                "part_msdos",
+                "ext2",
+            ]),
+    );
+    run_tool(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext2", "-d"])
+            .arg(&root)
+            .arg(&fs)
+            .arg("16M"),
+    );
+    let mut mbr = std::fs::read(format!("{GRUB}/boot.img")).expect("boot.img");
+    let core = std::fs::read(&core).expect("core");
+    let fs = std::fs::read(&fs).expect("fs");
+    // One bootable Linux partition from sector 2048; the embedding area (sectors 1-2047)
+    // holds core.img, where boot.img's and diskboot.img's default sector numbers expect it.
+    let mut entry = vec![0x80, 0, 0, 0, 0x83, 0, 0, 0];
+    entry.extend_from_slice(&2048u32.to_le_bytes());
+    entry.extend_from_slice(&((fs.len() / 512) as u32).to_le_bytes());
+    mbr[0x1be..0x1ce].copy_from_slice(&entry);
+    mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let mut disk = mbr;
+    disk.extend_from_slice(&core);
+    disk.resize(2048 * 512, 0);
+    disk.extend_from_slice(&fs);
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, disk).expect("disk");
+    let img = dir.join("disk.qcow2");
+    run_tool(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&img),
+    );
+    img
+}
+
+/// The lines the multiboot1 guest prints when GRUB boots it from the disk.
+fn assert_guest_booted_by_grub(stdout: &str) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "strata-test-guest multiboot1")
+        .unwrap_or_else(|| panic!("the guest never ran: {stdout}"));
+    assert_eq!(lines[start + 1], "protocol: multiboot1", "{stdout}");
+    assert_eq!(
+        lines[start + 2],
+        "cmdline: /boot/guest.elf from-grub-cfg",
+        "{stdout}"
+    );
+    // SeaBIOS's map through GRUB: RAM from 1 MiB up to the page SeaBIOS keeps.
+    assert!(
+        lines[start..]
+            .iter()
+            .any(|l| l.starts_with("mem: 0x0000000000100000 ") && l.ends_with(" 1")),
+        "{stdout}"
+    );
+}
+
+fn boot_under_strata(test: &str, transport: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch(test);
+    let img = grub_disk(&dir);
+    let blank = dir.join("blank.raw");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("blank");
+    let bios = require(SEABIOS, "seabios");
+    let blank_arg = format!("path={},format=raw,transport={transport}", blank.display());
+    let disk_arg = format!(
+        "path={},format=qcow2,transport={transport},boot=on",
+        img.display()
+    );
+
+    let run = strata_until(
+        &[
+            "run",
+            "--firmware",
+            &bios,
+            "--disk",
+            &blank_arg,
+            "--disk",
+            &disk_arg,
+        ],
+        &["\ndone"],
+    );
+
+    assert!(run.stdout.contains("Booting from Hard Disk"), "{run:?}");
+    assert_guest_booted_by_grub(&run.stdout);
+}
+
+#[test]
+#[ignore = "minutes on a PVM host: GRUB's core runs through KVM's instruction emulator"]
+fn test_firmware_disk_seabios_boots_grub_from_virtio_pci_qcow2() {
+    boot_under_strata("fw-disk-pci", "pci");
+}
+
+#[test]
+#[ignore = "minutes on a PVM host: GRUB's core runs through KVM's instruction emulator"]
+fn test_firmware_disk_seabios_boots_grub_from_virtio_mmio_qcow2() {
+    boot_under_strata("fw-disk-mmio", "mmio");
+}
+
+#[test]
+#[ignore = "minutes on a PVM host: the yardstick, QEMU -M pc with the same SeaBIOS and disk"]
+fn test_firmware_disk_qemu_pc_yardstick_boots_same_disk() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("fw-disk-qemu");
+    let img = grub_disk(&dir);
+    let bios = require(SEABIOS, "seabios");
+
+    let run = run_until(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "pc",
+                "-enable-kvm",
+                "-cpu",
+                "qemu64",
+                "-m",
+                "128",
+                "-display",
+                "none",
+            ])
+            .args(["-nodefaults", "-serial", "stdio", "-bios", &bios, "-drive"])
+            .arg(format!("file={},if=virtio,format=qcow2", img.display()))
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]),
+        &["\ndone"],
+    );
+
+    assert_guest_booted_by_grub(&run.stdout);
+}
