@@ -210,7 +210,7 @@ fn test_acpi_off_power_button_is_a_400_naming_acpi() {
 }
 
 #[test]
-fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_and_unaligned() {
+fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_serves_unaligned() {
     if !kvm_available() {
         return;
     }
@@ -239,7 +239,9 @@ fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_and_unaligned(
             "fw_cfg: file etc/table-loader 1536",
             "fw_cfg: etc/acpi/rsdp RSD PTR  control 0x0",
             "fw_cfg: write control 0x1",
-            "fw_cfg: unaligned control 0x1",
+            // A descriptor at any alignment is served, as QEMU does (SeaBIOS puts its
+            // descriptors on a 4-byte-aligned stack; docs/decisions/0012).
+            "fw_cfg: unaligned control 0x0",
         ],
         "{run:?}"
     );

@@ -44,6 +44,9 @@ pub struct Net {
     pub(super) worker: Option<Worker<NetHandler>>,
     /// The worker's handler while a snapshot is written (`persist.rs`).
     pub(super) parked: Option<NetHandler>,
+    /// Pairs the driver uses (VQ_PAIRS_SET), as of the last snapshot's quiesce or a
+    /// restore; an activation starts the worker with that many (1 after a reset).
+    pub(super) active_pairs: usize,
 }
 
 impl Net {
@@ -62,6 +65,7 @@ impl Net {
             counters: Counters::new(metrics::names(pairs)),
             worker: None,
             parked: None,
+            active_pairs: 1,
         }
     }
 
@@ -214,8 +218,14 @@ impl VirtioDevice for Net {
             return Err(ActivateError::Backend(std::io::Error::other(e.to_string())));
         }
         let (pairs, ctrl) = self.sort_queues(queues);
+        let active = self.active_pairs.clamp(1, pairs.len().max(1));
+        for tap in self.taps.iter_mut().take(active).skip(1) {
+            if let Err(e) = tap.set_attached(true) {
+                return Err(ActivateError::Backend(std::io::Error::other(e.to_string())));
+            }
+        }
         let hdr_len = Net::hdr_len(self.acked);
-        let handler = NetHandler::new(
+        let mut handler = NetHandler::new(
             pairs,
             ctrl,
             event_handler::NetMode {
@@ -229,6 +239,7 @@ impl VirtioDevice for Net {
             Arc::clone(&interrupt),
             self.counters.clone(),
         );
+        handler.active_pairs = active;
         self.worker = Some(Worker::spawn(
             format!("virtio-{}", self.id),
             handler,
@@ -248,6 +259,7 @@ impl VirtioDevice for Net {
             }
         }
         self.acked = 0;
+        self.active_pairs = 1;
         true
     }
 

@@ -374,7 +374,10 @@ impl MutEventSubscriber for NetHandler {
         for p in 0..self.pairs.len() {
             self.process_tx(p);
         }
-        self.rx_then_poll(0, ops);
+        // Pair 0, or every pair a restored driver had switched on.
+        for p in 0..self.active_pairs.max(1) {
+            self.rx_then_poll(p, ops);
+        }
         self.process_ctrl(ops);
     }
 }

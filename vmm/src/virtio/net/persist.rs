@@ -4,7 +4,9 @@
 //! while it is saved. A frame already read from the tap but not yet delivered stays with the
 //! source VM (a restored VM does not get it: one frame lost, as on a wire).
 //!
-//! The device's own state is its MAC. The tap is not state: a restore opens it again by the
+//! The device's own state is its MAC and how many queue pairs the driver switched on
+//! (VQ_PAIRS_SET: a restored device attaches and serves that many tap queues). The tap is not
+//! state: a restore opens it again by the
 //! name in the configuration (or creates a new one), and the negotiated features set its
 //! header size and offloads again at activation. A MAC given in the restore's configuration
 //! (a clone's, docs/decisions/0018) wins over the snapshot's.
@@ -22,17 +24,17 @@ use crate::virtio::worker::Worker;
 pub struct NetState {
     /// The MAC the guest was given.
     pub mac: MacAddr,
+    /// Queue pairs the driver had switched on (VQ_PAIRS_SET; 1 without multiqueue).
+    #[serde(default = "one")]
+    pub active_pairs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl VirtioPersist for Net {
     fn quiesce(&mut self) -> Result<Vec<QueuePosition>, String> {
-        if self.pairs > 1 {
-            // Which pairs the driver switched on (VQ_PAIRS_SET) is not carried yet.
-            return Err(format!(
-                "{}: a snapshot of virtio-net with num_queues > 2 is not supported",
-                self.id
-            ));
-        }
         let Some(worker) = self.worker.take() else {
             return Ok(Vec::new());
         };
@@ -43,6 +45,7 @@ impl VirtioPersist for Net {
             handler.process_tx(p);
         }
         let positions = handler.positions();
+        self.active_pairs = handler.active_pairs;
         self.parked = Some(handler);
         Ok(positions)
     }
@@ -61,6 +64,7 @@ impl VirtioPersist for Net {
     fn save_state(&self) -> serde_json::Value {
         serde_json::to_value(NetState {
             mac: MacAddr(self.params.mac),
+            active_pairs: self.active_pairs,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -68,9 +72,74 @@ impl VirtioPersist for Net {
     fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
         let s: NetState = serde_json::from_value(state.clone())
             .map_err(|e| format!("invalid virtio-net state: {e}"))?;
+        if s.active_pairs == 0 || s.active_pairs > self.pairs {
+            return Err(format!(
+                "virtio-net {}: {} queue pairs in use in the snapshot, the device has {}",
+                self.id, s.active_pairs, self.pairs
+            ));
+        }
+        self.active_pairs = s.active_pairs;
         if !self.params.mac_configured {
             self.params.mac = s.mac.0;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use super::*;
+    use crate::virtio::net::tap::Tap;
+    use crate::virtio::net::NetParams;
+
+    /// A device with `pairs` queue pairs on socketpair "taps".
+    fn net(pairs: usize) -> Net {
+        let taps = (0..pairs)
+            .map(|_| {
+                let mut fds = [0; 2];
+                // SAFETY: socketpair writes two fds into the array, which the test then owns.
+                let r = unsafe {
+                    libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr())
+                };
+                assert_eq!(r, 0);
+                // SAFETY: both fds were just created and are owned by nothing else.
+                let (a, _b) =
+                    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+                Tap::from_file(a.into())
+            })
+            .collect();
+        let params = NetParams {
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+            mtu: None,
+            queue_size: 256,
+            offload_csum: false,
+            offload_tso: false,
+            mac_configured: false,
+        };
+        Net::new("net0", taps, params)
+    }
+
+    #[test]
+    fn test_net_state_carries_active_pairs_and_refuses_more_than_the_device_has() {
+        // Arrange
+        let mut src = net(2);
+        src.active_pairs = 2;
+        let saved = src.save_state();
+        let mut dst = net(2);
+        let mut small = net(1);
+        // Act
+        let restored = dst.restore_state(&saved);
+        let refused = small.restore_state(&saved).unwrap_err();
+        let old = dst.restore_state(&serde_json::json!({"mac": "52:54:00:00:00:01"}));
+        // Assert
+        assert_eq!(restored, Ok(()));
+        assert!(refused.contains("2 queue pairs in use"), "{refused}");
+        assert_eq!(old, Ok(()));
+        assert_eq!(
+            dst.active_pairs, 1,
+            "a state without the field means one pair"
+        );
     }
 }
