@@ -136,7 +136,7 @@ fn resolve(layers: &mut [Layer], depth: usize, pos: u64, max: u64) -> Result<Map
         return Ok(entry(max, false, true, false, None));
     }
     let max = max.min(image.size() - pos);
-    let (len, in_off, m) = match image {
+    let (mut len, in_off, m) = match image {
         Image::Raw(r) => {
             let ext = r.allocation_map(pos, max)?;
             let (len, alloc) = ext.first().map_or((max, false), |e| (e.len, e.allocated));
@@ -161,7 +161,14 @@ fn resolve(layers: &mut [Layer], depth: usize, pos: u64, max: u64) -> Result<Map
             }
         }
         Mapping::Zero { .. } => entry(len, true, true, false, None),
-        Mapping::Normal { host, .. } => entry(len, true, false, true, Some(host + in_off)),
+        Mapping::Normal { host, .. } => {
+            let host = host + in_off;
+            let mut data = true;
+            if let Image::Qcow2 { image, .. } = &layers[depth].image {
+                (len, data) = image.host_extent(host, len)?;
+            }
+            entry(len, true, !data, true, Some(host))
+        }
         Mapping::Compressed { .. } => entry(len, true, false, true, None),
     })
 }

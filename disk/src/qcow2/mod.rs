@@ -206,6 +206,31 @@ impl Qcow2 {
         self.header.cluster_size()
     }
 
+    /// The run of the image file from host offset `offset` (at most `len` bytes) that is
+    /// all data or all hole, as (length, has data): `qemu-img map` reports a data cluster's
+    /// part that lies in a hole of the file (or past its end) as reading zeroes. File
+    /// systems without `SEEK_DATA` report data.
+    pub(crate) fn host_extent(&self, offset: u64, len: u64) -> Result<(u64, bool)> {
+        use rustix::fs::{seek, SeekFrom};
+        use rustix::io::Errno;
+        let end = offset.saturating_add(len);
+        let data = match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => return Ok((len, false)),
+            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok((len, true)),
+            Err(e) => return Err(io(e.into(), "SEEK_DATA", offset)),
+        };
+        if data > offset {
+            return Ok((data.min(end) - offset, false));
+        }
+        let hole = match seek(&self.file, SeekFrom::Hole(offset)) {
+            Ok(h) => h,
+            Err(Errno::NXIO) => end,
+            Err(e) => return Err(io(e.into(), "SEEK_HOLE", offset)),
+        };
+        Ok((hole.clamp(offset + 1, end.max(offset + 1)) - offset, true))
+    }
+
     fn err(&self, kind: ErrorKind, msg: impl Into<String>, offset: u64) -> Error {
         Error::new(kind, msg)
             .with_path(&self.path)
