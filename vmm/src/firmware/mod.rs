@@ -127,7 +127,7 @@ pub fn read(path: &Path) -> Result<Firmware, FirmwareError> {
         };
     }
     let size = bytes.len() as u64;
-    if size == 0 || size % FIRMWARE_ALIGN != 0 || size > FIRMWARE_MAX_SIZE {
+    if size == 0 || !size.is_multiple_of(FIRMWARE_ALIGN) || size > FIRMWARE_MAX_SIZE {
         return Err(FirmwareError::NotPageMultiple {
             path: path.to_path_buf(),
             size,
