@@ -78,6 +78,55 @@ pub struct DeviceState {
     pub state: serde_json::Value,
 }
 
+impl DeviceState {
+    /// `state` as the entry of device `id`, of `kind` at layout `version`.
+    pub fn encode<T: Serialize>(
+        id: &str,
+        kind: &str,
+        version: u32,
+        state: &T,
+    ) -> Result<DeviceState, PersistError> {
+        let state = serde_json::to_value(state).map_err(|e| PersistError::Invalid {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(DeviceState {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            version,
+            state,
+        })
+    }
+
+    /// Checks this entry's kind and version against `kind` and `version`.
+    pub fn check(&self, kind: &str, version: u32) -> Result<(), PersistError> {
+        if self.kind != kind {
+            return Err(PersistError::Kind {
+                id: self.id.clone(),
+                found: self.kind.clone(),
+                want: kind.to_string(),
+            });
+        }
+        if self.version != version {
+            return Err(PersistError::Version {
+                id: self.id.clone(),
+                found: self.version,
+                want: version,
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry's state, checked to be of `kind` at `version`, decoded.
+    pub fn decode<T: DeserializeOwned>(&self, kind: &str, version: u32) -> Result<T, PersistError> {
+        self.check(kind, version)?;
+        serde_json::from_value(self.state.clone()).map_err(|e| PersistError::Invalid {
+            id: self.id.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A device whose state can be saved and written back.
 pub trait Persist {
     /// Its kind in the state file.
@@ -96,16 +145,15 @@ pub trait Persist {
 
 /// `dev`'s state as a state-file entry.
 pub fn save_entry<P: Persist>(id: &str, dev: &P) -> Result<DeviceState, PersistError> {
-    let state = serde_json::to_value(dev.save()).map_err(|e| PersistError::Invalid {
-        id: id.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(DeviceState {
-        id: id.to_string(),
-        kind: P::KIND.to_string(),
-        version: P::VERSION,
-        state,
-    })
+    DeviceState::encode(id, P::KIND, P::VERSION, &dev.save())
+}
+
+/// `id`'s entry in `entries`.
+fn lookup<'a>(entries: &'a [DeviceState], id: &str) -> Result<&'a DeviceState, PersistError> {
+    entries
+        .iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| PersistError::Missing(id.to_string()))
 }
 
 /// Finds `id`'s entry in `entries` and checks its kind and version against `P`'s.
@@ -113,24 +161,8 @@ pub fn find_entry<'a, P: Persist>(
     entries: &'a [DeviceState],
     id: &str,
 ) -> Result<&'a DeviceState, PersistError> {
-    let entry = entries
-        .iter()
-        .find(|e| e.id == id)
-        .ok_or_else(|| PersistError::Missing(id.to_string()))?;
-    if entry.kind != P::KIND {
-        return Err(PersistError::Kind {
-            id: id.to_string(),
-            found: entry.kind.clone(),
-            want: P::KIND.to_string(),
-        });
-    }
-    if entry.version != P::VERSION {
-        return Err(PersistError::Version {
-            id: id.to_string(),
-            found: entry.version,
-            want: P::VERSION,
-        });
-    }
+    let entry = lookup(entries, id)?;
+    entry.check(P::KIND, P::VERSION)?;
     Ok(entry)
 }
 
@@ -140,12 +172,8 @@ pub fn restore_entry<P: Persist>(
     id: &str,
     dev: &mut P,
 ) -> Result<(), PersistError> {
-    let entry = find_entry::<P>(entries, id)?;
-    let state: P::State =
-        serde_json::from_value(entry.state.clone()).map_err(|e| PersistError::Invalid {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })?;
+    let entry = lookup(entries, id)?;
+    let state: P::State = entry.decode(P::KIND, P::VERSION)?;
     dev.restore(state).map_err(|reason| PersistError::Device {
         id: id.to_string(),
         reason,

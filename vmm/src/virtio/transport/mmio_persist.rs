@@ -44,15 +44,7 @@ impl MmioTransport {
             config_generation: self.interrupt.config_generation.load(Ordering::Acquire),
             common,
         };
-        Ok(DeviceState {
-            id: id.to_string(),
-            kind: kind(device_type),
-            version: MMIO_STATE_VERSION,
-            state: serde_json::to_value(state).map_err(|e| PersistError::Invalid {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?,
-        })
+        DeviceState::encode(id, &kind(device_type), MMIO_STATE_VERSION, &state)
     }
 
     /// Starts the device's worker again after a snapshot (see `VirtioPersist`).
@@ -63,26 +55,8 @@ impl MmioTransport {
     /// Takes `entry` into this freshly created transport (its device activated if it ran).
     pub fn restore_state(&mut self, entry: &DeviceState) -> Result<(), PersistError> {
         let id = entry.id.clone();
-        let want = kind(self.common.device.device_type());
-        if entry.kind != want {
-            return Err(PersistError::Kind {
-                id,
-                found: entry.kind.clone(),
-                want,
-            });
-        }
-        if entry.version != MMIO_STATE_VERSION {
-            return Err(PersistError::Version {
-                id,
-                found: entry.version,
-                want: MMIO_STATE_VERSION,
-            });
-        }
         let s: MmioState =
-            serde_json::from_value(entry.state.clone()).map_err(|e| PersistError::Invalid {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
+            entry.decode(&kind(self.common.device.device_type()), MMIO_STATE_VERSION)?;
         self.interrupt
             .interrupt_status
             .store(s.interrupt_status, Ordering::Release);

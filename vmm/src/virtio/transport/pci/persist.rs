@@ -69,15 +69,7 @@ impl VirtioPciDevice {
             config_vector: self.interrupt.config_vector(),
             common,
         };
-        Ok(DeviceState {
-            id: id.to_string(),
-            kind: kind(device_type),
-            version: PCI_STATE_VERSION,
-            state: serde_json::to_value(state).map_err(|e| PersistError::Invalid {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?,
-        })
+        DeviceState::encode(id, &kind(device_type), PCI_STATE_VERSION, &state)
     }
 
     /// Starts the device's worker again after a snapshot (see `VirtioPersist`).
@@ -89,26 +81,8 @@ impl VirtioPciDevice {
     /// BARs stay mapped where they were created until the root's `sync_bars`.
     pub fn restore_state(&mut self, entry: &DeviceState) -> Result<(), PersistError> {
         let id = entry.id.clone();
-        let want = kind(self.common.device.device_type());
-        if entry.kind != want {
-            return Err(PersistError::Kind {
-                id,
-                found: entry.kind.clone(),
-                want,
-            });
-        }
-        if entry.version != PCI_STATE_VERSION {
-            return Err(PersistError::Version {
-                id,
-                found: entry.version,
-                want: PCI_STATE_VERSION,
-            });
-        }
         let s: PciState =
-            serde_json::from_value(entry.state.clone()).map_err(|e| PersistError::Invalid {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
+            entry.decode(&kind(self.common.device.device_type()), PCI_STATE_VERSION)?;
         let device_err = |reason| PersistError::Device {
             id: id.clone(),
             reason,
