@@ -165,8 +165,9 @@ impl VirtioCommon {
         }
     }
 
-    /// Activation with each queue at a saved position.
-    fn activate_at(
+    /// Activation with each queue at a saved position (those without one at the start of
+    /// their rings).
+    pub(super) fn activate_at(
         &mut self,
         interrupt: &Arc<dyn VirtioInterrupt>,
         positions: &[QueuePosition],

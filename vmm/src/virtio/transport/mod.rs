@@ -19,7 +19,7 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{features, status, ActiveQueue, Queue, QueueT, VirtioDevice, VirtioInterrupt};
+use super::{features, status, Queue, QueueT, VirtioDevice, VirtioInterrupt};
 use crate::kvm::irq::IrqError;
 
 /// Errors creating a transport.
@@ -308,29 +308,8 @@ impl VirtioCommon {
     }
 
     fn activate(&mut self, interrupt: &Arc<dyn VirtioInterrupt>) -> Result<(), String> {
-        let event_idx = self.driver_features & features::RING_EVENT_IDX != 0;
-        let mut queues = Vec::new();
-        for (index, cfg) in self.queues.iter().enumerate() {
-            if !cfg.ready {
-                continue;
-            }
-            let queue = cfg
-                .build(&self.mem, event_idx)
-                .map_err(|e| format!("queue {index}: {e}"))?;
-            let notify = self.notifies[index]
-                .try_clone()
-                .map_err(|e| e.to_string())?;
-            queues.push(ActiveQueue {
-                index: index as u16,
-                queue,
-                notify,
-            });
-        }
-        self.device
-            .activate(self.mem.clone(), Arc::clone(interrupt), queues)
-            .map_err(|e| e.to_string())?;
-        self.active = true;
-        Ok(())
+        // Every queue from the start of its rings.
+        self.activate_at(interrupt, &[])
     }
 
     /// Resets the device (status 0): stops its worker, forgets the queues and features. A
@@ -395,6 +374,7 @@ pub(crate) mod test_util {
     use super::*;
     use crate::counters::Counters;
     use crate::virtio::persist::{QueuePosition, VirtioPersist};
+    use crate::virtio::ActiveQueue;
     use crate::virtio::{ActivateError, VirtioInterruptType};
 
     /// What the test device saw.
