@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -94,32 +95,41 @@ def vmm_prefix():
     return ["chrt", "-f", "1"] if realtime() else []
 
 
-def vmm_cmd(vmm, args, guest, cmdline, serial, tap):
-    return vmm_prefix() + vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap)
+def vmm_cmd(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
+    return vmm_prefix() + vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap, transport)
 
 
-def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap):
+def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
+    """`vmm` running `guest` on `tap` over virtio-mmio (QEMU: microvm) or virtio-pci (QEMU:
+    q35, modern only)."""
     if vmm == "strata":
         return [args.strata, "run", "--kernel", guest, "--cmdline", cmdline, "--timeout", "600",
-                "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}"]
-    return ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "qemu64",
+                "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}",
+                "--transport", transport]
+    if transport == "mmio":
+        machine = ["-M", "microvm,acpi=off", "-global", "virtio-mmio.force-legacy=false"]
+        device = "virtio-net-device"
+    else:
+        machine, device = ["-M", "q35"], "virtio-net-pci,disable-legacy=on"
+    return ["qemu-system-x86_64"] + machine + [
+            "-accel", "kvm", "-cpu", "qemu64",
             "-m", "128", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-global", "virtio-mmio.force-legacy=false",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", f"file:{serial}",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
-            "-device", f"virtio-net-device,netdev=n0,mac={MAC}", "-kernel", guest,
+            "-device", f"{device},netdev=n0,mac={MAC}", "-kernel", guest,
             "-append", cmdline]
 
 
-def start(vmm, args, cmdline, marker):
+def start(vmm, args, cmdline, marker, transport="mmio"):
     tap = "btap0"
     if vmm == "qemu":
         sh("ip", "netns", "exec", NS, "ip", "tuntap", "add", tap, "mode", "tap")
         sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{HOST_IP}/24", "dev", tap)
         sh("ip", "netns", "exec", NS, "ip", "link", "set", tap, "up")
     serial = tempfile.mktemp(prefix="strata-bench-net-")
-    proc = subprocess.Popen(["ip", "netns", "exec", NS] +
-                            vmm_cmd(vmm, args, args.guest, f"transport=mmio {cmdline}", serial, tap),
+    cmd = vmm_cmd(vmm, args, args.guest, f"transport={transport} {cmdline}", serial, tap,
+                  transport)
+    proc = subprocess.Popen(["ip", "netns", "exec", NS] + cmd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_line(serial, marker, proc)
     return proc, serial, tap
@@ -220,6 +230,114 @@ def host_to_guest(vmm, args, size):
     got = int(line[0].split()[2]) if line else 0
     return got / elapsed[0], sent
 
+UDP_PAYLOAD = 1472
+MIB = 1 << 20
+
+
+def udp_guest_to_host(vmm, args, transport):
+    """The guest's `op=udp-send` sends `args.datagrams` datagrams of 1472 payload bytes to a
+    UDP socket on the host end of the tap (after the socket's go datagram, from whose
+    sender the guest takes MAC, address and port). The socket has a 512 MiB receive buffer
+    and kernel receive timestamps (SO_TIMESTAMPNS), and is drained at normal priority (it
+    runs in the gaps the real-time VMM leaves and catches up after): rate = payload bytes
+    between the 10% and 90% datagrams' kernel timestamps. Returns (MiB/s, received, lost)."""
+    n = args.datagrams
+    proc, serial, tap = start(vmm, args, f"op=udp-send ip={GUEST_IP} port=5000 count={n} "
+                              f"size={UDP_PAYLOAD}", "net: udp ready", transport)
+    stamps, wrong = [], [0]
+
+    def receive():
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, 33, 512 * MIB)  # SO_RCVBUFFORCE
+        s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+        s.bind((HOST_IP, 5000))
+        s.settimeout(1.0)
+        done_at = None
+        while True:
+            if not stamps:
+                s.sendto(b"go", (GUEST_IP, 5000))
+            try:
+                data, anc, _, addr = s.recvmsg(2048, 64)
+            except socket.timeout:
+                if proc.poll() is not None or done_at is not None:
+                    break
+                if "net: udp sent" in open(serial).read():
+                    done_at = time.time()
+                continue
+            ts = next((struct.unpack("qq", d[:16]) for lvl, t, d in anc
+                       if lvl == socket.SOL_SOCKET and t == 35), None)
+            if ts is None or len(data) != UDP_PAYLOAD or addr != (GUEST_IP, 5000):
+                wrong[0] += 1
+                continue
+            stamps.append(ts[0] + ts[1] / 1e9)
+            if len(stamps) == n:
+                break
+
+    in_ns(receive)
+    finish(vmm, proc, tap)
+    text = open(serial).read()
+    if "net: udp sent" not in text:
+        raise RuntimeError(f"{vmm}: the guest did not finish sending:\n{text}")
+    got = len(stamps)
+    if wrong[0] or got < n * 0.2:
+        raise RuntimeError(f"{vmm}: {got} datagrams of {n}, {wrong[0]} not the guest's")
+    lo, hi = int(got * 0.1), int(got * 0.9)
+    return (hi - lo) * UDP_PAYLOAD / (stamps[hi] - stamps[lo]) / MIB, got, n - got
+
+
+def udp_host_to_guest(vmm, args, transport):
+    """A UDP socket on the host end of the tap sends datagrams of 1472 payload bytes to the
+    guest's `op=udp-sink` for `args.seconds` (the kernel resolves the guest by ARP first:
+    one ping, which the sink also answers), as fast as it can, yielding after every 64 like
+    the raw sender; then `end` datagrams. Rate = payload bytes the guest counted / sending
+    time. Returns (MiB/s, datagrams received, datagrams the host sent)."""
+    proc, serial, tap = start(vmm, args, f"op=udp-sink ip={GUEST_IP} port=5001",
+                              "net: udp sink ready", transport)
+    sh("ip", "netns", "exec", NS, "ping", "-n", "-c", "1", "-w", "30", GUEST_IP)
+    payload = bytes(j & 0xff for j in range(UDP_PAYLOAD))
+    elapsed = []
+
+    def send():
+        own = os.sched_getparam(0).sched_priority
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((GUEST_IP, 5001))
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < args.seconds:
+            for _ in range(64):
+                try:
+                    s.send(payload)
+                    sent += 1
+                except OSError:
+                    pass
+            os.sched_yield()
+        elapsed.append(time.perf_counter() - t0)
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
+        time.sleep(0.2)
+        for _ in range(500):
+            try:
+                s.send(b"end")
+            except OSError:
+                pass
+            time.sleep(0.01)
+            if proc.poll() is not None:
+                break
+        return sent
+
+    sent = in_ns(send)
+    finish(vmm, proc, tap)
+    text = open(serial).read()
+    line = [l for l in text.splitlines() if l.startswith("net: udp received")]
+    if not line:
+        raise RuntimeError(f"{vmm}: no 'net: udp received':\n{text}")
+    got, nbytes = int(line[0].split()[3]), int(line[0].split()[5])
+    return nbytes / elapsed[0] / MIB, got, sent
+
 
 def vsock_vmm(vmm, args, d, sock, serial):
     """Starts `vmm` with the guest echoing on vsock port 1234 (twice) and the hybrid vsock's
@@ -305,6 +423,10 @@ def main():
     p.add_argument("--guest", required=True)
     p.add_argument("--frames", type=int, default=200000)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--datagrams", type=int, default=100000)
+    p.add_argument("--udp-transports", default="mmio,pci",
+                   help="transports of the UDP lines (mmio: QEMU microvm; pci: QEMU q35)")
+    p.add_argument("--only-udp", action="store_true", help="the UDP lines alone")
     p.add_argument("--rtts", type=int, default=2000)
     p.add_argument("--vsock-mib", type=int, default=256)
     p.add_argument("--firecracker", help="Firecracker binary: its vsock as a yardstick")
@@ -316,12 +438,23 @@ def main():
               f"{os.cpu_count()} CPUs, {os.uname().release}")
         print("| test | strata | qemu |")
         print("|---|---|---|")
-        for size in (64, 1514):
+        for size in () if args.only_udp else (64, 1514):
             r = {v: guest_to_host(v, args, size) for v in ("strata", "qemu")}
             print(f"| guest->host {size}-byte frames (pps) | {r['strata']:.0f} | {r['qemu']:.0f} |")
             r = {v: host_to_guest(v, args, size) for v in ("strata", "qemu")}
             print(f"| host->guest {size}-byte frames (pps received; host sent) "
                   f"| {r['strata'][0]:.0f} ({r['strata'][1]}) | {r['qemu'][0]:.0f} ({r['qemu'][1]}) |")
+        for t in args.udp_transports.split(","):
+            r = {v: udp_guest_to_host(v, args, t) for v in ("strata", "qemu")}
+            cell = lambda v: f"{v[0]:.1f} ({v[1]} received, {v[2]} lost)"
+            print(f"| UDP guest->host, 1472-byte payloads, {t} (MiB/s at the host socket) "
+                  f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
+            r = {v: udp_host_to_guest(v, args, t) for v in ("strata", "qemu")}
+            cell = lambda v: f"{v[0]:.1f} ({v[1]} received of {v[2]} sent)"
+            print(f"| UDP host->guest, 1472-byte payloads, {t} (MiB/s the guest received) "
+                  f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
+        if args.only_udp:
+            return
         rtt, mibs = vsock("strata", args)
         fc_rtt, fc_mibs = vsock("firecracker", args) if args.firecracker else (None, None)
         fc = lambda v: "n/a" if v is None else f"{v:.1f}"
