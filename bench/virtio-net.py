@@ -120,12 +120,23 @@ def pin(pid):
     and never run: both VMMs starved that way in trials."""
     if len(CPUS) < 2:
         return
+    threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 name = f.read().strip()
-            vcpu = name.startswith(("vcpu", "CPU ", "fc_vcpu"))
-            os.sched_setaffinity(int(tid), {CPUS[1]} if vcpu else {CPUS[0]})
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                threads[int(tid)] = (name, int(f.read().split()[0]))
+        except OSError:
+            pass
+    # The vCPU is the busiest thread with a vCPU's name: a thread a vCPU thread started
+    # carries its name until it first runs (Strata's device workers name themselves).
+    named = [t for t, (name, _) in threads.items()
+             if name.startswith(("vcpu", "CPU ", "fc_vcpu"))]
+    vcpu = max(named, key=lambda t: threads[t][1], default=None)
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, {CPUS[1]} if tid == vcpu else {CPUS[0]})
         except OSError:
             pass
 
