@@ -2,8 +2,8 @@
 """virtio-net and virtio-vsock throughput, by hand (docs/benchmarks.md, "virtio-net").
 
 The kit's `net` guest, the same image under Strata and under QEMU (`-netdev tap,vhost=off`,
-virtio-net on microvm/virtio-mmio), each run in a private network namespace made and deleted
-here:
+virtio-net on microvm/virtio-mmio, or q35/virtio-pci for the UDP lines), each run in a
+private network namespace made and deleted here:
 
 - guest -> host: `op=net-blast` sends N frames of 64 bytes (then of 1514 bytes, the size of a
   UDP datagram with a 1472-byte payload); the rate is read from the tap's rx_packets counter
@@ -12,10 +12,24 @@ here:
   AF_PACKET socket for a fixed time, as fast as it can (yielding the CPU after every 64
   frames, see below), then an end marker; the guest's `op=net-sink` counts what reached it:
   received / sending time.
+- UDP, 1472-byte payloads (a datagram fills a 1500-byte MTU), over virtio-mmio (QEMU:
+  microvm) and virtio-pci (QEMU: q35): the guest builds and parses Ethernet, IPv4 and UDP
+  itself (`op=udp-send`, `op=udp-sink`), the host end is an ordinary UDP socket on the host
+  side of the tap. guest -> host: after the socket's go datagram the guest sends N datagrams
+  as fast as its transmit ring takes them; the socket (512 MiB receive buffer, kernel
+  receive timestamps) counts them: MiB/s of payload between the 10% and 90% datagrams'
+  timestamps, lost = sent - received. host -> guest: after one ping (the kernel resolves the
+  guest by ARP, which the guest answers) the socket sends datagrams for a fixed time like the
+  raw sender; the guest counts what it got: MiB/s = payload received / sending time.
 - vsock: round trips of 1 byte through the guest's echo (`CONNECT 1234`), and echo throughput
   with 64 KiB writes. QEMU has no userspace vsock backend (vhost-vsock only, and this host has
   no /dev/vhost-vsock); with `--firecracker PATH`, Firecracker's hybrid vsock (the same Unix
   socket convention) runs the same guest over virtio-mmio as the yardstick.
+
+Placement: the script's threads and each VMM's threads other than its vCPU share the first
+CPU, the vCPU has the second (`pin()`; QEMU runs with `-name debug-threads=on` so that its
+vCPU thread is named). BENCH_PROFILE=1 prints each VMM thread's CPU time during the UDP host ->
+guest sending.
 
 Usage: run as root, after `cargo build --release`; on a shared host under `chrt -f 2` (the
 VMMs and the host -> guest sender then run at SCHED_FIFO 1, the samplers at 2):
@@ -29,6 +43,7 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -94,34 +109,76 @@ def vmm_prefix():
     return ["chrt", "-f", "1"] if realtime() else []
 
 
-def vmm_cmd(vmm, args, guest, cmdline, serial, tap):
-    return vmm_prefix() + vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap)
+CPUS = sorted(os.sched_getaffinity(0))[:2]
 
 
-def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap):
+def pin(pid):
+    """Puts the vCPU threads of VMM `pid` (Strata's `vcpu0`, QEMU's `CPU 0/KVM`, Firecracker's
+    `fc_vcpu 0`) on the second CPU and its other threads on the first, where the script's own
+    threads run (main() pins them). Without it, under SCHED_FIFO, the VMM's I/O thread can be
+    queued behind the spinning vCPU on one CPU while the spinning sender holds the other,
+    and never run: both VMMs starved that way in trials."""
+    if len(CPUS) < 2:
+        return
+    threads = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                threads[int(tid)] = (name, int(f.read().split()[0]))
+        except OSError:
+            pass
+    # The vCPU is the busiest thread with a vCPU's name: a thread a vCPU thread started
+    # carries its name until it first runs (Strata's device workers name themselves).
+    named = [t for t, (name, _) in threads.items()
+             if name.startswith(("vcpu", "CPU ", "fc_vcpu"))]
+    vcpu = max(named, key=lambda t: threads[t][1], default=None)
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, {CPUS[1]} if tid == vcpu else {CPUS[0]})
+        except OSError:
+            pass
+
+
+def vmm_cmd(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
+    return vmm_prefix() + vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap, transport)
+
+
+def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
+    """`vmm` running `guest` on `tap` over virtio-mmio (QEMU: microvm) or virtio-pci (QEMU:
+    q35, modern only)."""
     if vmm == "strata":
         return [args.strata, "run", "--kernel", guest, "--cmdline", cmdline, "--timeout", "600",
-                "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}"]
-    return ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "qemu64",
+                "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}",
+                "--transport", transport]
+    if transport == "mmio":
+        machine = ["-M", "microvm,acpi=off", "-global", "virtio-mmio.force-legacy=false"]
+        device = "virtio-net-device"
+    else:
+        machine, device = ["-M", "q35"], "virtio-net-pci,disable-legacy=on"
+    return ["qemu-system-x86_64"] + machine + [
+            "-name", "bench,debug-threads=on", "-accel", "kvm", "-cpu", "qemu64",
             "-m", "128", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-global", "virtio-mmio.force-legacy=false",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", f"file:{serial}",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
-            "-device", f"virtio-net-device,netdev=n0,mac={MAC}", "-kernel", guest,
+            "-device", f"{device},netdev=n0,mac={MAC}", "-kernel", guest,
             "-append", cmdline]
 
 
-def start(vmm, args, cmdline, marker):
+def start(vmm, args, cmdline, marker, transport="mmio"):
     tap = "btap0"
     if vmm == "qemu":
         sh("ip", "netns", "exec", NS, "ip", "tuntap", "add", tap, "mode", "tap")
         sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{HOST_IP}/24", "dev", tap)
         sh("ip", "netns", "exec", NS, "ip", "link", "set", tap, "up")
     serial = tempfile.mktemp(prefix="strata-bench-net-")
-    proc = subprocess.Popen(["ip", "netns", "exec", NS] +
-                            vmm_cmd(vmm, args, args.guest, f"transport=mmio {cmdline}", serial, tap),
+    cmd = vmm_cmd(vmm, args, args.guest, f"transport={transport} {cmdline}", serial, tap,
+                  transport)
+    proc = subprocess.Popen(["ip", "netns", "exec", NS] + cmd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_line(serial, marker, proc)
+    pin(proc.pid)
     return proc, serial, tap
 
 
@@ -220,6 +277,141 @@ def host_to_guest(vmm, args, size):
     got = int(line[0].split()[2]) if line else 0
     return got / elapsed[0], sent
 
+UDP_PAYLOAD = 1472
+MIB = 1 << 20
+
+
+def thread_cpu(pid):
+    """CPU time (s) each thread of process `pid` has run so far, by thread name and id."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[f"{name}/{tid}"] = int(f.read().split()[0]) / 1e9
+        except OSError:
+            pass
+    return out
+
+
+def profile(label, pid, before, after):
+    """With BENCH_PROFILE=1, prints the CPU each thread of `pid` used between two
+    thread_cpu() samples (to standard error)."""
+    if os.environ.get("BENCH_PROFILE") != "1":
+        return
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    busy = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(used.items()) if v > 0.01)
+    print(f"profile {label}: {busy}", file=sys.stderr)
+
+
+def udp_guest_to_host(vmm, args, transport):
+    """The guest's `op=udp-send` sends `args.datagrams` datagrams of 1472 payload bytes to a
+    UDP socket on the host end of the tap (after the socket's go datagram, from whose
+    sender the guest takes MAC, address and port). The socket has a 512 MiB receive buffer
+    and kernel receive timestamps (SO_TIMESTAMPNS), and is drained at normal priority (it
+    runs in the gaps the real-time VMM leaves and catches up after): rate = payload bytes
+    between the 10% and 90% datagrams' kernel timestamps. Returns (MiB/s, received, lost)."""
+    n = args.datagrams
+    proc, serial, tap = start(vmm, args, f"op=udp-send ip={GUEST_IP} port=5000 count={n} "
+                              f"size={UDP_PAYLOAD}", "net: udp ready", transport)
+    stamps, wrong = [], [0]
+
+    def receive():
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, 33, 512 * MIB)  # SO_RCVBUFFORCE
+        s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+        s.bind((HOST_IP, 5000))
+        s.settimeout(1.0)
+        done_at = None
+        while True:
+            if not stamps:
+                s.sendto(b"go", (GUEST_IP, 5000))
+            try:
+                data, anc, _, addr = s.recvmsg(2048, 64)
+            except socket.timeout:
+                if proc.poll() is not None or done_at is not None:
+                    break
+                if "net: udp sent" in open(serial).read():
+                    done_at = time.time()
+                continue
+            ts = next((struct.unpack("qq", d[:16]) for lvl, t, d in anc
+                       if lvl == socket.SOL_SOCKET and t == 35), None)
+            if ts is None or len(data) != UDP_PAYLOAD or addr != (GUEST_IP, 5000):
+                wrong[0] += 1
+                continue
+            stamps.append(ts[0] + ts[1] / 1e9)
+            if len(stamps) == n:
+                break
+
+    in_ns(receive)
+    finish(vmm, proc, tap)
+    text = open(serial).read()
+    if "net: udp sent" not in text:
+        raise RuntimeError(f"{vmm}: the guest did not finish sending:\n{text}")
+    got = len(stamps)
+    if wrong[0] or got < n * 0.2:
+        raise RuntimeError(f"{vmm}: {got} datagrams of {n}, {wrong[0]} not the guest's")
+    lo, hi = int(got * 0.1), int(got * 0.9)
+    return (hi - lo) * UDP_PAYLOAD / (stamps[hi] - stamps[lo]) / MIB, got, n - got
+
+
+def udp_host_to_guest(vmm, args, transport):
+    """A UDP socket on the host end of the tap sends datagrams of 1472 payload bytes to the
+    guest's `op=udp-sink` for `args.seconds` (the kernel resolves the guest by ARP first:
+    one ping, which the sink also answers), as fast as it can, yielding after every 64 like
+    the raw sender; then `end` datagrams. Rate = payload bytes the guest counted / sending
+    time. Returns (MiB/s, datagrams received, datagrams the host sent)."""
+    proc, serial, tap = start(vmm, args, f"op=udp-sink ip={GUEST_IP} port=5001",
+                              "net: udp sink ready", transport)
+    sh("ip", "netns", "exec", NS, "ping", "-n", "-c", "1", "-w", "30", GUEST_IP)
+    payload = bytes(j & 0xff for j in range(UDP_PAYLOAD))
+    elapsed = []
+
+    def send():
+        own = os.sched_getparam(0).sched_priority
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((GUEST_IP, 5001))
+        cpu0, own0 = thread_cpu(proc.pid), time.thread_time()
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < args.seconds:
+            for _ in range(64):
+                try:
+                    s.send(payload)
+                    sent += 1
+                except OSError:
+                    pass
+            os.sched_yield()
+        elapsed.append(time.perf_counter() - t0)
+        profile(f"{vmm} udp host->guest {transport} (sender {time.thread_time() - own0:.2f}s)",
+                proc.pid, cpu0, thread_cpu(proc.pid))
+        if realtime():
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
+        time.sleep(0.2)
+        for _ in range(500):
+            try:
+                s.send(b"end")
+            except OSError:
+                pass
+            time.sleep(0.01)
+            if proc.poll() is not None:
+                break
+        return sent
+
+    sent = in_ns(send)
+    finish(vmm, proc, tap)
+    text = open(serial).read()
+    line = [l for l in text.splitlines() if l.startswith("net: udp received")]
+    if not line:
+        raise RuntimeError(f"{vmm}: no 'net: udp received':\n{text}")
+    got, nbytes = int(line[0].split()[3]), int(line[0].split()[5])
+    return nbytes / elapsed[0] / MIB, got, sent
+
 
 def vsock_vmm(vmm, args, d, sock, serial):
     """Starts `vmm` with the guest echoing on vsock port 1234 (twice) and the hybrid vsock's
@@ -249,6 +441,7 @@ def vsock(vmm, args):
     serial = os.path.join(d, "serial.txt")
     proc = vsock_vmm(vmm, args, d, sock, serial)
     wait_line(serial, "listening on port 1234", proc)
+    pin(proc.pid)
 
     def conn():
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -305,10 +498,19 @@ def main():
     p.add_argument("--guest", required=True)
     p.add_argument("--frames", type=int, default=200000)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--datagrams", type=int, default=100000)
+    p.add_argument("--udp-transports", default="mmio,pci",
+                   help="transports of the UDP lines (mmio: QEMU microvm; pci: QEMU q35)")
+    p.add_argument("--udp-directions", default="g2h,h2g",
+                   help="g2h: guest -> host, h2g: host -> guest")
+    p.add_argument("--only-udp", action="store_true", help="the UDP lines alone")
     p.add_argument("--rtts", type=int, default=2000)
     p.add_argument("--vsock-mib", type=int, default=256)
     p.add_argument("--firecracker", help="Firecracker binary: its vsock as a yardstick")
     args = p.parse_args()
+    # The script's threads (senders, receivers, samplers) and the VMMs' I/O threads share the
+    # first CPU, the vCPU has the second (pin()).
+    os.sched_setaffinity(0, CPUS[:1])
     sh("ip", "netns", "del", NS, check=False)
     sh("ip", "netns", "add", NS)
     try:
@@ -316,12 +518,27 @@ def main():
               f"{os.cpu_count()} CPUs, {os.uname().release}")
         print("| test | strata | qemu |")
         print("|---|---|---|")
-        for size in (64, 1514):
+        for size in () if args.only_udp else (64, 1514):
             r = {v: guest_to_host(v, args, size) for v in ("strata", "qemu")}
             print(f"| guest->host {size}-byte frames (pps) | {r['strata']:.0f} | {r['qemu']:.0f} |")
             r = {v: host_to_guest(v, args, size) for v in ("strata", "qemu")}
             print(f"| host->guest {size}-byte frames (pps received; host sent) "
                   f"| {r['strata'][0]:.0f} ({r['strata'][1]}) | {r['qemu'][0]:.0f} ({r['qemu'][1]}) |")
+        directions = args.udp_directions.split(",")
+        for t in args.udp_transports.split(","):
+            if "g2h" in directions:
+                r = {v: udp_guest_to_host(v, args, t) for v in ("strata", "qemu")}
+                cell = lambda v: f"{v[0]:.1f} ({v[1]} received, {v[2]} lost)"
+                print(f"| UDP guest->host, 1472-byte payloads, {t} (MiB/s at the host socket) "
+                      f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
+            if "h2g" not in directions:
+                continue
+            r = {v: udp_host_to_guest(v, args, t) for v in ("strata", "qemu")}
+            cell = lambda v: f"{v[0]:.1f} ({v[1]} received of {v[2]} sent)"
+            print(f"| UDP host->guest, 1472-byte payloads, {t} (MiB/s the guest received) "
+                  f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
+        if args.only_udp:
+            return
         rtt, mibs = vsock("strata", args)
         fc_rtt, fc_mibs = vsock("firecracker", args) if args.firecracker else (None, None)
         fc = lambda v: "n/a" if v is None else f"{v:.1f}"

@@ -5,6 +5,9 @@
 //! transport=mmio|pci|pci-legacy [rxbuf=N] [mrg=0|1] [pairs=1|2] op=NAME [ARG=VALUE ...] ...
 //! ```
 //!
+//! The `udp-` operations build and parse Ethernet, IPv4 and UDP headers
+//! themselves (a UDP peer on the host is an ordinary socket).
+//!
 //! guests/README.md lists the operations and what they print.
 #![no_std]
 
@@ -108,6 +111,8 @@ fn run_op(d: &mut Drivers, op: Op) -> Result<(), Error> {
         "net-hostile" => hostile(net),
         "net-blast" => blast(net, op.args),
         "net-sink" => sink(net),
+        "udp-send" => udp_send(net, op.args),
+        "udp-sink" => udp_sink(net, op.args),
         other => bail!("unknown op={other}"),
     }
 }
@@ -324,6 +329,208 @@ fn sink(net: &mut Net) -> Result<(), Error> {
     }
     println!("net: received {frames} frames, {bytes} bytes");
     Ok(())
+}
+
+/// Ethernet, IPv4 (no options) and UDP header bytes before a UDP payload.
+const UDP_HDRS: usize = 14 + 20 + 8;
+
+/// One end of a UDP exchange: MAC, IPv4 address, port.
+#[derive(Clone, Copy)]
+struct Endpoint {
+    mac: [u8; 6],
+    ip: [u8; 4],
+    port: u16,
+}
+
+/// The UDP datagram in `f[..len]` if it is one to `ip`:`port` (IPv4, not a
+/// fragment, header checksum right): its sender and where its payload is.
+fn parse_udp(
+    f: &[u8],
+    len: usize,
+    ip: [u8; 4],
+    port: u16,
+) -> Option<(Endpoint, core::ops::Range<usize>)> {
+    if len < UDP_HDRS || f[12..14] != [0x08, 0x00] || f[14] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0;
+    if ihl < 20 || total < ihl + 8 || 14 + total > len || f[23] != 17 || f[30..34] != ip {
+        return None;
+    }
+    if fragment || checksum(&f[14..14 + ihl]) != 0 {
+        return None;
+    }
+    let udp = 14 + ihl;
+    let field = |at: usize| u16::from_be_bytes([f[udp + at], f[udp + at + 1]]);
+    let ulen = usize::from(field(4));
+    if field(2) != port || ulen < 8 || udp + ulen > 14 + total {
+        return None;
+    }
+    let mut src = Endpoint {
+        mac: [0; 6],
+        ip: [0; 4],
+        port: field(0),
+    };
+    src.mac.copy_from_slice(&f[6..12]);
+    src.ip.copy_from_slice(&f[26..30]);
+    Some((src, udp + 8..udp + ulen))
+}
+
+/// Writes the Ethernet, IPv4 and UDP headers of a datagram of `payload`
+/// bytes from `from` to `to` with IP identification `id` into `f` (the
+/// payload goes at [`UDP_HDRS`]); the IPv4 header checksum is computed, the
+/// UDP checksum is 0 (none). Returns the frame's length.
+fn udp_headers(f: &mut [u8], from: &Endpoint, to: &Endpoint, id: u16, payload: usize) -> usize {
+    let total = 20 + 8 + payload;
+    f[0..6].copy_from_slice(&to.mac);
+    f[6..12].copy_from_slice(&from.mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[15] = 0;
+    f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20..22].copy_from_slice(&[0x40, 0]); // don't fragment
+    f[22] = 64;
+    f[23] = 17;
+    f[24..26].fill(0);
+    f[26..30].copy_from_slice(&from.ip);
+    f[30..34].copy_from_slice(&to.ip);
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&from.port.to_be_bytes());
+    f[36..38].copy_from_slice(&to.port.to_be_bytes());
+    f[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f[40..42].fill(0);
+    14 + total
+}
+
+/// The payload of datagram `seq`: `seq` (u64 little-endian), then byte
+/// `j mod 256` at offset `j`.
+fn fill_payload(p: &mut [u8], seq: u64) {
+    let head = p.len().min(8);
+    p[..head].copy_from_slice(&seq.to_le_bytes()[..head]);
+    for (j, b) in p.iter_mut().enumerate().skip(8) {
+        *b = j as u8;
+    }
+}
+
+/// Whether `p` is a payload [`fill_payload`] wrote (for any `seq`).
+fn payload_ok(p: &[u8]) -> bool {
+    p.len() >= 8 && p.iter().enumerate().skip(8).all(|(j, &b)| b == j as u8)
+}
+
+/// The `ip=` and `port=` of a UDP op: this guest's end (its MAC, that IP,
+/// that port).
+fn udp_local(net: &Net, args: Cmdline, op: &str) -> Result<Endpoint, Error> {
+    let text = args.get("ip").ok_or_else(|| err!("op={op}: ip= missing"))?;
+    let ip = parse_ip(text).ok_or_else(|| err!("op={op}: bad ip={text}"))?;
+    let port = number(args, "port")?.unwrap_or(5000);
+    let port = u16::try_from(port).map_err(|_| err!("op={op}: bad port={port}"))?;
+    Ok(Endpoint {
+        mac: net.mac,
+        ip,
+        port,
+    })
+}
+
+/// Answers the ARP or ICMP echo request [`Net::recv`] returned as `len`
+/// bytes, if it is one for `ip`.
+fn answer(net: &mut Net, len: usize, ip: [u8; 4]) -> Result<(), Error> {
+    let mac = net.mac;
+    match reply(net.frame_mut(), len, mac, ip) {
+        (Answered::Other, _) => Ok(()),
+        (_, out) => net.send_frame(out),
+    }
+}
+
+/// `op=udp-send ip=A.B.C.D [port=P] [count=N] [size=S]`: answers ARP and
+/// ICMP echo for `ip` until a UDP datagram to `ip`:`P` (5000) arrives (the
+/// host's go), then sends `N` (100000) datagrams of `S` (1472) payload bytes
+/// back to its sender's MAC, address and port as fast as the transmit ring
+/// takes them (notifying every 32), and waits until the device used them all.
+fn udp_send(net: &mut Net, args: Cmdline) -> Result<(), Error> {
+    let me = udp_local(net, args, "udp-send")?;
+    let count = number(args, "count")?.unwrap_or(100_000);
+    let size = number(args, "size")?.unwrap_or(1472) as usize;
+    let most = usize::from(net.mtu).min(1500).saturating_sub(28);
+    if size > most {
+        bail!(
+            "op=udp-send: size={size} (at most {most} with mtu {})",
+            net.mtu
+        );
+    }
+    println!("net: udp ready ip={} port={}", Ip(me.ip), me.port);
+    let peer = loop {
+        let Some(len) = net.recv()? else {
+            core::hint::spin_loop();
+            continue;
+        };
+        if let Some((src, _)) = parse_udp(net.frame(), len, me.ip, me.port) {
+            break src;
+        }
+        answer(net, len, me.ip)?;
+    };
+    let mut f = [0u8; UDP_HDRS + 1500];
+    fill_payload(&mut f[UDP_HDRS..UDP_HDRS + size], 0);
+    let head = size.min(8);
+    let start = kit::io::rdtsc();
+    for i in 0..count {
+        let len = udp_headers(&mut f, &me, &peer, i as u16, size);
+        f[UDP_HDRS..UDP_HDRS + head].copy_from_slice(&i.to_le_bytes()[..head]);
+        net.send(&f[..len], i % 32 == 31 || i + 1 == count)?;
+    }
+    net.wait_tx_done()?;
+    let cycles = kit::io::rdtsc().wrapping_sub(start);
+    println!(
+        "net: udp sent {count} datagrams of {size} bytes to {}:{} in {cycles} cycles",
+        Ip(peer.ip),
+        peer.port
+    );
+    Ok(())
+}
+
+/// `op=udp-sink ip=A.B.C.D [port=P] [check=0|1]`: answers ARP and ICMP echo
+/// for `ip` and counts the UDP datagrams to `ip`:`P` (5000) until one whose
+/// payload is `end`; with `check=1` also the payloads that are not what
+/// [`fill_payload`] writes.
+fn udp_sink(net: &mut Net, args: Cmdline) -> Result<(), Error> {
+    let me = udp_local(net, args, "udp-sink")?;
+    let check = number(args, "check")?.unwrap_or(0) != 0;
+    println!("net: udp sink ready ip={} port={}", Ip(me.ip), me.port);
+    let (mut datagrams, mut bytes, mut bad) = (0u64, 0u64, 0u64);
+    loop {
+        let Some(len) = net.recv()? else {
+            core::hint::spin_loop();
+            continue;
+        };
+        let Some((_, payload)) = parse_udp(net.frame(), len, me.ip, me.port) else {
+            answer(net, len, me.ip)?;
+            continue;
+        };
+        let p = &net.frame()[payload];
+        if p == b"end" {
+            break;
+        }
+        datagrams += 1;
+        bytes += p.len() as u64;
+        if check && !payload_ok(p) {
+            bad += 1;
+        }
+    }
+    println!("net: udp received {datagrams} datagrams, {bytes} payload bytes, {bad} bad");
+    Ok(())
+}
+
+/// An IPv4 address, printed dotted.
+struct Ip([u8; 4]);
+
+impl core::fmt::Display for Ip {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a}.{b}.{c}.{d}")
+    }
 }
 
 fn vsock_op(v: &mut Vsock, op: Op) -> Result<(), Error> {

@@ -3,6 +3,7 @@
 //! inside it, and waiting for a line in a guest's serial file.
 #![allow(dead_code)]
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -102,6 +103,25 @@ impl NetNs {
                 .unwrap_or(0)
         };
         (num("transmitted"), num("received"), text)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (sockets it opens belong to the
+    /// namespace) and returns what it returned.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                // SAFETY: setns on a descriptor this thread owns, for this thread only (a
+                // network namespace is per thread); it changes no memory.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the namespace thread panicked")
+        })
     }
 }
 
