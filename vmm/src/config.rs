@@ -285,19 +285,25 @@ pub struct MemoryConfig {
     pub size: u64,
     /// Ask the host for transparent huge pages (madvise MADV_HUGEPAGE) on guest RAM, as Cloud
     /// Hypervisor (`thp=on`) and QEMU do: fewer TLB misses for the guest, and O_DIRECT disk I/O
-    /// into guest buffers pins 2 MiB pages instead of 4 KiB ones. Off by default, as in
-    /// Firecracker: the first touch of each 2 MiB then costs 2 MiB of host memory, which took
-    /// a one-line microVM from ~60 KiB to 2 MiB of resident guest RAM (docs/benchmarks.md,
-    /// "Density").
-    #[serde(default, deserialize_with = "de_bool")]
-    pub thp: bool,
+    /// into guest buffers pins 2 MiB pages instead of 4 KiB ones. When absent: on if a disk
+    /// has `direct=on` (a 1 MiB direct read into 4 KiB pages has 256 segments and the host
+    /// block layer splits it; docs/decisions/0010), off otherwise, as in Firecracker: the
+    /// first touch of each 2 MiB then costs 2 MiB of host memory, which took a one-line
+    /// microVM from ~60 KiB to 2 MiB of resident guest RAM (docs/benchmarks.md, "Density").
+    /// See [`VmConfig::guest_ram_thp`].
+    #[serde(
+        default,
+        deserialize_with = "de_opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub thp: Option<bool>,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             size: 128 << 20,
-            thp: false,
+            thp: None,
         }
     }
 }
@@ -398,6 +404,10 @@ fn de_opt_u8<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     }
 }
 
+fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    de_bool(d).map(Some)
+}
+
 fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -458,6 +468,14 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 impl VmConfig {
+    /// Whether guest RAM asks for transparent huge pages: `memory.thp` when given, otherwise
+    /// whether any disk bypasses the page cache (`direct=on`).
+    pub fn guest_ram_thp(&self) -> bool {
+        self.memory
+            .thp
+            .unwrap_or_else(|| self.disks.iter().any(|d| d.direct))
+    }
+
     /// Reads a config file: TOML if its name ends in `.toml`, JSON otherwise.
     pub fn from_file(path: &std::path::Path) -> Result<VmConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -715,8 +733,27 @@ mod tests {
         let on: VmConfig =
             serde_json::from_str(r#"{"payload":{},"memory":{"size":"64M","thp":"on"}}"#).unwrap();
 
-        assert!(!default.memory.thp);
-        assert_eq!((on.memory.size, on.memory.thp), (64 << 20, true));
+        assert!(!default.guest_ram_thp());
+        assert_eq!(default.memory.thp, None);
+        assert_eq!((on.memory.size, on.memory.thp), (64 << 20, Some(true)));
+        assert!(on.guest_ram_thp());
+    }
+
+    #[test]
+    fn test_vmconfig_guest_ram_thp_direct_disk_on_unless_thp_off() {
+        let disk = r#""disks":[{"path":"a","format":"raw","direct":"on"}]"#;
+        let cached = r#""disks":[{"path":"a","format":"raw"}]"#;
+        let parse = |s: String| serde_json::from_str::<VmConfig>(&s).unwrap();
+
+        let direct = parse(format!(r#"{{"payload":{{}},{disk}}}"#));
+        let page_cache = parse(format!(r#"{{"payload":{{}},{cached}}}"#));
+        let off = parse(format!(
+            r#"{{"payload":{{}},"memory":{{"size":"64M","thp":"off"}},{disk}}}"#
+        ));
+
+        assert!(direct.guest_ram_thp());
+        assert!(!page_cache.guest_ram_thp());
+        assert!(!off.guest_ram_thp());
     }
 
     #[test]

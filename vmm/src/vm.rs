@@ -299,7 +299,7 @@ impl Vm {
             });
         }
         // 3. Allocate guest RAM and register it in as few memslots as possible.
-        let mem = memory::create_guest_memory(config.memory.size, config.memory.thp)?;
+        let mem = memory::create_guest_memory(config.memory.size, config.guest_ram_thp())?;
         kvm.register_memory(&mem)?;
         // 4. In-kernel interrupt controllers and PIT.
         kvm.setup_irqchip()?;

@@ -514,6 +514,12 @@ impl Engine for UringEngine {
 
     fn commit(&mut self) -> Result<()> {
         self.refill();
+        if self.ring.submission().is_empty() {
+            // Nothing queued since the last `io_uring_enter`: a poll pass or a notify that
+            // found the ring empty costs no system call.
+            self.unsubmitted = false;
+            return Ok(());
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => {
