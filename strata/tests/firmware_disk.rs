@@ -148,6 +148,9 @@ fn grub_disk(dir: &Path) -> PathBuf {
     entry.extend_from_slice(&2048u32.to_le_bytes());
     entry.extend_from_slice(&((fs.len() / 512) as u32).to_le_bytes());
     mbr[0x1be..0x1ce].copy_from_slice(&entry);
+    // Entries 2-4 empty: boot.img's own code runs on into them (its floppy probe), and GRUB's
+    // part_msdos rejects the whole table over their "boot flags" ("no such partition").
+    mbr[0x1ce..0x1fe].fill(0);
     mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
     let mut disk = mbr;
     disk.extend_from_slice(&core);
@@ -170,12 +173,17 @@ fn assert_guest_booted_by_grub(stdout: &str) {
     let lines: Vec<&str> = stdout.lines().collect();
     let start = lines
         .iter()
-        .position(|l| *l == "strata-test-guest multiboot1")
+        // SeaBIOS's sercon text (GRUB's "error: Can't get controller info.", no VBE) may
+        // precede the guest's first line on the same line.
+        .position(|l| l.ends_with("strata-test-guest multiboot1-elf"))
         .unwrap_or_else(|| panic!("the guest never ran: {stdout}"));
     assert_eq!(lines[start + 1], "protocol: multiboot1", "{stdout}");
-    assert_eq!(
-        lines[start + 2],
-        "cmdline: /boot/guest.elf from-grub-cfg",
+    // GRUB 2.06's multiboot1 loader passes the arguments without the file name.
+    assert_eq!(lines[start + 2], "cmdline: from-grub-cfg", "{stdout}");
+    assert!(
+        lines[start..]
+            .iter()
+            .any(|l| l.starts_with("bootloader: GRUB 2.")),
         "{stdout}"
     );
     // SeaBIOS's map through GRUB: RAM from 1 MiB up to the page SeaBIOS keeps.

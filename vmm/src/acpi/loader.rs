@@ -93,8 +93,20 @@ pub fn files(machine: &AcpiMachine) -> LoaderFiles {
             .map(|(a, b)| (a.0 as u32, b.len() as u32))
     };
     if let Some((fadt, _)) = off(b"FACP") {
-        add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, fadt + FADT_DSDT_OFFSET, 4);
-        add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, fadt + FADT_X_DSDT_OFFSET, 8);
+        add_pointer(
+            &mut loader,
+            TABLES_FILE,
+            TABLES_FILE,
+            fadt + FADT_DSDT_OFFSET,
+            4,
+        );
+        add_pointer(
+            &mut loader,
+            TABLES_FILE,
+            TABLES_FILE,
+            fadt + FADT_X_DSDT_OFFSET,
+            8,
+        );
     }
     if let Some((xsdt, len)) = off(b"XSDT") {
         for i in 0..(len.saturating_sub(36)) / 8 {
