@@ -44,6 +44,8 @@ def build_disk(tmp):
     core_b, fs_b = open(core, "rb").read(), open(fs, "rb").read()
     mbr[0x1be:0x1ce] = struct.pack("<B3sB3sII", 0x80, b"\0\0\0", 0x83, b"\0\0\0", 2048,
                                    len(fs_b) // 512)
+    # Entries 2-4 empty (boot.img's code runs into them; GRUB would reject the table).
+    mbr[0x1ce:0x1fe] = bytes(0x30)
     raw = os.path.join(tmp, "disk.raw")
     with open(raw, "wb") as f:
         f.write(bytes(mbr) + core_b + b"\0" * (2048 * 512 - 512 - len(core_b)) + fs_b)

@@ -225,8 +225,8 @@ fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_serves_unalign
         .filter(|l| l.starts_with("fw_cfg:"))
         .collect();
     // 1 vCPU, no PCI: tables DSDT 280 + FADT 276 + MADT 80 + XSDT 52 at 16-byte steps;
-    // the loader: 2 allocations, X_DSDT, 2 XSDT entries, the RSDP's pointer, 4 + 2
-    // checksums = 12 commands of 128 bytes.
+    // the loader: 2 allocations, DSDT and X_DSDT, 2 XSDT entries, the RSDP's pointer, 4 + 2
+    // checksums = 13 commands of 128 bytes.
     assert_eq!(
         fw,
         [
@@ -236,7 +236,7 @@ fn test_acpi_fw_cfg_dma_reads_directory_and_tables_refuses_writes_serves_unalign
             "fw_cfg: file etc/acpi/tables 708",
             "fw_cfg: file etc/boot-fail-wait 4",
             "fw_cfg: file etc/e820 60",
-            "fw_cfg: file etc/table-loader 1536",
+            "fw_cfg: file etc/table-loader 1664",
             "fw_cfg: etc/acpi/rsdp RSD PTR  control 0x0",
             "fw_cfg: write control 0x1",
             // A descriptor at any alignment is served, as QEMU does (SeaBIOS puts its

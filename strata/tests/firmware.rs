@@ -143,6 +143,8 @@ fn test_firmware_seabios_banner_tables_and_e820_map() {
         "ACPI tables from the table loader: {out}"
     );
     assert!(out.contains("sercon: using ioport 0x3f8"), "{out}");
+    // SMBIOS from fw_cfg (etc/smbios/*), not SeaBIOS's own legacy set.
+    assert!(out.contains("Copying SMBIOS 3.0 from "), "{out}");
     // SeaBIOS's map: low RAM, the EBDA and BIOS areas, RAM from 1 MiB (its last page for
     // itself), the KVM pages and the ROM reserved.
     assert!(

@@ -4,6 +4,7 @@
 //! commands: allocate both files (the RSDP in the F segment, where guests scan for it), add the
 //! tables blob's address to each pointer, recompute each checksum.
 
+use super::tables::{FADT_DSDT_OFFSET, FADT_X_DSDT_OFFSET};
 use super::{layout, AcpiMachine};
 
 /// File names.
@@ -92,8 +93,20 @@ pub fn files(machine: &AcpiMachine) -> LoaderFiles {
             .map(|(a, b)| (a.0 as u32, b.len() as u32))
     };
     if let Some((fadt, _)) = off(b"FACP") {
-        // X_DSDT.
-        add_pointer(&mut loader, TABLES_FILE, TABLES_FILE, fadt + 140, 8);
+        add_pointer(
+            &mut loader,
+            TABLES_FILE,
+            TABLES_FILE,
+            fadt + FADT_DSDT_OFFSET,
+            4,
+        );
+        add_pointer(
+            &mut loader,
+            TABLES_FILE,
+            TABLES_FILE,
+            fadt + FADT_X_DSDT_OFFSET,
+            8,
+        );
     }
     if let Some((xsdt, len)) = off(b"XSDT") {
         for i in 0..(len.saturating_sub(36)) / 8 {
@@ -165,9 +178,11 @@ mod tests {
                         other => panic!("pointer in {other}"),
                     };
                     let (off, size) = (word(116) as usize, cmd[120] as usize);
-                    assert_eq!(size, 8);
-                    let v = u64::from_le_bytes(dest[off..off + 8].try_into().unwrap());
-                    dest[off..off + 8].copy_from_slice(&(v + src_at).to_le_bytes());
+                    assert!(size == 4 || size == 8, "pointer size {size}");
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&dest[off..off + size]);
+                    let patched = (u64::from_le_bytes(v) + src_at).to_le_bytes();
+                    dest[off..off + size].copy_from_slice(&patched[..size]);
                 }
                 ADD_CHECKSUM => {
                     let file = match cstr(&cmd[4..60]) {

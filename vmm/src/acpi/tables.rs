@@ -47,8 +47,15 @@ pub(super) fn xsdt(entries: &[GuestAddress]) -> Vec<u8> {
     bytes_of(&x)
 }
 
+/// Offset of the FADT's 32-bit `DSDT` field.
+pub(super) const FADT_DSDT_OFFSET: u32 = 40;
+/// Offset of the FADT's 64-bit `X_DSDT` field.
+pub(super) const FADT_X_DSDT_OFFSET: u32 = 140;
+
 /// The FADT: hardware-reduced ACPI, the sleep registers on [`ACPI_PM_PORT`], the reset
-/// register at 0xcf9, the DSDT at `dsdt`.
+/// register at 0xcf9, the DSDT at `dsdt` in both `DSDT` and `X_DSDT` (as QEMU fills them:
+/// SeaBIOS reads only the 32-bit field, and finds virtio-mmio devices only in the DSDT; the
+/// tables always lie below 4 GiB).
 pub(super) fn fadt(dsdt: GuestAddress) -> Vec<u8> {
     let pm = GAS::new(
         AddressSpace::SystemIo,
@@ -62,6 +69,7 @@ pub(super) fn fadt(dsdt: GuestAddress) -> Vec<u8> {
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton);
+    b.dsdt = u32::try_from(dsdt.0).unwrap_or(0).into();
     b.reset_reg = GAS::new(
         AddressSpace::SystemIo,
         8,

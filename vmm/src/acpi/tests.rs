@@ -57,7 +57,13 @@ fn walk(t: &AcpiTables) -> Vec<([u8; 4], Vec<u8>)> {
         out.push((table[..4].try_into().unwrap(), table));
     }
     let fadt = &out.iter().find(|(s, _)| s == b"FACP").unwrap().1;
-    out.push((*b"DSDT", at(u64_at(fadt, 140))));
+    let dsdt = u64_at(fadt, 140);
+    assert_eq!(
+        u64::from(u32_at(fadt, 40)),
+        dsdt,
+        "FADT DSDT and X_DSDT differ"
+    );
+    out.push((*b"DSDT", at(dsdt)));
     for (sig, b) in &out {
         assert_eq!(u32_at(b, 4) as usize, b.len(), "{sig:?} length");
         assert_eq!(sum(b), 0, "{sig:?} checksum");

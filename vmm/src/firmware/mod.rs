@@ -14,6 +14,7 @@
 
 pub mod rom;
 pub(crate) mod setup;
+pub mod smbios;
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,7 @@
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::rom::{linuxboot_rom, LINUXBOOT_BOOTORDER, LINUXBOOT_FILE};
+use super::smbios;
 use super::{map_raw, read, rom_slot, Firmware, FirmwareError, RESET_IP};
 use crate::arch::x86_64::layout::{ram_ranges, MemoryRegion, RegionKind};
 use crate::boot::{self, BootEntry, BootMachine, BootSource, EntryMode, Protocol};
@@ -89,8 +90,8 @@ pub(crate) fn memory_map(ram_size: u64) -> Vec<MemoryRegion> {
     map
 }
 
-/// fw_cfg's additions for firmware: the kernel's legacy keys (with `--kernel`) and the serial
-/// console port. `cmdline` is the kernel's full command line.
+/// fw_cfg's additions for firmware: the kernel's legacy keys (with `--kernel`), the serial
+/// console port, the boot order and SMBIOS. `cmdline` is the kernel's full command line.
 pub(crate) fn fw_cfg_items(
     config: &VmConfig,
     plan: &DevicePlan,
@@ -110,13 +111,15 @@ pub(crate) fn fw_cfg_items(
     };
     // A bzImage (the items carry a setup) boots from SeaBIOS through the linuxboot ROM, first
     // in the boot order as QEMU puts its own; qboot reads the items itself.
-    let (files, bootorder) = match legacy.iter().any(|(key, _)| *key == FW_CFG_SETUP_ADDR) {
+    let (mut files, bootorder) = match legacy.iter().any(|(key, _)| *key == FW_CFG_SETUP_ADDR) {
         true => (
             vec![(LINUXBOOT_FILE.to_string(), linuxboot_rom())],
             LINUXBOOT_BOOTORDER.as_bytes().to_vec(),
         ),
         false => (Vec::new(), boot_disk_path(config, plan).into_bytes()),
     };
+    // SMBIOS as QEMU gives it (SeaBIOS otherwise builds its own, slowly).
+    files.extend(smbios::files());
     Ok(Some(FirmwareItems {
         legacy,
         sercon_port: COM1_BASE,
