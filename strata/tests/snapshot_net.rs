@@ -10,15 +10,12 @@
 mod common;
 mod net_common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::thread::JoinHandle;
 
 use common::api::ApiVmm;
 use common::{kvm_available, scratch, strata_bin};
-use net_common::{wait_for_line, KillOnDrop, NetNs};
+use net_common::{upper_server, wait_for_line, KillOnDrop, NetNs};
 
 const MAC: &str = "52:54:00:12:34:56";
 const HOST_IP: &str = "10.77.0.1";
@@ -38,20 +35,6 @@ fn spawn_in(ns: &NetNs, dir: &Path, args: &[&str]) -> Child {
         .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr"))
         .spawn()
         .expect("spawn strata")
-}
-
-/// A host listener on `path` that reads one line from the guest and answers it upper-cased.
-fn upper_server(path: &Path) -> JoinHandle<String> {
-    let listener = UnixListener::bind(path).expect("bind host listener");
-    std::thread::spawn(move || {
-        let (s, _) = listener.accept().expect("accept the guest");
-        let mut line = String::new();
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let _ = r.read_line(&mut line);
-        let mut w = s;
-        let _ = w.write_all(line.to_uppercase().as_bytes());
-        line
-    })
 }
 
 /// Boots the net guest over virtio-pci in `ns` (net and vsock devices), pings it, waits

@@ -8,16 +8,14 @@
 mod common;
 mod net_common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use std::thread::JoinHandle;
-
 use common::api::ApiVmm;
 use common::{kvm_available, pseudo_random, scratch, strata_bin};
-use net_common::{wait_for_line, KillOnDrop};
+use net_common::{upper_server, wait_for_line, KillOnDrop};
 
 /// A guard against hangs (Strata stops the guest and exits 124), not a speed assertion.
 const TIMEOUT: &str = "240";
@@ -38,20 +36,6 @@ fn spawn_strata(serial: &Path, cmdline: &str, vsock: &str, extra: &[&str]) -> Ch
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn strata")
-}
-
-/// A host listener at `path` that reads one line and answers it upper-cased.
-fn upper_server(path: &Path) -> JoinHandle<String> {
-    let listener = UnixListener::bind(path).expect("bind host listener");
-    std::thread::spawn(move || {
-        let (s, _) = listener.accept().expect("accept the guest");
-        let mut line = String::new();
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let _ = r.read_line(&mut line);
-        let mut w = s;
-        let _ = w.write_all(line.to_uppercase().as_bytes());
-        line
-    })
 }
 
 /// Connects to the device's socket, asks for guest `port`, returns the stream and the

@@ -3,10 +3,13 @@
 //! inside it, and waiting for a line in a guest's serial file.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use testkit::HANG_GUARD;
@@ -213,4 +216,19 @@ pub fn wait_for_line_within(
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A host listener on `path` (a vsock device's `PATH_<port>`) that reads one line from the
+/// guest, answers it upper-cased and returns what it read.
+pub fn upper_server(path: &Path) -> JoinHandle<String> {
+    let listener = UnixListener::bind(path).expect("bind host listener");
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept the guest");
+        let mut line = String::new();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let _ = r.read_line(&mut line);
+        let mut w = s;
+        let _ = w.write_all(line.to_uppercase().as_bytes());
+        line
+    })
 }
