@@ -59,30 +59,34 @@ fn boot_sector_disk(dir: &Path) -> PathBuf {
     p
 }
 
+/// `strata run` arguments: SeaBIOS, a blank 1 MiB raw disk made in `dir`, then `disk`
+/// (`format`) marked `boot=on`, both on `transport`.
+fn seabios_disk_args(dir: &Path, transport: &str, disk: &Path, format: &str) -> Vec<String> {
+    let blank = dir.join("blank.raw");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("blank");
+    vec![
+        "run".into(),
+        "--firmware".into(),
+        require(SEABIOS, "seabios"),
+        "--disk".into(),
+        format!("path={},format=raw,transport={transport}", blank.display()),
+        "--disk".into(),
+        format!(
+            "path={},format={format},transport={transport},boot=on",
+            disk.display()
+        ),
+    ]
+}
+
 fn boot_sector_under_strata(test: &str, transport: &str) {
     if !kvm_available() {
         return;
     }
     let dir = scratch(test);
     let disk = boot_sector_disk(&dir);
-    let blank = dir.join("blank.raw");
-    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("blank");
-    let bios = require(SEABIOS, "seabios");
-    let blank_arg = format!("path={},format=raw,transport={transport}", blank.display());
-    let disk_arg = format!(
-        "path={},format=raw,transport={transport},boot=on",
-        disk.display()
-    );
+    let args = seabios_disk_args(&dir, transport, &disk, "raw");
 
-    let run = strata(&[
-        "run",
-        "--firmware",
-        &bios,
-        "--disk",
-        &blank_arg,
-        "--disk",
-        &disk_arg,
-    ]);
+    let run = strata(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     assert_eq!(run.status, Some(0x21), "{run:?}");
     assert!(run.stdout.contains("Booting from 0000:7c00"), "{run:?}");
@@ -202,25 +206,10 @@ fn boot_under_strata(test: &str, transport: &str) {
     }
     let dir = scratch(test);
     let img = grub_disk(&dir);
-    let blank = dir.join("blank.raw");
-    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("blank");
-    let bios = require(SEABIOS, "seabios");
-    let blank_arg = format!("path={},format=raw,transport={transport}", blank.display());
-    let disk_arg = format!(
-        "path={},format=qcow2,transport={transport},boot=on",
-        img.display()
-    );
+    let args = seabios_disk_args(&dir, transport, &img, "qcow2");
 
     let run = strata_until(
-        &[
-            "run",
-            "--firmware",
-            &bios,
-            "--disk",
-            &blank_arg,
-            "--disk",
-            &disk_arg,
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &["\ndone"],
     );
 
