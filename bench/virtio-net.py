@@ -229,6 +229,30 @@ def guest_to_host(vmm, args, size):
     return (hi_c - lo_c) / (hi_t - lo)
 
 
+def send_for(s, data, seconds):
+    """Sends `data` on socket `s` as fast as it goes for `seconds`, in bursts of 64; returns
+    (messages sent, seconds taken). Under `chrt` the sender spins at the VMMs' priority and
+    yields after every burst: a sender that never blocks would otherwise keep the VMM's I/O
+    thread (Strata's worker, QEMU's main loop) off the CPU the spinning vCPU leaves."""
+    own = os.sched_getparam(0).sched_priority
+    if realtime():
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    t0 = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(64):
+            try:
+                s.send(data)
+                sent += 1
+            except OSError:
+                pass
+        os.sched_yield()
+    took = time.perf_counter() - t0
+    if realtime():
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
+    return sent, took
+
+
 def host_to_guest(vmm, args, size):
     proc, serial, tap = start(vmm, args, "op=net-sink", "net: sink ready")
     frame = b"\x52\x54\x00\xbe\xec\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x88\xb5"
@@ -237,28 +261,10 @@ def host_to_guest(vmm, args, size):
     elapsed = []
 
     def send():
-        own = os.sched_getparam(0).sched_priority
-        if realtime():
-            # The sender spins: at the VMMs' priority, yielding after each burst (below).
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         s.bind((tap, 0))
-        t0 = time.perf_counter()
-        sent = 0
-        while time.perf_counter() - t0 < args.seconds:
-            for _ in range(64):
-                try:
-                    s.send(frame)
-                    sent += 1
-                except OSError:
-                    pass
-            # Under SCHED_FIFO a sender that never blocks would keep the VMM's
-            # I/O thread (Strata's worker, QEMU's main loop) off the CPU the spinning vCPU
-            # leaves: give it its turn after every burst.
-            os.sched_yield()
-        elapsed.append(time.perf_counter() - t0)
-        if realtime():
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
+        sent, took = send_for(s, frame, args.seconds)
+        elapsed.append(took)
         time.sleep(0.2)
         for _ in range(500):
             try:
@@ -371,27 +377,13 @@ def udp_host_to_guest(vmm, args, transport):
     elapsed = []
 
     def send():
-        own = os.sched_getparam(0).sched_priority
-        if realtime():
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.connect((GUEST_IP, 5001))
         cpu0, own0 = thread_cpu(proc.pid), time.thread_time()
-        t0 = time.perf_counter()
-        sent = 0
-        while time.perf_counter() - t0 < args.seconds:
-            for _ in range(64):
-                try:
-                    s.send(payload)
-                    sent += 1
-                except OSError:
-                    pass
-            os.sched_yield()
-        elapsed.append(time.perf_counter() - t0)
+        sent, took = send_for(s, payload, args.seconds)
+        elapsed.append(took)
         profile(f"{vmm} udp host->guest {transport} (sender {time.thread_time() - own0:.2f}s)",
                 proc.pid, cpu0, thread_cpu(proc.pid))
-        if realtime():
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(own))
         time.sleep(0.2)
         for _ in range(500):
             try:
