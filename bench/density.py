@@ -81,6 +81,23 @@ def qemu(mib):
                               "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", kernel]
 
 
+def vmms_from(strata_specs, firecracker_path, cloud_hypervisor_path, mib, tmp,
+              with_qemu=False):
+    """The VMMs a bench compares, from its options: each `--strata` spec (PATH or LABEL=PATH;
+    none: the release build), then the peers whose paths are given, then QEMU microvm."""
+    vmms = []
+    for spec in strata_specs or [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")]:
+        label, _, path = spec.rpartition("=")
+        vmms.append(Vmm(label or "Strata", strata(path, mib), tmp))
+    if firecracker_path:
+        vmms.append(Vmm("Firecracker", firecracker(firecracker_path, mib, tmp), tmp))
+    if cloud_hypervisor_path:
+        vmms.append(Vmm("Cloud Hypervisor", cloud_hypervisor(cloud_hypervisor_path, mib), tmp))
+    if with_qemu:
+        vmms.append(Vmm("QEMU microvm", qemu(mib), tmp))
+    return vmms
+
+
 def start(vmm, kernel, i):
     return subprocess.Popen(vmm.argv(kernel, i), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
@@ -158,16 +175,8 @@ def main():
     counts = [int(c) for c in args.counts.split(",")]
     tmp = tempfile.mkdtemp(prefix="strata-density-")
     mib = args.memory_mib
-    vmms = []
-    for spec in args.strata or [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")]:
-        label, _, path = spec.rpartition("=")
-        vmms.append(Vmm(label or "Strata", strata(path, mib), tmp))
-    if args.firecracker:
-        vmms.append(Vmm("Firecracker", firecracker(args.firecracker, mib, tmp), tmp))
-    if args.cloud_hypervisor:
-        vmms.append(Vmm("Cloud Hypervisor", cloud_hypervisor(args.cloud_hypervisor, mib), tmp))
-    if args.qemu:
-        vmms.append(Vmm("QEMU microvm", qemu(mib), tmp))
+    vmms = vmms_from(args.strata, args.firecracker, args.cloud_hypervisor, mib, tmp,
+                     with_qemu=args.qemu)
     exiting, staying = guest("density"), guest("density-stay")
     cpus = os.cpu_count()
     print(f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: "

@@ -67,26 +67,18 @@ def main():
     args = ap.parse_args()
     kernel = density.guest("density")
     tmp = tempfile.mkdtemp(prefix="first-run-")
-    vmms = []
-    for spec in args.strata or [os.path.join(density.ROOT,
-                                             "target/x86_64-unknown-linux-gnu/release/strata")]:
-        label, _, path = spec.rpartition("=")
-        vmms.append((f"strata {label}".strip(), density.strata(path, args.memory_mib)))
-    if args.firecracker:
-        vmms.append(("firecracker", density.firecracker(args.firecracker, args.memory_mib, tmp)))
-    if args.cloud_hypervisor:
-        vmms.append(("cloud-hypervisor",
-                     density.cloud_hypervisor(args.cloud_hypervisor, args.memory_mib)))
-    results = {name: [] for name, _ in vmms}
-    failed = {name: 0 for name, _ in vmms}
+    vmms = density.vmms_from(args.strata, args.firecracker, args.cloud_hypervisor,
+                             args.memory_mib, tmp)
+    results = {v.name: [] for v in vmms}
+    failed = {v.name: 0 for v in vmms}
     load_before = os.getloadavg()
     for i in range(args.runs):
-        for name, argv_for in vmms:
-            ms = one_run(argv_for(kernel, i), os.path.join(tmp, "perf.data"))
+        for v in vmms:
+            ms = one_run(v.argv(kernel, i), os.path.join(tmp, "perf.data"))
             if ms is None:
-                failed[name] += 1
+                failed[v.name] += 1
             else:
-                results[name].append(ms)
+                results[v.name].append(ms)
     load_after = os.getloadavg()
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; "
           f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.release()}; "
@@ -95,7 +87,7 @@ def main():
     print()
     print("| VMM | exec -> first KVM_RUN, median (ms) | p10 | p90 | failed |")
     print("|---|---|---|---|---|")
-    for name, _ in vmms:
+    for name in results:
         v = results[name]
         if v:
             print(f"| {name} | {statistics.median(v):.2f} | {pct(v, 0.1):.2f} | "

@@ -92,14 +92,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="strata-startup-")
     mib = args.memory_mib
-    vmms = [density.Vmm("Strata", density.strata(
-        os.path.join(density.ROOT, "target/x86_64-unknown-linux-gnu/release/strata"), mib), tmp)]
-    if args.firecracker:
-        vmms.append(density.Vmm("Firecracker", density.firecracker(args.firecracker, mib, tmp),
-                                tmp))
-    if args.cloud_hypervisor:
-        vmms.append(density.Vmm("Cloud Hypervisor",
-                                density.cloud_hypervisor(args.cloud_hypervisor, mib), tmp))
+    vmms = density.vmms_from([], args.firecracker, args.cloud_hypervisor, mib, tmp)
     kernel = density.guest("density")
     runs = {v.name: [] for v in vmms}
     for i in range(args.runs):  # interleaved, as bench/density.py pairs its runs
