@@ -40,15 +40,7 @@ const BOOTED: &str = "Waiting for root device /dev/vdz...";
 const SYSRQ_POWER_OFF: &[u8] = b"\x0fo";
 
 fn vmlinux() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("STRATA_CACHE").unwrap_or(format!("{home}/.cache/strata"));
-    let v = Path::new(&cache).join("linux-6.1-virtio").join("vmlinux");
-    assert!(
-        v.is_file(),
-        "{} is missing: run scripts/build-linux.sh --virtio",
-        v.display()
-    );
-    v
+    common::linux_vmlinux("virtio")
 }
 
 /// `strata run` arguments after `run` (and `--api-socket`): ACPI is on by default.

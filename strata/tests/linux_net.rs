@@ -28,15 +28,7 @@ const PINGS: u32 = 20;
 const BOOT_GUARD: std::time::Duration = std::time::Duration::from_secs(1500);
 
 fn vmlinux() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("STRATA_CACHE").unwrap_or(format!("{home}/.cache/strata"));
-    let v = Path::new(&cache).join("linux-6.1-virtio").join("vmlinux");
-    assert!(
-        v.is_file(),
-        "{} is missing: run scripts/build-linux.sh --virtio",
-        v.display()
-    );
-    v
+    common::linux_vmlinux("virtio")
 }
 
 /// The kernel command line: serial console, a static eth0 address, no root (it waits).

@@ -17,15 +17,7 @@ use std::process::Command;
 use common::{host_is_pvm, kvm_available, scratch, strata, strata_until};
 
 fn vmlinux() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("STRATA_CACHE").unwrap_or(format!("{home}/.cache/strata"));
-    let v = Path::new(&cache).join("linux-6.1-virtio").join("vmlinux");
-    assert!(
-        v.is_file(),
-        "{} is missing: run scripts/build-linux.sh --virtio",
-        v.display()
-    );
-    v
+    common::linux_vmlinux("virtio")
 }
 
 fn tool(program: &str, args: &[&str]) -> String {

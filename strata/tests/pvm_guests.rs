@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::{host_is_pvm, kvm_available, require, scratch, strata_until, Run};
@@ -230,17 +230,7 @@ fn test_gnu_mach_boots_to_bootstrap_panic_without_modules() {
 
 /// A tinyconfig Linux 6.1 built by scripts/build-linux.sh.
 fn linux(variant: &str) -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("STRATA_CACHE").unwrap_or(format!("{home}/.cache/strata"));
-    let vmlinux = Path::new(&cache)
-        .join(format!("linux-6.1-{variant}"))
-        .join("vmlinux");
-    assert!(
-        vmlinux.is_file(),
-        "{} is missing: run scripts/build-linux.sh --{variant}",
-        vmlinux.display()
-    );
-    vmlinux
+    common::linux_vmlinux(variant)
 }
 
 /// `noxsave clearcpuid=...`: this host's CPUID advertises XSAVE (with AVX-512 state), SMAP,

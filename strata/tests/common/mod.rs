@@ -27,6 +27,23 @@ pub fn strata_until(args: &[&str], markers: &[&str]) -> Run {
     run_until(Command::new(strata_bin()).args(args), markers)
 }
 
+/// The `vmlinux` scripts/build-linux.sh built for `variant` (`virtio`, `int3-patch`, ...) in
+/// the build cache (`$STRATA_CACHE`, by default `~/.cache/strata`); panics naming the command
+/// that builds it when it is missing.
+pub fn linux_vmlinux(variant: &str) -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("STRATA_CACHE").unwrap_or(format!("{home}/.cache/strata"));
+    let vmlinux = std::path::Path::new(&cache)
+        .join(format!("linux-6.1-{variant}"))
+        .join("vmlinux");
+    assert!(
+        vmlinux.is_file(),
+        "{} is missing: run scripts/build-linux.sh --{variant}",
+        vmlinux.display()
+    );
+    vmlinux
+}
+
 /// IEEE CRC-32 (zlib), the checksum the test guests print.
 #[allow(unused_imports)]
 pub use test_guests::crc32;
