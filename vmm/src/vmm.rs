@@ -136,7 +136,7 @@ impl Vmm {
     /// `vm.boot` before the event loop runs (`strata run` with boot options).
     pub fn boot(&mut self) -> Result<(), ActionError> {
         self.check(Transition::Boot)?;
-        self.start_vm().map_err(ActionError::Boot)
+        self.start_vm().map_err(|e| ActionError::Boot(Box::new(e)))
     }
 
     /// Adds the running VM's sources to the epoll; a failure stops the VM.
@@ -170,7 +170,8 @@ impl Vmm {
 
     /// Boots inside the event loop: build, start, register.
     fn boot_vm(&mut self, ops: &mut EventOps<'_>) -> Result<(), ActionError> {
-        self.start_vm().map_err(ActionError::Boot)?;
+        self.start_vm()
+            .map_err(|e| ActionError::Boot(Box::new(e)))?;
         self.register_vm(ops).map_err(ActionError::Control)
     }
 

@@ -35,17 +35,19 @@ impl Vmm {
         if let Some(slot) = &self.vm {
             return Err(ActionError::AlreadyCreated(slot.state));
         }
-        let (dir, state) = restore::load(config).map_err(|e| ActionError::Restore(e.into()))?;
-        let vm = restore::build(&dir, &state, config.memory).map_err(ActionError::Restore)?;
+        let (dir, state) =
+            restore::load(config).map_err(|e| ActionError::Restore(Box::new(e.into())))?;
+        let vm = restore::build(&dir, &state, config.memory)
+            .map_err(|e| ActionError::Restore(Box::new(e)))?;
         let stdin = state.config.serial.mode == ConsoleMode::Stdio;
         let mut running = RunningVm::start_from(vm, stdin, true)
-            .map_err(|e| ActionError::Restore(VmmError::Control(e)))?;
+            .map_err(|e| ActionError::Restore(Box::new(VmmError::Control(e))))?;
         let mut vm_state = VmState::Paused;
         if config.resume {
             if running.resume().is_err() {
-                return Err(ActionError::Restore(
+                return Err(ActionError::Restore(Box::new(
                     SnapshotError::SaveVcpus("a vCPU stopped as the VM resumed".into()).into(),
-                ));
+                )));
             }
             vm_state = VmState::Running;
         }
@@ -74,7 +76,7 @@ impl Vmm {
 pub fn run_restored(config: &RestoreConfig) -> Result<VmOutcome, VmmError> {
     let mut vmm = Vmm::new(None)?;
     vmm.restore(config).map_err(|e| match e {
-        ActionError::Restore(e) => e,
+        ActionError::Restore(e) => *e,
         other => SnapshotError::ConfigMismatch(other.to_string()).into(),
     })?;
     super::finish(vmm.run()?)

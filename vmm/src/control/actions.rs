@@ -122,7 +122,7 @@ pub enum ActionError {
     InvalidConfig(#[source] ConfigError),
     /// Building or starting the VM failed.
     #[error("unable to boot the VM")]
-    Boot(#[source] VmmError),
+    Boot(#[source] Box<VmmError>),
     /// The VM has no power button to press.
     #[error("the VM has no power button: it runs with acpi off, so the guest cannot be asked to power off (use vm.shutdown)")]
     NoPowerButton,
@@ -137,7 +137,7 @@ pub enum ActionError {
     Snapshot(#[source] Box<SnapshotError>),
     /// `vm.restore` failed.
     #[error("unable to restore the VM")]
-    Restore(#[source] VmmError),
+    Restore(#[source] Box<VmmError>),
 }
 
 impl ActionError {
@@ -156,7 +156,7 @@ impl ActionError {
                 ActionErrorKind::Internal
             }
             ActionError::Snapshot(e) if snapshot_error_is_request(e) => ActionErrorKind::BadRequest,
-            ActionError::Restore(VmmError::Snapshot(e)) if snapshot_error_is_request(e) => {
+            ActionError::Restore(e) if matches!(&**e, VmmError::Snapshot(s) if snapshot_error_is_request(s)) => {
                 ActionErrorKind::BadRequest
             }
             ActionError::Restore(e) if boot_error_is_request(e) => ActionErrorKind::BadRequest,
@@ -379,10 +379,10 @@ mod tests {
             ActionError::NoPowerButton.kind(),
             ActionErrorKind::BadRequest
         );
-        let missing_kernel = ActionError::Boot(VmmError::Config(ConfigError::Invalid {
+        let missing_kernel = ActionError::Boot(Box::new(VmmError::Config(ConfigError::Invalid {
             field: "kernel",
             reason: "none".into(),
-        }));
+        })));
         assert_eq!(missing_kernel.kind(), ActionErrorKind::BadRequest);
     }
 
