@@ -1,5 +1,7 @@
 //! The `strata` binary: argv in, library calls out.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod cli;
 mod img;

@@ -4,6 +4,8 @@
 //! on the command line (`--cpus boot=2`, `--memory size=128M`) are serde aliases of the same
 //! fields, and numbers may be given as strings so that `key=value` options deserialize directly.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};

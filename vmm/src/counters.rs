@@ -11,6 +11,8 @@
 //! assert_eq!(c.snapshot(), vec![("read_bytes", 4096), ("requests", 1)]);
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

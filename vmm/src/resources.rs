@@ -6,6 +6,8 @@
 //! (`virtio_mmio.device=4K@0xADDR:IRQ`) and the MP table can route their IRQs. The windows
 //! come from `arch::x86_64::layout`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use vm_memory::GuestAddress;

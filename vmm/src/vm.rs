@@ -1,6 +1,8 @@
 //! Building a VM: one linear sequence whose steps are the numbered boot sequence in
 //! ARCHITECTURE.md (1-10). Running it (steps 11-12) is the control plane's: `control/`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;

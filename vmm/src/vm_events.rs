@@ -7,6 +7,8 @@
 //! running the guest and waits for the control loop (so a guest that goes on after asking to
 //! exit cannot print more).
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;

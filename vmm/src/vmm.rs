@@ -11,6 +11,8 @@
 //! (`strata run --api-socket`) it lives until `vmm.shutdown` or a terminating signal; a VM that
 //! ends goes to `Shutdown` (a guest reset reboots it, as Cloud Hypervisor does).
 
+#![forbid(unsafe_code)]
+
 use std::os::fd::{AsRawFd, RawFd};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};

@@ -1,6 +1,8 @@
 //! The VMM's snapshot actions: `vm.snapshot` of the paused VM and `vm.restore` of a VM from
 //! a snapshot (docs/decisions/0013), and `vmm::run_restored` for `strata run --restore`.
 
+#![forbid(unsafe_code)]
+
 use event_manager::EventOps;
 
 use super::{VmSlot, Vmm};

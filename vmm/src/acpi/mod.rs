@@ -9,6 +9,8 @@
 //!
 //! Every table is built with the `acpi_tables` crate (the DSDT's AML with `acpi_tables::aml`).
 
+#![forbid(unsafe_code)]
+
 mod dsdt;
 pub mod loader;
 pub mod pm;

@@ -14,6 +14,8 @@
 //! memory map before anything is written: it must lie in RAM, outside the MMIO hole and above
 //! the VMM's own boot data ([`BOOT_DATA_END`]).
 
+#![forbid(unsafe_code)]
+
 mod elf;
 mod linux;
 mod multiboot1;

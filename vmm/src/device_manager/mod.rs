@@ -2,6 +2,8 @@
 //! created on the buses once guest memory and the irqchip exist: each virtio device behind
 //! its transport, with its notify ioeventfds and its irqfds registered.
 
+#![forbid(unsafe_code)]
+
 mod net;
 mod persist;
 pub mod plan;

@@ -7,6 +7,8 @@
 //! returns a [`VmEvent`], which goes to the VMM through the device's [`VmEvents`] sender; the
 //! vCPU loop never sees it.
 
+#![forbid(unsafe_code)]
+
 pub mod bus;
 pub mod debug_exit;
 pub mod debugcon;

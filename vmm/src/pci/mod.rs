@@ -8,6 +8,8 @@
 //! ([`crate::devices::Bus::relocate`]) and tells the device ([`PciDevice::bar_moved`]), which
 //! moves whatever it registered at the old address (ioeventfds).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod ecam;
 pub mod msix;
