@@ -1,6 +1,7 @@
 //! Bit counting (POPCNT, LZCNT, TZCNT) and CMPXCHG8B / CMPXCHG16B.
 
 use iced_x86::{Code, Register};
+use vm_memory::GuestAddress;
 
 use super::cpu::{flags, GuestMemoryAccess};
 use super::paging::{self, Access};
@@ -85,7 +86,7 @@ fn cmpxchg8b<M: GuestMemoryAccess + ?Sized>(ctx: &mut Ctx<'_, M>) -> Result<(), 
     let old = if la & 0xfff <= 0xff8 {
         let gpa = paging::translate(ctx.state, ctx.mem, la, Access::WRITE)?;
         ctx.mem
-            .compare_exchange_u64(gpa, expected, new)
+            .compare_exchange_u64(GuestAddress(gpa), expected, new)
             .ok_or(Stop::Memory { gpa, len: 8 })?
     } else {
         let mut buf = [0u8; 8];
@@ -116,7 +117,7 @@ fn cmpxchg16b<M: GuestMemoryAccess + ?Sized>(ctx: &mut Ctx<'_, M>) -> Result<(),
     let gpa = paging::translate(ctx.state, ctx.mem, la, Access::WRITE)?;
     let old = ctx
         .mem
-        .compare_exchange_u128(gpa, expected, new)
+        .compare_exchange_u128(GuestAddress(gpa), expected, new)
         .ok_or(Stop::Memory { gpa, len: 16 })?;
     let equal = old == expected;
     if !equal {

@@ -348,29 +348,29 @@ fn is_high_byte(reg: Register) -> bool {
 /// Implemented for every vm-memory [`GuestMemoryBackend`] (so for `GuestMemoryMmap`); a failed
 /// access (MMIO, unmapped) returns `false` and stops the VM with a clear error.
 pub trait GuestMemoryAccess {
-    /// Reads `buf.len()` bytes at guest-physical `gpa`.
-    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Reads `buf.len()` bytes at guest-physical address `gpa`.
+    fn read_phys(&self, gpa: GuestAddress, buf: &mut [u8]) -> bool;
     /// Writes `buf` at guest-physical `gpa`.
-    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool;
+    fn write_phys(&self, gpa: GuestAddress, buf: &[u8]) -> bool;
     /// Atomically compares the 8 bytes at `gpa` with `expected` and, if equal, stores `new`.
     /// Returns the old value, or `None` if the bytes are not in RAM.
-    fn compare_exchange_u64(&self, gpa: u64, expected: u64, new: u64) -> Option<u64>;
+    fn compare_exchange_u64(&self, gpa: GuestAddress, expected: u64, new: u64) -> Option<u64>;
     /// Atomically compares the 16 aligned bytes at `gpa` with `expected` and, if equal, stores
     /// `new`. Returns the old value, or `None` if the bytes are not in RAM.
-    fn compare_exchange_u128(&self, gpa: u64, expected: u128, new: u128) -> Option<u128>;
+    fn compare_exchange_u128(&self, gpa: GuestAddress, expected: u128, new: u128) -> Option<u128>;
 }
 
 impl<M: GuestMemoryBackend + ?Sized> GuestMemoryAccess for M {
-    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.read_slice(buf, GuestAddress(gpa)).is_ok()
+    fn read_phys(&self, gpa: GuestAddress, buf: &mut [u8]) -> bool {
+        self.read_slice(buf, gpa).is_ok()
     }
 
-    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool {
-        self.write_slice(buf, GuestAddress(gpa)).is_ok()
+    fn write_phys(&self, gpa: GuestAddress, buf: &[u8]) -> bool {
+        self.write_slice(buf, gpa).is_ok()
     }
 
-    fn compare_exchange_u64(&self, gpa: u64, expected: u64, new: u64) -> Option<u64> {
-        let slice = self.get_slice(GuestAddress(gpa), 8).ok()?;
+    fn compare_exchange_u64(&self, gpa: GuestAddress, expected: u64, new: u64) -> Option<u64> {
+        let slice = self.get_slice(gpa, 8).ok()?;
         let guard = slice.ptr_guard_mut();
         let ptr = guard.as_ptr();
         let (mut lo, mut hi) = (expected as u32, (expected >> 32) as u32);
@@ -394,11 +394,11 @@ impl<M: GuestMemoryBackend + ?Sized> GuestMemoryAccess for M {
         Some(u64::from(lo) | (u64::from(hi) << 32))
     }
 
-    fn compare_exchange_u128(&self, gpa: u64, expected: u128, new: u128) -> Option<u128> {
-        if !gpa.is_multiple_of(16) {
+    fn compare_exchange_u128(&self, gpa: GuestAddress, expected: u128, new: u128) -> Option<u128> {
+        if !gpa.0.is_multiple_of(16) {
             return None;
         }
-        let slice = self.get_slice(GuestAddress(gpa), 16).ok()?;
+        let slice = self.get_slice(gpa, 16).ok()?;
         let guard = slice.ptr_guard_mut();
         let ptr = guard.as_ptr();
         let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);

@@ -1,6 +1,8 @@
 //! The x86 page walk (32-bit, PAE, 4-level and 5-level paging) over guest-physical memory, and
 //! linear-address reads and writes built on it.
 
+use vm_memory::GuestAddress;
+
 use super::cpu::{cr, flags, CpuState, GuestMemoryAccess};
 use super::{Fault, Stop};
 
@@ -234,7 +236,7 @@ fn pae_pdpte<M: GuestMemoryAccess + ?Sized>(
 fn read_entry<M: GuestMemoryAccess + ?Sized>(mem: &M, addr: u64, size: u64) -> Result<u64, Stop> {
     let mut buf = [0u8; 8];
     let len = size as usize;
-    if !mem.read_phys(addr, &mut buf[..len]) {
+    if !mem.read_phys(GuestAddress(addr), &mut buf[..len]) {
         return Err(Stop::Memory { gpa: addr, len });
     }
     Ok(u64::from_le_bytes(buf))
@@ -325,7 +327,7 @@ fn set_accessed_dirty<M: GuestMemoryAccess + ?Sized>(
         }
         let new = entry | bits;
         let len = mode.entry_size as usize;
-        if !mem.write_phys(addr, &new.to_le_bytes()[..len]) {
+        if !mem.write_phys(GuestAddress(addr), &new.to_le_bytes()[..len]) {
             return Err(Stop::Memory { gpa: addr, len });
         }
     }
@@ -361,7 +363,7 @@ pub(crate) fn read_linear<M: GuestMemoryAccess + ?Sized>(
         let addr = la.wrapping_add(done as u64) & linear_mask(state);
         let chunk = (0x1000 - (addr & 0xfff) as usize).min(buf.len() - done);
         let gpa = translate(state, mem, addr, access)?;
-        if !mem.read_phys(gpa, &mut buf[done..done + chunk]) {
+        if !mem.read_phys(GuestAddress(gpa), &mut buf[done..done + chunk]) {
             return Err(Stop::Memory { gpa, len: chunk });
         }
         done += chunk;
@@ -394,7 +396,7 @@ pub(crate) fn write_linear<M: GuestMemoryAccess + ?Sized>(
         done += chunk;
     }
     for &(gpa, start, len) in &pieces[..count] {
-        if !mem.write_phys(gpa, &buf[start..start + len]) {
+        if !mem.write_phys(GuestAddress(gpa), &buf[start..start + len]) {
             return Err(Stop::Memory { gpa, len });
         }
     }

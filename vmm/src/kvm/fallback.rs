@@ -18,28 +18,28 @@ struct PhysicalMemory<'a> {
 }
 
 impl GuestMemoryAccess for PhysicalMemory<'_> {
-    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        if self.ram.read_slice(buf, GuestAddress(gpa)).is_ok() {
+    fn read_phys(&self, gpa: GuestAddress, buf: &mut [u8]) -> bool {
+        if self.ram.read_slice(buf, gpa).is_ok() {
             return true;
         }
-        self.mmio.read(gpa, buf);
+        self.mmio.read(gpa.0, buf);
         true
     }
 
-    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool {
-        if self.ram.write_slice(buf, GuestAddress(gpa)).is_ok() {
+    fn write_phys(&self, gpa: GuestAddress, buf: &[u8]) -> bool {
+        if self.ram.write_slice(buf, gpa).is_ok() {
             return true;
         }
-        self.mmio.write(gpa, buf);
+        self.mmio.write(gpa.0, buf);
         true
     }
 
     /// Locked read-modify-write works on RAM only; on a device register it stops the VM.
-    fn compare_exchange_u64(&self, gpa: u64, expected: u64, new: u64) -> Option<u64> {
+    fn compare_exchange_u64(&self, gpa: GuestAddress, expected: u64, new: u64) -> Option<u64> {
         self.ram.compare_exchange_u64(gpa, expected, new)
     }
 
-    fn compare_exchange_u128(&self, gpa: u64, expected: u128, new: u128) -> Option<u128> {
+    fn compare_exchange_u128(&self, gpa: GuestAddress, expected: u128, new: u128) -> Option<u128> {
         self.ram.compare_exchange_u128(gpa, expected, new)
     }
 }
