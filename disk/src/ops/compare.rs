@@ -33,20 +33,31 @@ pub enum Comparison {
     SizeMismatch,
 }
 
-/// Compares image `a` (format `fa`) with image `b` (format `fb`).
+/// How to compare (`qemu-img compare`'s options).
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// Format of the first image (`-f`).
+    pub a_format: Format,
+    /// Format of the second image (`-F`).
+    pub b_format: Format,
+    /// How both images are opened (read-only is forced).
+    pub open: OpenOptions,
+    /// Images of different sizes differ (`-s`), even when the extra part reads as zeroes.
+    pub strict: bool,
+}
+
+/// Compares image `a` with image `b`.
 pub fn compare(
     a: &Path,
-    fa: Format,
     b: &Path,
-    fb: Format,
-    open: &OpenOptions,
-    strict: bool,
+    options: &CompareOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Comparison> {
     let o = OpenOptions {
         read_only: true,
-        ..open.clone()
+        ..options.open.clone()
     };
+    let (fa, fb, strict) = (options.a_format, options.b_format, options.strict);
     let mut ia = Image::open(a, fa, &o)?;
     let mut ib = Image::open(b, fb, &o)?;
     let (sa, sb) = (ia.size(), ib.size());

@@ -13,7 +13,7 @@ mod map;
 mod stream;
 
 pub use bench::{bench, BenchOptions, BenchReport};
-pub use compare::{compare, Comparison};
+pub use compare::{compare, CompareOptions, Comparison};
 pub use convert::{convert, ConvertOptions, ConvertStats};
 pub use map::{frag_info, map, FragInfo, MapEntry};
 

@@ -367,23 +367,20 @@ pub fn compare(argv: &[String]) -> VerbResult {
     let p = a
         .expect(2, "two image files")
         .map_err(|e| Failure::new(e).with_status(2))?;
-    let o = OpenOptions {
-        read_only: true,
-        allow_backing: true,
-        ..Default::default()
+    let options = ops::CompareOptions {
+        a_format: fa,
+        b_format: fb,
+        open: OpenOptions {
+            read_only: true,
+            allow_backing: true,
+            ..Default::default()
+        },
+        strict: a.has("-s"),
     };
     let mut progress = Progress::new(a.has("-p"));
     let mut cb = |d: u64, t: u64| progress.update(d, t);
-    let r = ops::compare(
-        Path::new(&p[0]),
-        fa,
-        Path::new(&p[1]),
-        fb,
-        &o,
-        a.has("-s"),
-        &mut cb,
-    )
-    .map_err(|e| Failure::from(e).with_status(2))?;
+    let r = ops::compare(Path::new(&p[0]), Path::new(&p[1]), &options, &mut cb)
+        .map_err(|e| Failure::from(e).with_status(2))?;
     progress.finish();
     let quiet = a.has("-q");
     let say = |s: String| {
