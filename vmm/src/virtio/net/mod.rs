@@ -11,7 +11,10 @@
 
 mod ctrl;
 mod device;
+#[cfg(test)]
+mod direct_tests;
 mod event_handler;
+mod iov;
 pub mod metrics;
 mod persist;
 mod rx;
