@@ -2,10 +2,11 @@
 //! queue, and the control queue.
 //!
 //! Receive is `rx.rs`. Transmit: each chain's readable bytes (header and frame) are written
-//! to the pair's tap queue as one frame with one `writev` straight from guest memory; the
-//! header goes from a copy the worker checked (the guest cannot change it between the check
-//! and the write), the lengths from the descriptors as read once; a chain whose buffers are
-//! not all guest RAM or need too many iovecs is gathered into a buffer first. Chains too short for a header, frames
+//! to the pair's tap queue as one frame, with one `writev` straight from guest memory when
+//! the chain is longer than [`TX_COPYBREAK`]; the header goes from a copy the worker checked
+//! (the guest cannot change it between the check and the write), the lengths from the
+//! descriptors as read once; short chains, and chains whose buffers are not all guest RAM or
+//! need too many iovecs, are gathered into a buffer and written with `write`. Chains too short for a header, frames
 //! longer than the MTU allows (without GSO) or 64 KiB, and frames the tap refuses are dropped
 //! and counted. Control: `ctrl.rs` parses each command; VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
 //! attaches the first N tap queues and detaches the others (TUNSETQUEUE) before its answer
@@ -265,6 +266,13 @@ impl NetHandler {
     }
 }
 
+/// Chains up to this many bytes (header and frame) are gathered and written with `write`,
+/// longer ones go with `writev` from guest memory: on this project's measuring host a 64-byte
+/// frame cost the guest -> host line ~16% with `writev` (two iovecs, the kernel's slower
+/// multi-segment path) and a 1514-byte frame gained ~10% (docs/benchmarks.md, 2026-12-06
+/// 23:34 UTC).
+const TX_COPYBREAK: usize = 256;
+
 /// Reusable space of the transmit path.
 #[derive(Default)]
 struct TxScratch {
@@ -310,7 +318,8 @@ fn transmit_chain(
         return false;
     }
     iov.clear();
-    let mut direct = iov.push_host_ro(hdr);
+    // Small frames are cheaper to copy than to describe (copybreak).
+    let mut direct = len > TX_COPYBREAK && iov.push_host_ro(hdr);
     let mut skip = mode.hdr_len;
     for &(addr, n) in segs.iter() {
         direct = direct && iov.push_guest(mem, addr, n, skip);
@@ -319,7 +328,7 @@ fn transmit_chain(
     let written = if direct {
         tap.writev(iov.as_slice())
     } else {
-        // Not all RAM, or too many pieces: gather (and find out which).
+        // Small, or not all RAM, or too many pieces: gather (and find out which).
         buf[..mode.hdr_len].copy_from_slice(hdr);
         let mut at = 0;
         let mut ok = true;

@@ -1,5 +1,5 @@
-//! Guest buffers as host iovecs, so that a frame moves between the tap and guest memory in
-//! one `readv`/`writev` instead of through a bounce buffer (docs/decisions/0011).
+//! Guest buffers as host iovecs, so that a transmitted frame goes from guest memory to the
+//! tap in one `writev` instead of through a bounce buffer (docs/decisions/0011).
 //!
 //! An [`IoVecs`] lives only for one system call: it is filled, used and cleared by the
 //! worker; the pointers in it point into guest RAM (which outlives the worker) or into a
@@ -63,21 +63,6 @@ impl IoVecs {
         covered == len
     }
 
-    /// Adds a host buffer (written to by `readv`); false past [`MAX_IOVECS`].
-    pub fn push_host(&mut self, buf: &mut [u8]) -> bool {
-        if buf.is_empty() {
-            return true;
-        }
-        if self.0.len() >= MAX_IOVECS {
-            return false;
-        }
-        self.0.push(libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        });
-        true
-    }
-
     /// Adds a host buffer only read by `writev`; false past [`MAX_IOVECS`].
     pub fn push_host_ro(&mut self, buf: &[u8]) -> bool {
         if buf.is_empty() {
@@ -96,31 +81,6 @@ impl IoVecs {
 
 /// Guest segments `(address, length)` of one or more chains, in order.
 pub type Segments = [(GuestAddress, usize)];
-
-/// Writes `bytes` at byte `off` of the concatenated `segs`.
-pub fn write_at(
-    mem: &GuestMemoryMmap,
-    segs: &Segments,
-    mut off: usize,
-    bytes: &[u8],
-) -> Result<(), vm_memory::GuestMemoryError> {
-    use vm_memory::Bytes;
-    let mut done = 0;
-    for &(addr, len) in segs {
-        if done >= bytes.len() {
-            break;
-        }
-        if off >= len {
-            off -= len;
-            continue;
-        }
-        let n = (len - off).min(bytes.len() - done);
-        mem.write_slice(&bytes[done..done + n], GuestAddress(addr.0 + off as u64))?;
-        done += n;
-        off = 0;
-    }
-    Ok(())
-}
 
 /// Reads the first `out.len()` bytes of the concatenated `segs` into `out`; the bytes read.
 pub fn read_from(
@@ -182,28 +142,27 @@ mod tests {
             assert!(iov.push_guest(&m, GuestAddress(i as u64 * 16), 16, 0));
         }
 
-        let pushed = iov.push_host(&mut [0u8; 4]);
+        let pushed = iov.push_host_ro(&[0u8; 4]);
 
         assert!(!pushed);
         assert_eq!(iov.as_slice().len(), MAX_IOVECS);
     }
 
     #[test]
-    fn test_write_at_and_read_from_span_segments() {
+    fn test_read_from_spans_segments_stops_at_out_len() {
         let m = mem();
+        m.write_slice(&[1, 2, 3, 4], GuestAddress(0x100)).unwrap();
+        m.write_slice(&[5, 6, 7, 8], GuestAddress(0x200)).unwrap();
         let segs = [
             (GuestAddress(0x100), 4),
             (GuestAddress(0x200), 4),
             (GuestAddress(0x300), 8),
         ];
 
-        write_at(&m, &segs, 6, &[1, 2, 3, 4]).unwrap();
-        let mut back = [0u8; 12];
-        let n = read_from(&m, &segs, &mut back).unwrap();
+        let mut out = [0u8; 6];
+        let n = read_from(&m, &segs, &mut out).unwrap();
 
-        assert_eq!(n, 12);
-        assert_eq!(back, [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 0, 0]);
-        assert_eq!(m.read_obj::<[u8; 2]>(GuestAddress(0x202)).unwrap(), [1, 2]);
-        assert_eq!(m.read_obj::<[u8; 2]>(GuestAddress(0x300)).unwrap(), [3, 4]);
+        assert_eq!(n, 6);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
     }
 }

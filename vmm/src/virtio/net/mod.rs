@@ -11,11 +11,11 @@
 
 mod ctrl;
 mod device;
-#[cfg(test)]
-mod direct_tests;
 mod event_handler;
 mod iov;
 pub mod metrics;
+#[cfg(test)]
+mod path_tests;
 mod persist;
 mod rx;
 pub mod tap;

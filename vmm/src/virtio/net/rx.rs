@@ -1,30 +1,22 @@
 //! The receive path of one queue pair: a frame is read from the pair's tap queue only when
-//! the guest has posted a receive buffer.
-//!
-//! The common case costs one `readv` and no copy: the frame is read straight into the
-//! writable descriptors of the next available chain, with the pair's bounce buffer as one
-//! more iovec behind them for whatever does not fit. A frame that fits the chain is used
-//! right away (`num_buffers` 1). A longer one is put together in the bounce buffer (the
-//! chain's part read back from guest memory behind the overflow the tap already put there),
-//! the chain goes back to the available ring, and the slow path takes over: the chains the
-//! frame needs are taken (one without MRG_RXBUF, as many as it fills with it) and only when
-//! they suffice is it copied into them and the chains used; otherwise the chains go back
-//! and the frame waits. Nothing the guest has room for is dropped. Chains whose buffers are
-//! not all guest RAM, or that need more iovecs than a system call takes, use the slow path.
+//! the guest has posted a receive buffer. The frame (header included) lands in the pair's
+//! bounce buffer; then the chains it needs are taken (one without MRG_RXBUF, as many as it
+//! fills with it) and only when they suffice is it copied into them and the chains used;
+//! otherwise the chains go back to the available ring and the frame waits. Nothing the guest
+//! has room for is dropped. (Reading straight into the chain with `readv` was tried and
+//! measured: the worker spent ~30% more CPU per datagram on this host's kernel than with
+//! `read` plus the copy; docs/decisions/0011.)
 //!
 //! Notifications: while the worker has buffers to fill it asks the driver not to notify it
 //! (VRING_USED_F_NO_NOTIFY without EVENT_IDX; with EVENT_IDX `avail_event` stays behind), as
 //! QEMU does: new buffers are found when the next frame comes. Only when the buffers run out
 //! does it re-enable notifications, and the tap then leaves the epoll set, so a guest that
 //! never posts cannot make the worker spin; the receive queue's notification brings it back.
-//! The used ring is written per frame and the driver interrupted once per drain (at most
-//! [`BUDGET`] frames), if it asked to be.
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::event_handler::{NetHandler, NetMode, NetPair};
-use super::iov::{self, IoVecs};
 use super::{metrics, BUDGET};
 use crate::counters::Counters;
 use crate::virtio::queue::BrokenQueue;
@@ -46,20 +38,6 @@ pub struct RxScratch {
     segs: Vec<(GuestAddress, usize)>,
     /// Their heads and the bytes each gets.
     heads: Vec<(u16, u32)>,
-    /// The iovecs of a direct read.
-    iov: IoVecs,
-}
-
-/// What a direct read into the next chain did.
-enum Direct {
-    /// The frame is in the chain and the chain used.
-    Delivered,
-    /// A frame waits in the bounce buffer for the slow path.
-    Pending,
-    /// Nothing delivered (a runt frame, a chain too short for a header): go on.
-    Skip,
-    /// The tap is empty (or failed): stop for now.
-    Empty,
 }
 
 impl NetHandler {
@@ -137,14 +115,11 @@ impl RxCtx<'_> {
                     let _ = rx.queue.disable_notification(self.mem);
                     quiet = true;
                 }
-                match self.read_direct(rx, tap, rx_buf, rx_pending)? {
-                    Direct::Delivered => {
-                        delivered += 1;
-                        continue;
-                    }
-                    Direct::Pending => {}
-                    Direct::Skip => continue,
-                    Direct::Empty => break,
+                match tap.read(rx_buf) {
+                    Ok(n) if n >= self.mode.hdr_len => *rx_pending = n,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
                 }
             }
             if !self.deliver(rx, rx_buf, rx_pending)? {
@@ -153,92 +128,6 @@ impl RxCtx<'_> {
             delivered += 1;
         }
         Ok((delivered, RxState::Drained))
-    }
-
-    /// Reads the next frame straight into the next available chain (see the module's
-    /// comment); falls back to reading into the bounce buffer when the chain cannot be
-    /// described by iovecs.
-    fn read_direct(
-        &mut self,
-        rx: &mut ActiveQueue,
-        tap: &super::tap::Tap,
-        rx_buf: &mut [u8],
-        rx_pending: &mut usize,
-    ) -> Result<Direct, BrokenQueue> {
-        let (mode, mem, counters) = (self.mode, self.mem, self.counters);
-        let RxScratch { segs, iov, .. } = &mut *self.scratch;
-        let start = rx.queue.next_avail();
-        let Some(chain) = rx.pop(mem)? else {
-            return Ok(Direct::Empty);
-        };
-        let head = chain.head_index();
-        segs.clear();
-        iov.clear();
-        let mut room = 0usize;
-        let mut direct = true;
-        for d in chain.writable() {
-            let len = d.len() as usize;
-            segs.push((d.addr(), len));
-            room = room.saturating_add(len);
-            direct = direct && iov.push_guest(mem, d.addr(), len, 0);
-        }
-        if room < mode.hdr_len.max(1) {
-            // Too short for a header: give it back empty, count it.
-            counters.inc(metrics::RX_BAD_CHAIN);
-            rx.push_used(mem, head, 0)?;
-            return Ok(Direct::Skip);
-        }
-        let tail = rx_buf.get_mut(room..).unwrap_or_default();
-        if !direct || !iov.push_host(tail) {
-            // The slow path reads into the bounce buffer and finds out what is wrong.
-            rx.queue.set_next_avail(start);
-            iov.clear();
-            return Ok(match tap.read(rx_buf) {
-                Ok(n) if n >= mode.hdr_len => {
-                    *rx_pending = n;
-                    Direct::Pending
-                }
-                Ok(_) => Direct::Skip,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Direct::Skip,
-                Err(_) => Direct::Empty,
-            });
-        }
-        let result = tap.readv(iov.as_slice());
-        iov.clear();
-        let n = match result {
-            Ok(n) if n >= mode.hdr_len => n,
-            other => {
-                rx.queue.set_next_avail(start);
-                return Ok(match other {
-                    Ok(_) => Direct::Skip,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Direct::Skip,
-                    Err(_) => Direct::Empty,
-                });
-            }
-        };
-        if n > room {
-            // Longer than the chain: the overflow is at rx_buf[room..n]; put the chain's
-            // part in front of it and let the slow path find the chains.
-            rx.queue.set_next_avail(start);
-            if iov::read_from(mem, segs, &mut rx_buf[..room]).is_err() {
-                counters.inc(metrics::RX_BAD_CHAIN);
-                return Ok(Direct::Skip);
-            }
-            *rx_pending = n;
-            return Ok(Direct::Pending);
-        }
-        let used = if mode.hdr_len < super::HDR_LEN
-            || iov::write_at(mem, segs, 10, &1u16.to_le_bytes()).is_ok()
-        {
-            counters.inc(metrics::RX_FRAMES);
-            counters.add(metrics::RX_BYTES, (n - mode.hdr_len) as u64);
-            n as u32
-        } else {
-            counters.inc(metrics::RX_BAD_CHAIN);
-            0
-        };
-        rx.push_used(mem, head, used)?;
-        Ok(Direct::Delivered)
     }
 
     /// Whether the receive queue has a chain; when it has none, re-enables notifications and
@@ -266,7 +155,7 @@ impl RxCtx<'_> {
         rx_pending: &mut usize,
     ) -> Result<bool, BrokenQueue> {
         let (mode, mem, counters) = (self.mode, self.mem, self.counters);
-        let RxScratch { segs, heads, .. } = &mut *self.scratch;
+        let RxScratch { segs, heads } = &mut *self.scratch;
         let len = *rx_pending;
         let mut start = rx.queue.next_avail();
         segs.clear();

@@ -356,19 +356,6 @@ impl Tap {
         Ok(n as usize)
     }
 
-    /// Reads one frame (header included) across `iov` (at most their total length; the
-    /// rest of a longer frame is lost); WouldBlock when none waits.
-    pub fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: every iovec points at memory writable for its length for the duration of
-        // the call (guest RAM or a buffer the caller holds; `IoVecs` guarantees it).
-        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
     /// Writes one frame (header included) gathered from `iov`.
     pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);

@@ -1,5 +1,5 @@
-//! Tests of the direct paths: receive with `readv` into the guest's chains (and its
-//! fallbacks), transmit with `writev` from guest memory.
+//! Tests of the receive path over chains of several descriptors, mergeable buffers and
+//! chains too short or outside RAM, and of the transmit path's `writev` from guest memory.
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::mock::MockSplitQueue;
@@ -20,7 +20,7 @@ fn read(m: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn test_net_rx_direct_frame_fills_chain_of_several_descriptors() {
+fn test_net_rx_frame_fills_chain_of_several_descriptors() {
     let m = mem();
     let rx = MockSplitQueue::new(&m, 16);
     let tx = MockSplitQueue::new(&m, 16);
@@ -161,7 +161,7 @@ fn test_net_rx_chain_outside_ram_used_empty_counted_next_chain_gets_frame() {
 }
 
 #[test]
-fn test_net_tx_direct_header_split_over_descriptors_reaches_tap_whole() {
+fn test_net_tx_writev_header_split_over_descriptors_reaches_tap_whole() {
     let m = mem();
     let rx = MockSplitQueue::new(&m, 16);
     let tx = MockSplitQueue::new(&m, 16);
