@@ -309,6 +309,39 @@ def thread_cpu(pid):
     return out
 
 
+# Prints thread_cpu(pid) when started and, once the process is gone, each thread's last
+# figure, one JSON line each (run as `python3 -c CPU_SAMPLER PID`).
+CPU_SAMPLER = """
+import json, os, sys, time
+pid = int(sys.argv[1])
+def sample():
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[f"{name}/{tid}"] = int(f.read().split()[0]) / 1e9
+        except OSError:
+            pass
+    return out
+first = sample()
+last = dict(first)
+print(json.dumps(first), flush=True)
+while True:
+    now = sample()
+    if not now:
+        break
+    last.update(now)  # threads that ended keep their last figure
+    time.sleep(0.02)
+print(json.dumps(last), flush=True)
+"""
+
+
 def profile(label, pid, before, after):
     """With BENCH_PROFILE=1, prints the CPU each thread of `pid` used between two
     thread_cpu() samples (to standard error)."""
@@ -330,18 +363,11 @@ def udp_guest_to_host(vmm, args, transport):
     proc, serial, tap = start(vmm, args, f"op=udp-send ip={GUEST_IP} port=5000 count={n} "
                               f"size={UDP_PAYLOAD}", "net: udp ready", transport)
     stamps, wrong = [], [0]
-    # The VMM's threads' CPU, sampled until it exits (the receiver drains the socket later).
-    last_cpu = [thread_cpu(proc.pid)]
-
-    def sample():
-        while proc.poll() is None:
-            now = thread_cpu(proc.pid)
-            if now:
-                last_cpu[0] = now
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    # The VMM's threads' CPU, sampled until it exits (the receiver drains the socket later),
+    # by a child process: a sampler thread here would wait for the GIL, which the receiver
+    # holds while it runs at normal priority behind the real-time VMM.
+    sampler = subprocess.Popen([sys.executable, "-c", CPU_SAMPLER, str(proc.pid)],
+                               stdout=subprocess.PIPE, text=True)
 
     def receive():
         if realtime():
@@ -372,12 +398,11 @@ def udp_guest_to_host(vmm, args, transport):
             if len(stamps) == n:
                 break
 
-    cpu0 = last_cpu[0]
     in_ns(receive)
     finish(vmm, proc, tap)
-    sampler.join()
-    profile(f"{vmm} udp guest->host {transport} ({len(stamps)} datagrams)", proc.pid, cpu0,
-            last_cpu[0])
+    first, last = (json.loads(line) for line in sampler.communicate()[0].splitlines()[:2])
+    profile(f"{vmm} udp guest->host {transport} ({len(stamps)} datagrams)", proc.pid, first,
+            last)
     text = open(serial).read()
     if "net: udp sent" not in text:
         raise RuntimeError(f"{vmm}: the guest did not finish sending:\n{text}")
