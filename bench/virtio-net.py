@@ -35,6 +35,9 @@ Usage: run as root, after `cargo build --release`; on a shared host under `chrt 
 VMMs and the host -> guest sender then run at SCHED_FIFO 1, the samplers at 2):
     chrt -f 2 python3 bench/virtio-net.py --strata target/x86_64-unknown-linux-gnu/release/strata \
         --guest $(cargo run -q --release -p test-guests --bin guest-path -- net)
+With `--rounds N` each virtio-net line runs N times per VMM, interleaved, and the verdict is
+on the medians (the spread is printed); `--no-vsock` skips the vsock lines; `--peer-strata
+PATH` puts a second Strata build in QEMU's column (A/B).
 """
 
 import argparse

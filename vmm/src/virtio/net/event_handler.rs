@@ -269,8 +269,8 @@ impl NetHandler {
 /// Chains up to this many bytes (header and frame) are gathered and written with `write`,
 /// longer ones go with `writev` from guest memory: on this project's measuring host a 64-byte
 /// frame cost the guest -> host line ~16% with `writev` (two iovecs, the kernel's slower
-/// multi-segment path) and a 1514-byte frame gained ~10% (docs/benchmarks.md, 2026-12-06
-/// 23:34 UTC).
+/// multi-segment path) and a 1514-byte frame gained ~10% (docs/benchmarks.md, "Per-frame
+/// cost and interleaved rounds").
 const TX_COPYBREAK: usize = 256;
 
 /// Reusable space of the transmit path.
