@@ -28,13 +28,16 @@ private network namespace made and deleted here:
 
 Placement: the script's threads and each VMM's threads other than its vCPU share the first
 CPU, the vCPU has the second (`pin()`; QEMU runs with `-name debug-threads=on` so that its
-vCPU thread is named). BENCH_PROFILE=1 prints each VMM thread's CPU time during the UDP host ->
-guest sending.
+vCPU thread is named). BENCH_PROFILE=1 prints each VMM thread's CPU time during the UDP lines
+(host -> guest: the sending; guest -> host: from the go datagram to the last one received).
 
 Usage: run as root, after `cargo build --release`; on a shared host under `chrt -f 2` (the
 VMMs and the host -> guest sender then run at SCHED_FIFO 1, the samplers at 2):
     chrt -f 2 python3 bench/virtio-net.py --strata target/x86_64-unknown-linux-gnu/release/strata \
         --guest $(cargo run -q --release -p test-guests --bin guest-path -- net)
+With `--rounds N` each virtio-net line runs N times per VMM, interleaved, and the verdict is
+on the medians (the spread is printed); `--no-vsock` skips the vsock lines; `--peer-strata
+PATH` puts a second Strata build in QEMU's column (A/B).
 """
 
 import argparse
@@ -148,6 +151,10 @@ def vmm_cmd(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
 def vmm_cmd_plain(vmm, args, guest, cmdline, serial, tap, transport="mmio"):
     """`vmm` running `guest` on `tap` over virtio-mmio (QEMU: microvm) or virtio-pci (QEMU:
     q35, modern only)."""
+    if vmm == "qemu" and args.peer_strata:
+        # An A/B of two Strata builds: the "qemu" column runs the other one.
+        return vmm_cmd_plain("strata", argparse.Namespace(strata=args.peer_strata), guest,
+                             cmdline, serial, tap, transport)
     if vmm == "strata":
         return [args.strata, "run", "--kernel", guest, "--cmdline", cmdline, "--timeout", "600",
                 "--serial", f"file={serial}", "--net", f"tap={tap},mac={MAC},ip={HOST_IP}",
@@ -290,7 +297,11 @@ MIB = 1 << 20
 def thread_cpu(pid):
     """CPU time (s) each thread of process `pid` has run so far, by thread name and id."""
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out  # it has exited
+    for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 name = f.read().strip()
@@ -299,6 +310,39 @@ def thread_cpu(pid):
         except OSError:
             pass
     return out
+
+
+# Prints thread_cpu(pid) when started and, once the process is gone, each thread's last
+# figure, one JSON line each (run as `python3 -c CPU_SAMPLER PID`).
+CPU_SAMPLER = """
+import json, os, sys, time
+pid = int(sys.argv[1])
+def sample():
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[f"{name}/{tid}"] = int(f.read().split()[0]) / 1e9
+        except OSError:
+            pass
+    return out
+first = sample()
+last = dict(first)
+print(json.dumps(first), flush=True)
+while True:
+    now = sample()
+    if not now:
+        break
+    last.update(now)  # threads that ended keep their last figure
+    time.sleep(0.02)
+print(json.dumps(last), flush=True)
+"""
 
 
 def profile(label, pid, before, after):
@@ -322,6 +366,11 @@ def udp_guest_to_host(vmm, args, transport):
     proc, serial, tap = start(vmm, args, f"op=udp-send ip={GUEST_IP} port=5000 count={n} "
                               f"size={UDP_PAYLOAD}", "net: udp ready", transport)
     stamps, wrong = [], [0]
+    # The VMM's threads' CPU, sampled until it exits (the receiver drains the socket later),
+    # by a child process: a sampler thread here would wait for the GIL, which the receiver
+    # holds while it runs at normal priority behind the real-time VMM.
+    sampler = subprocess.Popen([sys.executable, "-c", CPU_SAMPLER, str(proc.pid)],
+                               stdout=subprocess.PIPE, text=True)
 
     def receive():
         if realtime():
@@ -354,6 +403,9 @@ def udp_guest_to_host(vmm, args, transport):
 
     in_ns(receive)
     finish(vmm, proc, tap)
+    first, last = (json.loads(line) for line in sampler.communicate()[0].splitlines()[:2])
+    profile(f"{vmm} udp guest->host {transport} ({len(stamps)} datagrams)", proc.pid, first,
+            last)
     text = open(serial).read()
     if "net: udp sent" not in text:
         raise RuntimeError(f"{vmm}: the guest did not finish sending:\n{text}")
@@ -484,6 +536,74 @@ def vsock(vmm, args):
     return statistics.median(rtts) * 1e6, got[0] / dt / (1 << 20)
 
 
+def interleaved(args, measure):
+    """Runs `measure(vmm)` `args.rounds` times for each of Strata and QEMU, interleaved
+    (Strata, QEMU, QEMU, Strata, Strata, QEMU, ...: the order flips every round so that
+    neither VMM always goes first); returns {vmm: [result, ...]}. A result is a number or a
+    tuple whose first element is the figure compared."""
+    res = {"strata": [], "qemu": []}
+    for i in range(args.rounds):
+        for v in ("strata", "qemu") if i % 2 == 0 else ("qemu", "strata"):
+            res[v].append(measure(v))
+    return res
+
+
+def figure(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+def median_round(results):
+    """The round whose figure is the median (the lower middle one for an even count)."""
+    ordered = sorted(results, key=figure)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def net_row(label, res, cell, digits):
+    """One table row: per VMM the median round's figure (with `cell`'s details of that
+    round) and the spread (lowest-highest figure of all rounds), then the verdict on the
+    medians; the per-round figures follow in a second row for the record."""
+    med = {v: median_round(r) for v, r in res.items()}
+    fig = {v: figure(med[v]) for v in res}
+    spread = {v: (min(map(figure, r)), max(map(figure, r))) for v, r in res.items()}
+    fmt = lambda x: f"{x:.{digits}f}"
+
+    def show(v):
+        lo, hi = spread[v]
+        extra = cell(med[v]) if isinstance(med[v], tuple) else ""
+        return f"{fmt(fig[v])}{extra} [{fmt(lo)}-{fmt(hi)}]"
+
+    gap = (fig["strata"] / fig["qemu"] - 1) * 100 if fig["qemu"] else float("inf")
+    verdict = "met" if fig["strata"] >= fig["qemu"] else "**not met**"
+    overlap = spread["strata"][0] <= spread["qemu"][1] and spread["qemu"][0] <= spread["strata"][1]
+    note = "; ranges overlap" if overlap else ""
+    print(f"| {label} | {show('strata')} | {show('qemu')} | {verdict} ({gap:+.0f}%{note}) |")
+    rounds = lambda v: " ".join(fmt(figure(x)) for x in res[v])
+    print(f"| (rounds, in order) | {rounds('strata')} | {rounds('qemu')} | |", flush=True)
+
+
+def net_lines(args):
+    """The eight virtio-net lines (or those the options select), each measured in
+    `args.rounds` interleaved rounds per VMM; medians, spreads and verdicts."""
+    print("| test (median [lowest-highest] of the rounds) | strata | qemu | verdict on the medians |")
+    print("|---|---|---|---|")
+    for size in () if args.only_udp else (64, 1514):
+        res = interleaved(args, lambda v: guest_to_host(v, args, size))
+        net_row(f"guest->host {size}-byte frames (pps)", res, None, 0)
+        res = interleaved(args, lambda v: host_to_guest(v, args, size))
+        net_row(f"host->guest {size}-byte frames (pps received; host sent)", res,
+                lambda r: f" ({r[1]})", 0)
+    directions = args.udp_directions.split(",")
+    for t in args.udp_transports.split(","):
+        if "g2h" in directions:
+            res = interleaved(args, lambda v: udp_guest_to_host(v, args, t))
+            net_row(f"UDP guest->host, 1472-byte payloads, {t} (MiB/s at the host socket; "
+                    "received, lost)", res, lambda r: f" ({r[1]}, {r[2]} lost)", 1)
+        if "h2g" in directions:
+            res = interleaved(args, lambda v: udp_host_to_guest(v, args, t))
+            net_row(f"UDP host->guest, 1472-byte payloads, {t} (MiB/s the guest received; "
+                    "received of sent)", res, lambda r: f" ({r[1]} of {r[2]})", 1)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--strata", default="target/x86_64-unknown-linux-gnu/release/strata")
@@ -496,6 +616,10 @@ def main():
     p.add_argument("--udp-directions", default="g2h,h2g",
                    help="g2h: guest -> host, h2g: host -> guest")
     p.add_argument("--only-udp", action="store_true", help="the UDP lines alone")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="virtio-net lines: interleaved rounds per VMM (median, spread, verdict)")
+    p.add_argument("--no-vsock", action="store_true", help="the virtio-net lines alone")
+    p.add_argument("--peer-strata", help="A/B: run this Strata binary in QEMU's place")
     p.add_argument("--rtts", type=int, default=2000)
     p.add_argument("--vsock-mib", type=int, default=256)
     p.add_argument("--firecracker", help="Firecracker binary: its vsock as a yardstick")
@@ -508,29 +632,11 @@ def main():
     try:
         print(f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: {os.uname().nodename} "
               f"{os.cpu_count()} CPUs, {os.uname().release}")
+        net_lines(args)
+        if args.only_udp or args.no_vsock:
+            return
         print("| test | strata | qemu |")
         print("|---|---|---|")
-        for size in () if args.only_udp else (64, 1514):
-            r = {v: guest_to_host(v, args, size) for v in ("strata", "qemu")}
-            print(f"| guest->host {size}-byte frames (pps) | {r['strata']:.0f} | {r['qemu']:.0f} |")
-            r = {v: host_to_guest(v, args, size) for v in ("strata", "qemu")}
-            print(f"| host->guest {size}-byte frames (pps received; host sent) "
-                  f"| {r['strata'][0]:.0f} ({r['strata'][1]}) | {r['qemu'][0]:.0f} ({r['qemu'][1]}) |")
-        directions = args.udp_directions.split(",")
-        for t in args.udp_transports.split(","):
-            if "g2h" in directions:
-                r = {v: udp_guest_to_host(v, args, t) for v in ("strata", "qemu")}
-                cell = lambda v: f"{v[0]:.1f} ({v[1]} received, {v[2]} lost)"
-                print(f"| UDP guest->host, 1472-byte payloads, {t} (MiB/s at the host socket) "
-                      f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
-            if "h2g" not in directions:
-                continue
-            r = {v: udp_host_to_guest(v, args, t) for v in ("strata", "qemu")}
-            cell = lambda v: f"{v[0]:.1f} ({v[1]} received of {v[2]} sent)"
-            print(f"| UDP host->guest, 1472-byte payloads, {t} (MiB/s the guest received) "
-                  f"| {cell(r['strata'])} | {cell(r['qemu'])} |")
-        if args.only_udp:
-            return
         rtt, mibs = vsock("strata", args)
         fc_rtt, fc_mibs = vsock("firecracker", args) if args.firecracker else (None, None)
         fc = lambda v: "n/a" if v is None else f"{v:.1f}"

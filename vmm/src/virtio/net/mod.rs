@@ -12,7 +12,10 @@
 mod ctrl;
 mod device;
 mod event_handler;
+mod iov;
 pub mod metrics;
+#[cfg(test)]
+mod path_tests;
 mod persist;
 mod rx;
 pub mod tap;

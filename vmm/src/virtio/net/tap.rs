@@ -356,6 +356,18 @@ impl Tap {
         Ok(n as usize)
     }
 
+    /// Writes one frame (header included) gathered from `iov`.
+    pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: every iovec points at memory readable for its length during the call;
+        // the kernel only reads it.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Writes one frame (header included).
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         // SAFETY: `frame` is a live slice of the given length, only read.
