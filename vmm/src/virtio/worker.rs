@@ -90,6 +90,18 @@ impl<H: MutEventSubscriber + Send + 'static> Worker<H> {
         handler: H,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<Worker<H>, ActivateError> {
+        Worker::spawn_with_exit(name, handler, interrupt, |_| {})
+    }
+
+    /// [`Worker::spawn`], and `on_exit` runs on the worker thread with the handler after the
+    /// loop stops, before the handler is handed back (virtio-blk settles its io_uring ring
+    /// there: only the thread that used the ring may wait on it).
+    pub fn spawn_with_exit(
+        name: String,
+        handler: H,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        on_exit: impl FnOnce(&mut H) + Send + 'static,
+    ) -> Result<Worker<H>, ActivateError> {
         let spawn_err = |source| ActivateError::SpawnWorker {
             name: name.clone(),
             source,
@@ -115,7 +127,11 @@ impl<H: MutEventSubscriber + Send + 'static> Worker<H> {
                         break;
                     }
                 }
-                manager.remove_subscriber(id).ok().map(|w| w.handler)
+                let mut handler = manager.remove_subscriber(id).ok().map(|w| w.handler);
+                if let Some(h) = handler.as_mut() {
+                    on_exit(h);
+                }
+                handler
             })
             .map_err(spawn_err)?;
         Ok(Worker {
