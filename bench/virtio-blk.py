@@ -3,7 +3,7 @@
 ceiling.
 
 Run by hand (never in CI):  cargo build --release && python3 bench/virtio-blk.py
-Needs qemu-system-x86_64, qemu-img and fio.
+Needs qemu-system-x86_64, qemu-img, fio and fincore (util-linux-extra).
 
 The guest is the kit's `virtio` guest (guests/rust/virtio.rs); in ring 3 it keeps `qd` reads
 in flight on one virtio-blk device, polls the used ring, and times them with the TSC, whose rate
@@ -13,8 +13,13 @@ reads at QD4 (512 MiB).
 
 Images (DIR, default /tmp/strata-blk-bench): a 2 GiB raw file of random data and a qcow2 copy
 (qemu-img convert: every cluster allocated). Modes: raw with O_DIRECT (Strata direct=on, QEMU
-cache=none), raw through the page cache and qcow2 through the page cache (both warmed by one
-`cat` first). The host ceiling is fio's io_uring engine on the raw file in the same mode.
+cache=none), raw through the page cache and qcow2 through the page cache (before every reader
+in these two, fio job and VM alike, the file is read with `cat` until `fincore` finds all of
+it cached: this host drops cached pages of a 2 GiB file in the background). The host ceiling
+is fio's io_uring engine on the raw file in the same mode.
+
+A/B runs: --modes (direct,cache,qcow2), --vmms (fio,strata-mmio,strata-pci,qemu-microvm,
+qemu-q35), --strata PATH (another build), --boot-runs 0 (no boot table).
 
 VMMs: Strata over virtio-mmio and virtio-pci; QEMU -M microvm (virtio-mmio v2) and -M q35
 (virtio-pci modern), each with aio=io_uring.
