@@ -240,6 +240,29 @@ mod tests {
     }
 
     #[test]
+    fn test_worker_on_exit_runs_on_worker_thread_before_handback() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let handler = Counter {
+            fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            seen: Arc::clone(&seen),
+        };
+        let irq = Arc::new(Level {
+            resample: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            resampled: AtomicUsize::new(0),
+        });
+        let worker = Worker::spawn_with_exit("test-exit".into(), handler, irq, |h| {
+            let here = std::thread::current().name() == Some("test-exit");
+            h.seen
+                .fetch_add(if here { 7 } else { 1000 }, Ordering::SeqCst);
+        })
+        .unwrap();
+
+        let back = worker.stop();
+
+        assert_eq!(back.map(|h| h.seen.load(Ordering::SeqCst)), Some(7));
+    }
+
+    #[test]
     fn test_worker_dropped_joins_thread() {
         let seen = Arc::new(AtomicUsize::new(0));
         let handler = Counter {
