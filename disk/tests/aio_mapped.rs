@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{collect, iovecs, qemu_io, qemu_to_raw, scratch, Rng};
-use disk::aio::{Engine, Request};
+use disk::aio::Request;
 use disk::{Format, OpenOptions, SharedDisk};
 
 const K: u64 = 1024;
@@ -101,6 +101,7 @@ fn test_mapped_qcow2_allocated_read_goes_to_kernel_unallocated_runs_inline() {
     let allocated = unsafe { Request::read(64 * K, &ia) }.expect("request");
     e.submit(allocated, 0).expect("submit");
     let before_commit = e.has_completions();
+    // SAFETY: as above.
     let unallocated = unsafe { Request::read(200 * K, &ib) }.expect("request");
     e.submit(unallocated, 1).expect("submit");
     let inline_done = e.has_completions();
@@ -135,8 +136,10 @@ fn test_mapped_qcow2_writes_then_reads_round_trip_and_pass_qemu_check() {
     let r = unsafe { Request::write(250 * K, &wi) }.expect("request");
     e.submit(r, 0).expect("submit");
     collect(e.as_mut(), 1);
+    // SAFETY: as above.
     let r = unsafe { Request::read(250 * K, &bi) }.expect("request");
     e.submit(r, 1).expect("submit");
+    // SAFETY: as above.
     let r = unsafe { Request::write(900 * K, &w2i) }.expect("request");
     e.submit(r, 2).expect("submit");
     let done = collect(e.as_mut(), 2);
