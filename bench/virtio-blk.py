@@ -3,7 +3,7 @@
 ceiling.
 
 Run by hand (never in CI):  cargo build --release && python3 bench/virtio-blk.py
-Needs qemu-system-x86_64, qemu-img and fio.
+Needs qemu-system-x86_64, qemu-img, fio and fincore (util-linux-extra).
 
 The guest is the kit's `virtio` guest (guests/rust/virtio.rs); in ring 3 it keeps `qd` reads
 in flight on one virtio-blk device, polls the used ring, and times them with the TSC, whose rate
@@ -13,8 +13,13 @@ reads at QD4 (512 MiB).
 
 Images (DIR, default /tmp/strata-blk-bench): a 2 GiB raw file of random data and a qcow2 copy
 (qemu-img convert: every cluster allocated). Modes: raw with O_DIRECT (Strata direct=on, QEMU
-cache=none), raw through the page cache and qcow2 through the page cache (both warmed by one
-`cat` first). The host ceiling is fio's io_uring engine on the raw file in the same mode.
+cache=none), raw through the page cache and qcow2 through the page cache (before every reader
+in these two, fio job and VM alike, the file is read with `cat` until `fincore` finds all of
+it cached: this host drops cached pages of a 2 GiB file in the background). The host ceiling
+is fio's io_uring engine on the raw file in the same mode.
+
+A/B runs: --modes (direct,cache,qcow2), --vmms (fio,strata-mmio,strata-pci,qemu-microvm,
+qemu-q35), --strata PATH (another build), --boot-runs 0 (no boot table).
 
 VMMs: Strata over virtio-mmio and virtio-pci; QEMU -M microvm (virtio-mmio v2) and -M q35
 (virtio-pci modern), each with aio=io_uring.
@@ -77,8 +82,23 @@ def make_images(d):
     return raw, qcow2
 
 
+def cached_fraction(path):
+    """The fraction of `path`'s pages in the page cache, by `fincore` (util-linux)."""
+    out = subprocess.check_output(["fincore", "--bytes", "--noheadings", "--raw",
+                                   "--output", "RES,SIZE", path], text=True).split()
+    return int(out[0]) / max(int(out[1]), 1)
+
+
 def warm(path):
-    subprocess.check_call(["cat", path], stdout=subprocess.DEVNULL)
+    """Reads `path` into the page cache until fincore finds all of it there (this host drops
+    cached pages of a 2 GiB file in the background, so it is re-read before every reader in
+    a page-cache mode, fio and each VMM alike); returns the cached fraction found."""
+    for _ in range(5):
+        subprocess.check_call(["cat", path], stdout=subprocess.DEVNULL)
+        got = cached_fraction(path)
+        if got >= 0.999:
+            break
+    return got
 
 
 def guest_ops(transport):
@@ -106,9 +126,12 @@ def parse(out):
     return cells
 
 
+STRATA = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata")
+
+
 def strata(kernel, transport, path, fmt, direct):
     disk = f"path={path},format={fmt},readonly=on" + (",direct=on" if direct else "")
-    return [os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/strata"), "run", "--kernel", kernel,
+    return [STRATA, "run", "--kernel", kernel,
             "--transport", transport, "--disk", disk, "--cmdline", guest_ops(transport)]
 
 
@@ -172,31 +195,53 @@ def main():
     ap.add_argument("--dir", default=os.environ.get("DIR", "/tmp/strata-blk-bench"))
     ap.add_argument("--boot-runs", type=int, default=20)
     ap.add_argument("--skip-io", action="store_true")
+    ap.add_argument("--modes", default="direct,cache,qcow2",
+                    help="comma-separated subset of direct (raw O_DIRECT), cache (raw page "
+                         "cache), qcow2 (qcow2 page cache); for A/B runs")
+    ap.add_argument("--vmms", default="fio,strata-mmio,strata-pci,qemu-microvm,qemu-q35",
+                    help="comma-separated subset of the readers; for A/B runs")
+    ap.add_argument("--strata", default=None, help="the strata binary (default: this tree's)")
     args = ap.parse_args()
+    global STRATA
+    if args.strata:
+        STRATA = args.strata
+    want_modes = set(args.modes.split(","))
+    want_vmms = set(args.vmms.split(","))
     load_start = os.getloadavg()
     kernel = guest_path("virtio")
     raw, qcow2 = make_images(args.dir)
-    boot = boot_rows(raw, qcow2, args.boot_runs)
+    boot = boot_rows(raw, qcow2, args.boot_runs) if args.boot_runs > 0 else []
     rows = []
     if args.skip_io:
         modes = []
     else:
-        modes = [("raw, O_DIRECT", raw, "raw", True),
-                 ("raw, page cache", raw, "raw", False),
-                 ("qcow2, page cache", qcow2, "qcow2", False)]
-    for label, path, fmt, direct in modes:
-        if not direct:
-            warm(path)
-        if fmt == "raw":
-            host = (fio(path, direct, "randread", "4k", 1, QD1_IOS),
-                    fio(path, direct, "randread", "4k", 32, QD32_IOS),
-                    fio(path, direct, "read", "1m", SEQ_QD, SEQ_IOS))
-            rows.append((label, "host: fio io_uring", host))
-        runs = [("strata, virtio-mmio", strata(kernel, "mmio", path, fmt, direct)),
-                ("strata, virtio-pci", strata(kernel, "pci", path, fmt, direct)),
-                ("qemu microvm, aio=io_uring", qemu(kernel, "microvm", path, fmt, direct, "io_uring")),
-                ("qemu q35, aio=io_uring", qemu(kernel, "q35", path, fmt, direct, "io_uring"))]
-        for name, cmd in runs:
+        modes = [m for m in (("direct", "raw, O_DIRECT", raw, "raw", True),
+                             ("cache", "raw, page cache", raw, "raw", False),
+                             ("qcow2", "qcow2, page cache", qcow2, "qcow2", False))
+                 if m[0] in want_modes]
+    cached = []
+    for _, label, path, fmt, direct in modes:
+        # Page-cache modes: the file is read in (and checked with fincore) before *every*
+        # reader, fio and each VM alike, not once per mode.
+        before = (lambda: cached.append((label, warm(path)))) if not direct else (lambda: None)
+        if fmt == "raw" and "fio" in want_vmms:
+            host = []
+            for rw, bs, qd, ios in (("randread", "4k", 1, QD1_IOS),
+                                    ("randread", "4k", 32, QD32_IOS),
+                                    ("read", "1m", SEQ_QD, SEQ_IOS)):
+                before()
+                host.append(fio(path, direct, rw, bs, qd, ios))
+            rows.append((label, "host: fio io_uring", tuple(host)))
+        runs = [("strata-mmio", "strata, virtio-mmio", strata(kernel, "mmio", path, fmt, direct)),
+                ("strata-pci", "strata, virtio-pci", strata(kernel, "pci", path, fmt, direct)),
+                ("qemu-microvm", "qemu microvm, aio=io_uring",
+                 qemu(kernel, "microvm", path, fmt, direct, "io_uring")),
+                ("qemu-q35", "qemu q35, aio=io_uring",
+                 qemu(kernel, "q35", path, fmt, direct, "io_uring"))]
+        for key, name, cmd in runs:
+            if key not in want_vmms:
+                continue
+            before()
             rows.append((label, name, parse(run(cmd))))
             print(f"{label:18} {name:28} {rows[-1][2]}", file=sys.stderr)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -216,6 +261,10 @@ def main():
         print(f"| {label} | {name} | {cell(q1)} | {cell(q32)} | {cell(seq)} |")
     for f in FAILURES:
         print(f"failed: {f}")
+    if cached:
+        low = min(f for _, f in cached)
+        print(f"Page cache before each page-cache reader (fincore): {len(cached)} checks, "
+              f"lowest {low:.1%} of the file cached")
     print()
     print("Commands as run:")
     print()

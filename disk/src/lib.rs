@@ -328,7 +328,23 @@ pub trait Resize {
 
 /// An open image, with every capability (formats that lack one return `Unsupported`;
 /// [`QueryCapabilities::capabilities`] says which in advance).
-pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + QueryCapabilities + Send {}
+pub trait Disk: DiskSize + ReadAt + WriteAt + Discard + Resize + QueryCapabilities + Send {
+    /// Where the `len` bytes at guest `offset` are stored in the image's own file, when all
+    /// of them are stored there as they are (no backing file, no zero or compressed
+    /// cluster): host (offset, length) runs in guest order, neighbours merged. `None` when
+    /// any part is not; such reads go through [`ReadAt::read_vectored_at`]. What lets
+    /// [`aio::MappedEngine`] read a qcow2 image's data through io_uring. The default maps
+    /// nothing.
+    fn data_map(&mut self, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
+
+    /// The file [`Disk::data_map`]'s host offsets are in (None: no mapping).
+    fn data_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+}
 
 /// Opens an image of the stated format.
 pub fn open(path: &Path, format: Format, options: &OpenOptions) -> Result<Box<dyn Disk>> {

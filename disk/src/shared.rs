@@ -1,6 +1,7 @@
 //! [`SharedDisk`]: one open image shared by a device's worker threads.
 
 use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,6 +92,31 @@ impl SharedDisk {
             }),
             Backend::Raw(_) => Err(Error::new(ErrorKind::Io, "raw images are not locked")),
         }
+    }
+
+    /// [`Disk::data_map`] of the image behind the lock (None for raw images).
+    pub(crate) fn data_map(&self, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        match &*self.inner {
+            Backend::Raw(_) => Ok(None),
+            Backend::Locked { .. } => self.lock()?.data_map(offset, len),
+        }
+    }
+
+    /// A second, read-only handle on the file [`Disk::data_map`] points into (the same open
+    /// file reopened through `/proc/self/fd`, so a renamed or replaced path cannot change
+    /// it), as a raw image; None when the image has no such file or it cannot be reopened.
+    pub(crate) fn data_view(&self) -> Option<RawDisk> {
+        let Backend::Locked { .. } = &*self.inner else {
+            return None;
+        };
+        let disk = self.lock().ok()?;
+        let fd = disk.data_fd()?;
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let options = crate::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        RawDisk::open(&path, &options).ok()
     }
 
     /// What the image supports (see [`Capabilities`]).

@@ -130,6 +130,31 @@ impl Iovecs {
         })
     }
 
+    /// Splits off the first `n` bytes (all if fewer) as iovecs of their own, leaving the rest
+    /// here: the pieces of one request that go to different places.
+    pub(crate) fn split_front(&mut self, n: u64) -> Iovecs {
+        let mut left = n.min(self.total) as usize;
+        let total = left as u64;
+        let mut front = Vec::new();
+        for v in &self.iov {
+            if left == 0 {
+                break;
+            }
+            let take = v.iov_len.min(left);
+            front.push(libc::iovec {
+                iov_base: v.iov_base,
+                iov_len: take,
+            });
+            left -= take;
+        }
+        self.advance(total);
+        Iovecs {
+            iov: front,
+            total,
+            overlapping: self.overlapping,
+        }
+    }
+
     /// Drops the first `n` bytes (after a short transfer, before resubmitting the rest).
     pub(crate) fn advance(&mut self, n: u64) {
         let mut left = n as usize;
@@ -263,6 +288,31 @@ mod tests {
 
         assert_eq!((v.count(), v.total()), (1, 2));
         assert_eq!(out, [2, 2]);
+    }
+
+    #[test]
+    fn test_iovecs_split_front_inside_and_across_buffers_keeps_order() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 6];
+        let (pa, pb) = (a.as_mut_ptr() as usize, b.as_mut_ptr() as usize);
+        // SAFETY: `a` and `b` outlive the iovecs, which are never used for I/O.
+        let mut v = unsafe { Iovecs::new(&[iov(&mut a), iov(&mut b)]) }.unwrap();
+
+        let first = v.split_front(4);
+        let second = v.split_front(8);
+        let rest = v.split_front(100);
+
+        let spans = |x: &Iovecs| -> Vec<(usize, usize)> {
+            x.iov
+                .iter()
+                .map(|i| (i.iov_base as usize, i.iov_len))
+                .collect()
+        };
+        assert_eq!(spans(&first), [(pa, 4)]);
+        assert_eq!(spans(&second), [(pa + 4, 6), (pb, 2)]);
+        assert_eq!(spans(&rest), [(pb + 2, 4)]);
+        assert_eq!((first.total(), second.total(), rest.total()), (4, 8, 4));
+        assert_eq!(v.total(), 0);
     }
 
     #[test]

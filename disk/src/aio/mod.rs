@@ -1,9 +1,11 @@
 //! Asynchronous disk I/O for device queues: submit requests with a token, collect
 //! completions when an eventfd says they are ready.
 //!
-//! Two engines implement [`Engine`]: [`UringEngine`] (io_uring, raw images, with or without
-//! O_DIRECT) and [`SyncEngine`] (any image: each request runs on a worker thread, or inline,
-//! through [`SharedDisk`], then the eventfd is signalled). [`SharedDisk::engine`] picks one.
+//! Three engines implement [`Engine`]: [`UringEngine`] (io_uring, raw images, with or
+//! without O_DIRECT), [`MappedEngine`] (qcow2: reads of allocated clusters through io_uring
+//! on the image file, the rest inline) and [`SyncEngine`] (any image: each request runs on a
+//! worker thread, or inline, through [`SharedDisk`], then the eventfd is signalled).
+//! [`SharedDisk::engine`] and [`SharedDisk::engine_inline`] pick one.
 //!
 //! The contract every engine keeps: [`Engine::submit`] either refuses a request (an `Err`,
 //! e.g. [`ErrorKind::OutOfBounds`] for a range past the end of the disk or
@@ -21,11 +23,13 @@
 
 mod eventfd;
 mod iovec;
+mod mapped;
 mod sync;
 mod uring;
 
+pub use mapped::MappedEngine;
 pub use sync::{SyncEngine, SyncMode};
-pub use uring::UringEngine;
+pub use uring::{RingMode, UringEngine};
 
 use std::os::fd::BorrowedFd;
 
@@ -147,6 +151,16 @@ pub trait Engine: Send {
         true
     }
 
+    /// Waits until the kernel holds none of this engine's requests, so that another thread
+    /// may take the engine over (an io_uring ring with a single issuer is entered only by
+    /// the thread that used it last; docs/decisions/0025). Their completions stay in the
+    /// engine for [`Engine::completions`]; requests not yet started stay queued. Call it on
+    /// the thread that served the engine before handing it on. Nothing to do for most
+    /// engines.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Blocks until the notifier is readable (for callers without an event loop: tools,
     /// tests and benchmarks). Returns at once if completions are waiting.
     fn wait(&mut self) -> Result<()> {
@@ -171,6 +185,12 @@ pub(crate) fn engine_with(
             Ok(e) => return Ok(Box::new(e)),
             Err(e) if e.kind() == ErrorKind::Unsupported => {}
             Err(e) => return Err(e),
+        }
+    } else if mode == SyncMode::Inline {
+        // qcow2 for a caller with a thread of its own: mapped reads through io_uring, the
+        // rest inline; any failure to set that up leaves the plain inline adapter.
+        if let Ok(e) = MappedEngine::new(disk.clone(), depth) {
+            return Ok(Box::new(e));
         }
     }
     Ok(Box::new(SyncEngine::new(disk.clone(), mode)?))

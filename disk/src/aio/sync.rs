@@ -78,7 +78,7 @@ impl SyncEngine {
 }
 
 /// Runs one request to the end.
-fn execute(disk: &SharedDisk, request: Request) -> Result<()> {
+pub(crate) fn execute(disk: &SharedDisk, request: Request) -> Result<()> {
     match request.op {
         Op::Read { offset, mut iov } => {
             iov.read_with(|bufs, pos| disk.read_vectored_at(bufs, offset + pos))

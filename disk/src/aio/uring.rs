@@ -1,7 +1,11 @@
 //! The io_uring engine for raw images.
 //!
 //! One ring per engine (one engine per device queue), the image's file registered as fixed
-//! file 0, the engine's eventfd registered for completions. Reads and writes go to the
+//! file 0, the engine's eventfd registered for completions. Where the kernel has it the ring
+//! is single-issuer with deferred task work ([`RingMode::Deferred`], docs/decisions/0025):
+//! completions are posted when the serving thread next enters the ring, not by interrupting
+//! it; the ring is bound to the thread that first enters it and rebuilt, while idle, for a
+//! thread that takes the engine over. Reads and writes go to the
 //! kernel as `READV`/`WRITEV` on the caller's iovecs; flush is `FSYNC(DATASYNC)`; discard
 //! and write-zeroes are `FALLOCATE` (punch hole, or zero range without unmap). Short
 //! transfers are resubmitted for the rest.
@@ -38,9 +42,29 @@ const MAX_BOUNCE: u64 = 1 << 20;
 const FALLOC_PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const FALLOC_ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
+/// How a [`UringEngine`]'s ring runs its completions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingMode {
+    /// `IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG` (Linux 6.1+): a finished
+    /// request's completion waits until the ring's one issuing thread enters the kernel with
+    /// GETEVENTS (which every submission does while some wait, see `TASKRUN_FLAG`), instead
+    /// of interrupting that thread with task work (an `EINTR` from `epoll_wait`, a wake-up,
+    /// a context switch per batch). The eventfd still fires, so a sleeping thread wakes.
+    /// The ring belongs to one thread: the engine rebuilds it when another thread takes the
+    /// engine over while idle.
+    Deferred,
+    /// A ring with default flags: completions run as task work on the submitting thread.
+    Plain,
+}
+
 /// The io_uring engine (see the module documentation).
 pub struct UringEngine {
     ring: IoUring,
+    mode: RingMode,
+    /// Submission queue size (the ring is rebuilt with the same).
+    entries: u32,
+    /// The thread that may enter the ring ([`RingMode::Deferred`]; None until enabled).
+    issuer: Option<u64>,
     disk: SharedDisk,
     caps: Capabilities,
     direct: Option<DirectAlign>,
@@ -130,11 +154,64 @@ fn setup_error(e: std::io::Error, what: &str) -> Error {
     }
 }
 
+/// A number for the calling thread, unique in the process (cheaper than `gettid`).
+fn thread_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
+
+/// A ring of `entries` for `mode` with the image registered as fixed file 0 and `notify` as
+/// its completion eventfd. A [`RingMode::Deferred`] ring is created disabled: the thread
+/// that enables it becomes its issuer.
+fn build_ring(raw: &RawDisk, notify: &OwnedFd, entries: u32, mode: RingMode) -> Result<IoUring> {
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(entries * 2);
+    if mode == RingMode::Deferred {
+        builder
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_r_disabled();
+    }
+    let ring = builder.build(entries).map_err(|e| match e.raw_os_error() {
+        // A kernel older than the mode's flags.
+        Some(libc::EINVAL) if mode == RingMode::Deferred => Error::new(
+            ErrorKind::Unsupported,
+            format!("io_uring without DEFER_TASKRUN: {e}"),
+        ),
+        _ => setup_error(e, "setup"),
+    })?;
+    let submitter = ring.submitter();
+    submitter
+        .register_files(&[raw.file().as_raw_fd()])
+        .map_err(|e| setup_error(e, "register file"))?;
+    submitter
+        .register_eventfd(notify.as_raw_fd())
+        .map_err(|e| setup_error(e, "register eventfd"))?;
+    Ok(ring)
+}
+
 impl UringEngine {
     /// An engine on a shared raw image, sized for `depth` requests in flight (more are
     /// queued inside the engine, not refused). `Unsupported` if `disk` is not raw or this
-    /// host refuses io_uring.
+    /// host refuses io_uring. The ring is [`RingMode::Deferred`] where the kernel has it
+    /// (Linux 6.1+), else [`RingMode::Plain`].
     pub fn new(disk: SharedDisk, depth: u32) -> Result<UringEngine> {
+        match UringEngine::with_mode(disk.clone(), depth, RingMode::Deferred) {
+            Err(e) if e.kind() == ErrorKind::Unsupported && disk.raw().is_some() => {
+                UringEngine::with_mode(disk, depth, RingMode::Plain)
+            }
+            other => other,
+        }
+    }
+
+    /// An engine whose ring is set up as `mode` says, with no fallback: `Unsupported` if
+    /// this kernel lacks the mode's flags (or refuses io_uring).
+    pub fn with_mode(disk: SharedDisk, depth: u32, mode: RingMode) -> Result<UringEngine> {
         let raw = disk.raw().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
@@ -142,20 +219,10 @@ impl UringEngine {
             )
         })?;
         let entries = depth.clamp(1, 4096).next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .map_err(|e| setup_error(e, "setup"))?;
-        let submitter = ring.submitter();
-        submitter
-            .register_files(&[raw.file().as_raw_fd()])
-            .map_err(|e| setup_error(e, "register file"))?;
         let notify = eventfd::new()?;
-        submitter
-            .register_eventfd(notify.as_raw_fd())
-            .map_err(|e| setup_error(e, "register eventfd"))?;
+        let ring = build_ring(raw, &notify, entries, mode)?;
         let mut probe = Probe::new();
-        let fallocate = submitter.register_probe(&mut probe).is_ok()
+        let fallocate = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::Fallocate::CODE);
         let limit = ring.params().cq_entries() as usize;
         Ok(UringEngine {
@@ -164,6 +231,9 @@ impl UringEngine {
             flush_syncs: raw.flush_syncs(),
             fallocate,
             ring,
+            mode,
+            entries,
+            issuer: None,
             notify,
             slots: Vec::new(),
             free: Vec::new(),
@@ -176,6 +246,62 @@ impl UringEngine {
             cqes: Vec::new(),
             disk,
         })
+    }
+
+    /// How this engine's ring runs completions.
+    pub fn mode(&self) -> RingMode {
+        self.mode
+    }
+
+    /// Makes the calling thread the ring's issuer before the engine enters the kernel
+    /// ([`RingMode::Deferred`] only; a no-op otherwise). The first caller enables the ring
+    /// (it is created disabled, so that whichever thread serves the queue becomes its
+    /// issuer); a later caller on another thread gets a new ring, built while the engine
+    /// holds no request in the kernel. With requests still in the kernel the old ring stays
+    /// (its issuer must reap them; [`Engine::settle`] on that thread does).
+    fn bind(&mut self) {
+        if self.mode != RingMode::Deferred {
+            return;
+        }
+        let me = thread_token();
+        match self.issuer {
+            Some(t) if t == me => {}
+            None => {
+                if self.ring.submitter().register_enable_rings().is_ok() {
+                    self.issuer = Some(me);
+                }
+            }
+            Some(_) if self.in_kernel == 0 => {
+                let Ok(raw) = self.raw() else { return };
+                let Ok(ring) = build_ring(raw, &self.notify, self.entries, self.mode) else {
+                    return;
+                };
+                if ring.submitter().register_enable_rings().is_ok() {
+                    self.ring = ring;
+                    self.issuer = Some(me);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Moves every completion queue entry into `ready` (or back into the kernel for the rest
+    /// of a short transfer).
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, res) in &cqes {
+            self.in_kernel = self.in_kernel.saturating_sub(1);
+            self.finish(user_data as usize, res);
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    /// Whether the kernel holds completions it has not posted yet ([`RingMode::Deferred`]:
+    /// they are posted by the issuer's next `io_uring_enter` with GETEVENTS).
+    fn deferred_pending(&mut self) -> bool {
+        self.mode == RingMode::Deferred && self.ring.submission().taskrun()
     }
 
     fn raw(&self) -> Result<&RawDisk> {
@@ -366,7 +492,7 @@ impl UringEngine {
             return;
         };
         let token = slot.token;
-        let result = match self.settle(&mut slot, res) {
+        let result = match self.outcome(&mut slot, res) {
             Some(r) => r,
             None => {
                 // A short transfer: resubmit the rest.
@@ -380,7 +506,7 @@ impl UringEngine {
     }
 
     /// The result of a slot after a completion, or `None` if it must continue.
-    fn settle(&self, slot: &mut Slot, res: i32) -> Option<Result<()>> {
+    fn outcome(&self, slot: &mut Slot, res: i32) -> Option<Result<()>> {
         let raw = match self.raw() {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
@@ -486,6 +612,7 @@ impl Engine for UringEngine {
     }
 
     fn submit(&mut self, request: Request, token: u64) -> Result<()> {
+        self.bind();
         let size = self.raw()?.size();
         validate(&self.caps, size, &request)?;
         match self.plan(request.op)? {
@@ -513,8 +640,9 @@ impl Engine for UringEngine {
     }
 
     fn commit(&mut self) -> Result<()> {
+        self.bind();
         self.refill();
-        if self.ring.submission().is_empty() {
+        if self.ring.submission().is_empty() && !self.deferred_pending() {
             // Nothing queued since the last `io_uring_enter`: a poll pass or a notify that
             // found the ring empty costs no system call.
             self.unsubmitted = false;
@@ -538,15 +666,24 @@ impl Engine for UringEngine {
     }
 
     fn completions(&mut self, out: &mut Vec<Completion>) {
-        eventfd::drain(self.notify.as_fd());
-        let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        for &(user_data, res) in &cqes {
-            self.in_kernel = self.in_kernel.saturating_sub(1);
-            self.finish(user_data as usize, res);
+        self.bind();
+        loop {
+            if self.deferred_pending() {
+                // Post the deferred completions (and start whatever is queued) in one
+                // enter; a failure leaves them for the next pass.
+                if self.ring.submit().is_ok() {
+                    self.unsubmitted = false;
+                }
+            }
+            // Reset the notifier after that enter (posting may signal it again). Deferred
+            // work that arrives after this finds its list empty and signals anew; work
+            // that arrived in between is seen below and posted first.
+            eventfd::drain(self.notify.as_fd());
+            if !self.deferred_pending() {
+                break;
+            }
         }
-        cqes.clear();
-        self.cqes = cqes;
+        self.reap();
         self.refill();
         if self.unsubmitted {
             // Resubmitted short transfers and backlogged requests; a failure here leaves
@@ -562,12 +699,29 @@ impl Engine for UringEngine {
     }
 
     fn has_completions(&mut self) -> bool {
-        !self.ready.is_empty() || !self.ring.completion().is_empty()
+        !self.ready.is_empty() || !self.ring.completion().is_empty() || self.deferred_pending()
     }
 
     fn wait(&mut self) -> Result<()> {
         self.commit()?;
         eventfd::wait_readable(self.notify.as_fd())
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        self.bind();
+        while self.in_kernel > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.unsubmitted = false,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => return Err(Error::io(e, "io_uring wait failed")),
+            }
+            self.reap();
+        }
+        Ok(())
     }
 }
 
@@ -575,6 +729,9 @@ impl Drop for UringEngine {
     /// Waits for every entry the kernel holds: their buffers must stay valid until then.
     fn drop(&mut self) {
         self.backlog.clear();
+        if self.in_kernel > 0 {
+            self.bind();
+        }
         while self.in_kernel > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}

@@ -618,7 +618,29 @@ impl QueryCapabilities for Qcow2 {
     }
 }
 
-impl Disk for Qcow2 {}
+impl Disk for Qcow2 {
+    fn data_map(&mut self, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        self.check_range(offset, len, "read")?;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (vc, in_off, range) in self.split(offset, len) {
+            let n = range.len() as u64;
+            let Mapping::Normal { host, .. } = self.lookup(vc)? else {
+                return Ok(None);
+            };
+            let h = host + in_off;
+            match runs.last_mut() {
+                Some((start, l)) if *start + *l == h => *l += n,
+                _ => runs.push((h, n)),
+            }
+        }
+        Ok(Some(runs))
+    }
+
+    fn data_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.file.as_fd())
+    }
+}
 
 impl Drop for Qcow2 {
     fn drop(&mut self) {

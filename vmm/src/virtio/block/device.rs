@@ -148,10 +148,11 @@ impl VirtioDevice for Block {
             self.serial,
         )
         .with_polling(self.poll_max);
-        self.worker = Some(Worker::spawn(
+        self.worker = Some(Worker::spawn_with_exit(
             format!("virtio-{}", self.id),
             handler,
             interrupt,
+            BlockHandler::settle,
         )?);
         Ok(())
     }

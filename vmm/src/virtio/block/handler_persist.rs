@@ -38,6 +38,18 @@ impl BlockHandler {
         Ok(())
     }
 
+    /// Waits, on the worker thread as it stops, until the engine holds no request in the
+    /// kernel, so that the VMM thread (reset, snapshot) and a later worker can use the
+    /// engine (its io_uring ring has a single issuer; docs/decisions/0025). The finished
+    /// requests are answered later by [`BlockHandler::drain`] or dropped with the handler.
+    pub fn settle(&mut self) {
+        if self.engine.settle().is_err() {
+            // The ring could not be waited on: the engine's drop leaks the buffers the kernel
+            // may still hold rather than freeing them.
+            self.counters.inc(super::metrics::IO_ERRORS);
+        }
+    }
+
     /// Where the request queue is.
     pub fn position(&self) -> QueuePosition {
         QueuePosition {

@@ -22,8 +22,13 @@ impl VirtioPersist for Block {
             .map_err(|e| format!("unable to flush the disk: {e}"));
         let position = handler.position();
         let interrupt = handler.interrupt();
-        let worker = Worker::spawn(format!("virtio-{}", self.id), handler, interrupt)
-            .map_err(|e| e.to_string())?;
+        let worker = Worker::spawn_with_exit(
+            format!("virtio-{}", self.id),
+            handler,
+            interrupt,
+            super::BlockHandler::settle,
+        )
+        .map_err(|e| e.to_string())?;
         self.worker = Some(worker);
         drained?;
         flushed?;
