@@ -425,6 +425,23 @@ impl VsockHandler {
                 rx.signal_used_unless_suppressed(&self.mem, self.interrupt.as_ref());
             }
         }
+        if !self.broken && self.control.is_empty() && self.ready.is_empty() {
+            self.quiet_rx_while_buffers();
+        }
+    }
+
+    /// Everything was delivered: while receive buffers remain, asks the driver not to notify
+    /// about new ones (VRING_USED_F_NO_NOTIFY; with EVENT_IDX `avail_event` stays behind), as
+    /// the net device does: the next packet finds them. When they run out, `deliver_rx`'s
+    /// `rearm` asks for notifications again before it waits for one.
+    fn quiet_rx_while_buffers(&mut self) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        let avail = rx
+            .queue
+            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire);
+        if avail.is_ok_and(|a| a.0 != rx.queue.next_avail()) {
+            let _ = rx.queue.disable_notification(&self.mem);
+        }
     }
 
     /// Builds the next packet for the guest in `buf` (header, then at most `room` payload
