@@ -24,7 +24,12 @@ private network namespace made and deleted here:
 - vsock: round trips of 1 byte through the guest's echo (`CONNECT 1234`), and echo throughput
   with 64 KiB writes. QEMU has no userspace vsock backend (vhost-vsock only, and this host has
   no /dev/vhost-vsock); with `--firecracker PATH`, Firecracker's hybrid vsock (the same Unix
-  socket convention) runs the same guest over virtio-mmio as the yardstick.
+  socket convention) runs the same guest over virtio-mmio as the yardstick. `--only-vsock`
+  runs these two lines alone; `--vsock-rounds N` runs N interleaved rounds (Strata,
+  Firecracker, Strata, ...) and reports each VMM's median and min-max. BENCH_PROFILE=1 prints
+  each VMM thread's CPU time and context switches per round trip and per 64 KiB echoed;
+  BENCH_VSOCK_PROFILE=1 attaches `strace -c -f` to the VMM for each phase (slows it down:
+  diagnostics, not results).
 
 Placement: the script's threads and each VMM's threads other than its vCPU share the first
 CPU, the vCPU has the second (`pin()`; QEMU runs with `-name debug-threads=on` so that its
@@ -499,6 +504,11 @@ def vsock_profile(pid, phase):
     out = tempfile.mktemp(prefix=f"strata-bench-strace-{phase}-")
     p = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pid)],
                          stdout=subprocess.DEVNULL, stderr=open(out + ".err", "w"))
+    # strace opens its output file before it attaches; a SIGINT before that kills it silently.
+    for _ in range(300):
+        if os.path.exists(out) or p.poll() is not None:
+            break
+        time.sleep(0.01)
     time.sleep(0.5)
     return p, out
 
