@@ -24,7 +24,12 @@ private network namespace made and deleted here:
 - vsock: round trips of 1 byte through the guest's echo (`CONNECT 1234`), and echo throughput
   with 64 KiB writes. QEMU has no userspace vsock backend (vhost-vsock only, and this host has
   no /dev/vhost-vsock); with `--firecracker PATH`, Firecracker's hybrid vsock (the same Unix
-  socket convention) runs the same guest over virtio-mmio as the yardstick.
+  socket convention) runs the same guest over virtio-mmio as the yardstick. `--only-vsock`
+  runs these two lines alone; `--vsock-rounds N` runs N interleaved rounds (Strata,
+  Firecracker, Strata, ...) and reports each VMM's median and min-max. BENCH_PROFILE=1 prints
+  each VMM thread's CPU time and context switches per round trip and per 64 KiB echoed;
+  BENCH_VSOCK_PROFILE=1 attaches `strace -c -f` to the VMM for each phase (slows it down:
+  diagnostics, not results).
 
 Placement: the script's threads and each VMM's threads other than its vCPU share the first
 CPU, the vCPU has the second (`pin()`; QEMU runs with `-name debug-threads=on` so that its
@@ -498,11 +503,14 @@ def vsock(vmm, args):
 
     s = conn()
     rtts = []
+    prof, cpu0 = vsock_profile(proc.pid, "rtt"), vsock_thread_cpu(proc.pid)
     for _ in range(args.rtts):
         t = time.perf_counter()
         s.sendall(b"x")
         s.recv(1)
         rtts.append(time.perf_counter() - t)
+    vsock_cpu_report(vmm, "round trips", proc.pid, cpu0, args.rtts)
+    vsock_profile_end(prof, f"{vmm} round trips", args.rtts)
     s.shutdown(socket.SHUT_WR)
     s.recv(10)
     s.close()
@@ -518,6 +526,7 @@ def vsock(vmm, args):
             got[0] += len(b)
 
     r = threading.Thread(target=reader)
+    prof, cpu0 = vsock_profile(proc.pid, "echo"), vsock_thread_cpu(proc.pid)
     t = time.perf_counter()
     r.start()
     chunk = b"\xa5" * (1 << 16)
@@ -525,6 +534,8 @@ def vsock(vmm, args):
         s.sendall(chunk)
     r.join()
     dt = time.perf_counter() - t
+    vsock_cpu_report(vmm, "64 KiB echo writes", proc.pid, cpu0, total >> 16)
+    vsock_profile_end(prof, f"{vmm} 64 KiB echo writes", total >> 16)
     s.shutdown(socket.SHUT_WR)
     s.close()
     if vmm == "firecracker":
@@ -604,6 +615,89 @@ def net_lines(args):
                     "received of sent)", res, lambda r: f" ({r[1]} of {r[2]})", 1)
 
 
+def vsock_profile(pid, phase):
+    """BENCH_VSOCK_PROFILE=1: attaches `strace -c -f` to VMM `pid` for one vsock phase and
+    returns the process; vsock_profile_end() prints its syscall counts. Tracing slows the
+    VMM down: the figures of a profiled run are not results."""
+    if not os.environ.get("BENCH_VSOCK_PROFILE"):
+        return None
+    out = tempfile.mktemp(prefix=f"strata-bench-strace-{phase}-")
+    p = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pid)],
+                         stdout=subprocess.DEVNULL, stderr=open(out + ".err", "w"))
+    # strace opens its output file before it attaches; a SIGINT before that kills it silently.
+    for _ in range(300):
+        if os.path.exists(out) or p.poll() is not None:
+            break
+        time.sleep(0.01)
+    time.sleep(0.5)
+    return p, out
+
+
+def vsock_profile_end(prof, label, n):
+    if prof is None:
+        return
+    p, out = prof
+    p.send_signal(2)
+    p.wait()
+    print(f"-- {label}: syscalls per {n} (strace -c -f)")
+    if not os.path.exists(out):
+        print(open(out + ".err").read())
+        return
+    for line in open(out).read().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[3].isdigit():
+            print(f"   {f[-1]:20} {int(f[3]) / n:8.2f}")
+
+
+def vsock_thread_cpu(pid):
+    """CPU time (s) of each thread of `pid` by name (schedstat), and its context switches."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+            run = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
+            st = open(f"/proc/{pid}/task/{tid}/status").read()
+            sw = sum(int(l.split()[1]) for l in st.splitlines() if "ctxt_switches" in l)
+            a, b = out.get(name, (0, 0))
+            out[name] = (a + run / 1e9, b + sw)
+        except OSError:
+            pass
+    return out
+
+
+def vsock_cpu_report(vmm, label, pid, before, n):
+    """BENCH_PROFILE=1: each VMM thread's CPU time and context switches per unit of work."""
+    if not os.environ.get("BENCH_PROFILE"):
+        return
+    after = vsock_thread_cpu(pid)
+    for name, (run, sw) in sorted(after.items()):
+        run0, sw0 = before.get(name, (0, 0))
+        print(f"   {vmm} {name:16} {(run - run0) / n * 1e6:8.1f} us CPU, "
+              f"{(sw - sw0) / n:6.2f} switches per {label}")
+
+
+def vsock_rounds(args):
+    """`--vsock-rounds N`: N interleaved rounds (Strata, Firecracker, Strata, ...) of the two
+    vsock lines; prints every round, then the median and spread (min-max) per VMM."""
+    vmms = ["strata"] + (["firecracker"] if args.firecracker else [])
+    res = {v: ([], []) for v in vmms}
+    for i in range(args.vsock_rounds):
+        for v in vmms:
+            rtt, mibs = vsock(v, args)
+            res[v][0].append(rtt)
+            res[v][1].append(mibs)
+            print(f"round {i + 1} {v}: rtt {rtt:.1f} us, {mibs:.1f} MiB/s", flush=True)
+    cell = lambda xs: (f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})")
+    print(f"| vsock line ({args.vsock_rounds} rounds, median (min-max)) | "
+          + " | ".join(vmms) + " |")
+    print("|---|" + "---|" * len(vmms))
+    print("| round trip, 1 byte (us, median of each round) | "
+          + " | ".join(cell(res[v][0]) for v in vmms) + " |")
+    print("| echo throughput, 64 KiB writes (MiB/s each way) | "
+          + " | ".join(cell(res[v][1]) for v in vmms) + " |")
+    return res
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--strata", default="target/x86_64-unknown-linux-gnu/release/strata")
@@ -623,7 +717,17 @@ def main():
     p.add_argument("--rtts", type=int, default=2000)
     p.add_argument("--vsock-mib", type=int, default=256)
     p.add_argument("--firecracker", help="Firecracker binary: its vsock as a yardstick")
+    p.add_argument("--only-vsock", action="store_true", help="the vsock lines alone")
+    p.add_argument("--vsock-rounds", type=int, default=1,
+                   help="interleaved rounds of the vsock lines (Strata, Firecracker, ...)")
     args = p.parse_args()
+    if args.only_vsock:
+        os.sched_setaffinity(0, CPUS[:1])
+        print(f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: {os.uname().nodename} "
+              f"{os.cpu_count()} CPUs, {os.uname().release}; load {os.getloadavg()}")
+        vsock_rounds(args)
+        print(f"load after: {os.getloadavg()}")
+        return
     # The script's threads (senders, receivers, samplers) and the VMMs' I/O threads share the
     # first CPU, the vCPU has the second (pin()).
     os.sched_setaffinity(0, CPUS[:1])

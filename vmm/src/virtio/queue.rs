@@ -65,6 +65,38 @@ impl ActiveQueue {
         }
     }
 
+    /// [`ActiveQueue::signal_used`], but also honouring VRING_AVAIL_F_NO_INTERRUPT when
+    /// EVENT_IDX was not negotiated (virtio 1.2, 2.7.7.2: the device SHOULD NOT interrupt
+    /// then; virtio-queue ignores the flag). A polling driver that sets it costs the VMM no
+    /// irqfd write and its vCPU no interrupt kick per batch.
+    pub fn signal_used_unless_suppressed(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn VirtioInterrupt,
+    ) {
+        if !self.queue.event_idx_enabled() && self.driver_suppresses_interrupts(mem) {
+            // Keep virtio-queue's count of used buffers since the last check in step.
+            let _ = self.queue.needs_notification(mem);
+            return;
+        }
+        self.signal_used(mem, interrupt);
+    }
+
+    /// Whether the available ring's flags say VRING_AVAIL_F_NO_INTERRUPT (read after a full
+    /// fence, so that the used-ring writes before it are visible first; an unreadable ring
+    /// counts as not suppressing).
+    fn driver_suppresses_interrupts(&self, mem: &GuestMemoryMmap) -> bool {
+        use vm_memory::{Bytes, GuestAddress};
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let addr = GuestAddress(self.queue.avail_ring());
+        mem.load::<u16>(addr, std::sync::atomic::Ordering::Acquire)
+            .map(|flags| {
+                flags & virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16
+                    != 0
+            })
+            .unwrap_or(false)
+    }
+
     /// Asks the driver to notify again (with event index: for the next buffer); returns
     /// whether buffers arrived meanwhile.
     pub fn rearm(&mut self, mem: &GuestMemoryMmap) -> Result<bool, BrokenQueue> {
@@ -162,6 +194,25 @@ mod tests {
         assert_eq!(vq.used().idx().load(), 2);
         let used = vq.used().ring().ref_at(1).unwrap().load();
         assert_eq!((used.id(), used.len()), (1, 0x20));
+        assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn test_signal_used_unless_suppressed_no_interrupt_flag_skips_interrupt() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut q = active(&vq);
+        let irq = CountingInterrupt::default();
+        q.push_used(&m, 0, 0).unwrap();
+        m.write_obj(1u16, vq.avail_addr()).unwrap();
+
+        q.signal_used_unless_suppressed(&m, &irq);
+        let suppressed = irq.queue.load(Ordering::SeqCst);
+        m.write_obj(0u16, vq.avail_addr()).unwrap();
+        q.push_used(&m, 1, 0).unwrap();
+        q.signal_used_unless_suppressed(&m, &irq);
+
+        assert_eq!(suppressed, 0);
         assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
     }
 

@@ -239,7 +239,8 @@ impl Vsock {
         let n = (h.len as usize).min(len - HDR_LEN).min(out.len());
         out[..n].copy_from_slice(&buf[HDR_LEN..HDR_LEN + n]);
         self.rx.push_avail(d);
-        self.rx.kick();
+        // Linux's rule: a reposted buffer notifies only if the device asked to be.
+        self.rx.kick_if_needed();
         Ok((h, n))
     }
 

@@ -216,7 +216,7 @@ impl VsockHandler {
         }
         if served > 0 {
             if let Some(tx) = self.tx.as_mut() {
-                tx.signal_used(&self.mem, self.interrupt.as_ref());
+                tx.signal_used_unless_suppressed(&self.mem, self.interrupt.as_ref());
             }
         }
         self.process_rx(ops);
@@ -347,23 +347,32 @@ impl VsockHandler {
         }
     }
 
-    /// Tells the guest about freed credit once a quarter of the buffer was consumed since it
-    /// last heard, or everything was.
+    /// Tells the guest about freed credit when it believes it is running short
+    /// ([`Connection::needs_credit_update`]).
     fn maybe_credit_update(&mut self, key: Key) {
-        let Some(c) = self.conns.get(&key) else {
+        let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let unannounced = c.fwd_cnt.wrapping_sub(c.fwd_cnt_told);
-        if unannounced >= CONN_BUF / 4 || (unannounced > 0 && !c.has_pending()) {
-            if let Some(c) = self.conns.get_mut(&key) {
-                c.fwd_cnt_told = c.fwd_cnt;
-            }
+        if c.needs_credit_update() {
+            c.fwd_cnt_told = c.fwd_cnt;
             self.queue_control(key, op::CREDIT_UPDATE, 0);
         }
     }
 
-    /// Sends control packets and host data into receive buffers while both exist.
+    /// Sends control packets and host data into receive buffers while both exist. A stream
+    /// that signalled readable stays in the epoll set while it is served; one left waiting
+    /// (no receive buffers, the batch limit, a broken queue) leaves it until it is served, so
+    /// that a level-triggered readable stream cannot make the worker spin.
     pub fn process_rx(&mut self, ops: &mut EventOps) {
+        self.deliver_rx(ops);
+        for i in 0..self.ready.len() {
+            if let Some(c) = self.conns.get_mut(&self.ready[i]) {
+                sync_interest(c, ops);
+            }
+        }
+    }
+
+    fn deliver_rx(&mut self, ops: &mut EventOps) {
         let mut delivered = 0usize;
         while !self.broken && (!self.control.is_empty() || !self.ready.is_empty()) {
             let Some(rx) = self.rx.as_mut() else { return };
@@ -413,8 +422,25 @@ impl VsockHandler {
         }
         if delivered > 0 {
             if let Some(rx) = self.rx.as_mut() {
-                rx.signal_used(&self.mem, self.interrupt.as_ref());
+                rx.signal_used_unless_suppressed(&self.mem, self.interrupt.as_ref());
             }
+        }
+        if !self.broken && self.control.is_empty() && self.ready.is_empty() {
+            self.quiet_rx_while_buffers();
+        }
+    }
+
+    /// Everything was delivered: while receive buffers remain, asks the driver not to notify
+    /// about new ones (VRING_USED_F_NO_NOTIFY; with EVENT_IDX `avail_event` stays behind), as
+    /// the net device does: the next packet finds them. When they run out, `deliver_rx`'s
+    /// `rearm` asks for notifications again before it waits for one.
+    fn quiet_rx_while_buffers(&mut self) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        let avail = rx
+            .queue
+            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire);
+        if avail.is_ok_and(|a| a.0 != rx.queue.next_avail()) {
+            let _ = rx.queue.disable_notification(&self.mem);
         }
     }
 
@@ -452,7 +478,14 @@ impl VsockHandler {
                 c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
                 c.fwd_cnt_told = c.fwd_cnt;
                 let counts = (CONN_BUF, c.fwd_cnt);
-                self.ready.push_back(key);
+                if n < want {
+                    // A short read emptied the stream: no second read to hear EAGAIN; the
+                    // epoll set says when more comes.
+                    c.rx_ready = false;
+                    sync_interest(c, ops);
+                } else {
+                    self.ready.push_back(key);
+                }
                 self.counters.add(metrics::RX_BYTES, n as u64);
                 self.write_header(key, op::RW, 0, n, counts);
                 Some(n)
@@ -567,9 +600,10 @@ impl VsockHandler {
         };
         if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR)
             && c.registered.contains(EventSet::IN)
+            && !c.rx_ready
         {
+            // It stays in the epoll set while process_rx serves it (see there).
             c.rx_ready = true;
-            sync_interest(c, ops);
             self.ready.push_back(key);
         }
         self.process_rx(ops);
