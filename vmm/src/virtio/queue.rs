@@ -58,28 +58,18 @@ impl ActiveQueue {
     }
 
     /// Interrupts the driver if it wants to hear about the used buffers added since the last
-    /// call (event index or the ring's flags decide).
+    /// call: with EVENT_IDX the used-event index decides (virtio-queue), without it the
+    /// available ring's VRING_AVAIL_F_NO_INTERRUPT flag does (virtio 1.2, 2.7.7.2: the device
+    /// SHOULD NOT interrupt then; virtio-queue ignores the flag). A polling driver that sets it
+    /// costs the VMM no irqfd write and its vCPU no interrupt per batch.
     pub fn signal_used(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn VirtioInterrupt) {
-        if self.queue.needs_notification(mem).unwrap_or(true) {
-            let _ = interrupt.trigger(VirtioInterruptType::Queue(self.index));
-        }
-    }
-
-    /// [`ActiveQueue::signal_used`], but also honouring VRING_AVAIL_F_NO_INTERRUPT when
-    /// EVENT_IDX was not negotiated (virtio 1.2, 2.7.7.2: the device SHOULD NOT interrupt
-    /// then; virtio-queue ignores the flag). A polling driver that sets it costs the VMM no
-    /// irqfd write and its vCPU no interrupt kick per batch.
-    pub fn signal_used_unless_suppressed(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        interrupt: &dyn VirtioInterrupt,
-    ) {
-        if !self.queue.event_idx_enabled() && self.driver_suppresses_interrupts(mem) {
-            // Keep virtio-queue's count of used buffers since the last check in step.
-            let _ = self.queue.needs_notification(mem);
+        // Always asked, so that virtio-queue's count of used buffers since the last check
+        // stays in step.
+        let wanted = self.queue.needs_notification(mem).unwrap_or(true);
+        if !wanted || (!self.queue.event_idx_enabled() && self.driver_suppresses_interrupts(mem)) {
             return;
         }
-        self.signal_used(mem, interrupt);
+        let _ = interrupt.trigger(VirtioInterruptType::Queue(self.index));
     }
 
     /// Whether the available ring's flags say VRING_AVAIL_F_NO_INTERRUPT (read after a full
@@ -198,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn test_signal_used_unless_suppressed_no_interrupt_flag_skips_interrupt() {
+    fn test_signal_used_no_interrupt_flag_skips_interrupt() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
         let mut q = active(&vq);
@@ -206,11 +196,11 @@ mod tests {
         q.push_used(&m, 0, 0).unwrap();
         m.write_obj(1u16, vq.avail_addr()).unwrap();
 
-        q.signal_used_unless_suppressed(&m, &irq);
+        q.signal_used(&m, &irq);
         let suppressed = irq.queue.load(Ordering::SeqCst);
         m.write_obj(0u16, vq.avail_addr()).unwrap();
         q.push_used(&m, 1, 0).unwrap();
-        q.signal_used_unless_suppressed(&m, &irq);
+        q.signal_used(&m, &irq);
 
         assert_eq!(suppressed, 0);
         assert_eq!(irq.queue.load(Ordering::SeqCst), 1);

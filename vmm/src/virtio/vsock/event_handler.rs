@@ -216,7 +216,7 @@ impl VsockHandler {
         }
         if served > 0 {
             if let Some(tx) = self.tx.as_mut() {
-                tx.signal_used_unless_suppressed(&self.mem, self.interrupt.as_ref());
+                tx.signal_used(&self.mem, self.interrupt.as_ref());
             }
         }
         self.process_rx(ops);
@@ -422,7 +422,7 @@ impl VsockHandler {
         }
         if delivered > 0 {
             if let Some(rx) = self.rx.as_mut() {
-                rx.signal_used_unless_suppressed(&self.mem, self.interrupt.as_ref());
+                rx.signal_used(&self.mem, self.interrupt.as_ref());
             }
         }
         if !self.broken && self.control.is_empty() && self.ready.is_empty() {
