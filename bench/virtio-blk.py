@@ -21,6 +21,11 @@ is fio's io_uring engine on the raw file in the same mode.
 A/B runs: --modes (direct,cache,qcow2), --vmms (fio,strata-mmio,strata-pci,qemu-microvm,
 qemu-q35), --strata PATH (another build), --boot-runs 0 (no boot table).
 
+--rounds N: every mode N times, the readers' order reversed every other round (so that no
+reader always runs first, after fio or after the other VMM); each cell is the median of the
+N rounds with the lowest and highest, and the targets are judged on the medians. One round
+swings by 20-30% on this host, more than most gaps between the VMMs.
+
 VMMs: Strata over virtio-mmio and virtio-pci; QEMU -M microvm (virtio-mmio v2) and -M q35
 (virtio-pci modern), each with aio=io_uring.
 
@@ -190,6 +195,87 @@ def boot_rows(raw, qcow2, runs):
     return [(name, statistics.median(v), min(v), max(v)) for name, v in times.items()]
 
 
+def measure_mode(mode, kernel, want_vmms, cached, reverse):
+    """One round of one mode: fio (raw images) and each VMM; [((label, reader), cells)]."""
+    _, label, path, fmt, direct = mode
+    # Page-cache modes: the file is read in (and checked with fincore) before *every*
+    # reader, fio and each VM alike, not once per mode.
+    before = (lambda: cached.append((label, warm(path)))) if not direct else (lambda: None)
+    readers = []
+    if fmt == "raw" and "fio" in want_vmms:
+        readers.append(("fio", "host: fio io_uring", None))
+    readers += [("strata-mmio", "strata, virtio-mmio", strata(kernel, "mmio", path, fmt, direct)),
+                ("strata-pci", "strata, virtio-pci", strata(kernel, "pci", path, fmt, direct)),
+                ("qemu-microvm", "qemu microvm, aio=io_uring",
+                 qemu(kernel, "microvm", path, fmt, direct, "io_uring")),
+                ("qemu-q35", "qemu q35, aio=io_uring",
+                 qemu(kernel, "q35", path, fmt, direct, "io_uring"))]
+    readers = [r for r in readers if r[0] in want_vmms]
+    out = []
+    for key, name, cmd in (reversed(readers) if reverse else readers):
+        if cmd is None:
+            host = []
+            for rw, bs, qd, ios in (("randread", "4k", 1, QD1_IOS),
+                                    ("randread", "4k", 32, QD32_IOS),
+                                    ("read", "1m", SEQ_QD, SEQ_IOS)):
+                before()
+                host.append(fio(path, direct, rw, bs, qd, ios))
+            got = tuple(host)
+        else:
+            before()
+            got = parse(run(cmd))
+        print(f"{label:18} {name:28} {got}", file=sys.stderr)
+        out.append(((label, name), got))
+    # The table lists readers in their usual order whatever order they ran in.
+    return sorted(out, key=lambda x: [r[1] for r in readers].index(x[0][1]))
+
+
+def medians(rounds):
+    """Per cell: (median, lowest, highest) over the rounds; None if a round failed."""
+    cells = []
+    for i in range(3):
+        v = [r[i] for r in rounds]
+        cells.append(None if None in v else (statistics.median(v), min(v), max(v)))
+    return tuple(cells)
+
+
+def verdicts(rows):
+    """Issue 8 item 10's targets, judged on the medians."""
+    get = {(label, name): cells for label, name, cells in rows}
+    out = []
+    pairs = (("strata, virtio-mmio", "qemu microvm, aio=io_uring"),
+             ("strata, virtio-pci", "qemu q35, aio=io_uring"))
+    names = ("QD1", "QD32", f"1 MiB QD{SEQ_QD}")
+    met = total = 0
+    for label in ("raw, O_DIRECT", "raw, page cache", "qcow2, page cache"):
+        for s, q in pairs:
+            if (label, s) not in get or (label, q) not in get:
+                continue
+            for i, n in enumerate(names):
+                a, b = get[(label, s)][i], get[(label, q)][i]
+                if a is None or b is None:
+                    continue
+                total += 1
+                if a[0] >= b[0]:
+                    met += 1
+                else:
+                    out.append(f"  below QEMU: {label}, {s}, {n}: {a[0]:,.0f} vs {b[0]:,.0f} "
+                               f"({a[0] / b[0]:.2f}x)")
+    if total:
+        out.insert(0, f"At least QEMU: {met} of {total} cells (medians)")
+    fio = get.get(("raw, O_DIRECT", "host: fio io_uring"))
+    for s, _ in pairs:
+        v = get.get(("raw, O_DIRECT", s))
+        if fio and v and fio[1] and v[1]:
+            out.append(f"Raw O_DIRECT QD32 vs fio: {s}: {v[1][0] / fio[1][0]:.2f}x (target 0.9x)")
+        raw, q = get.get(("raw, page cache", s)), get.get(("qcow2, page cache", s))
+        if raw and q:
+            ratios = ", ".join(f"{n} {q[i][0] / raw[i][0]:.2f}x" for i, n in enumerate(names)
+                               if q[i] and raw[i])
+            out.append(f"qcow2 / raw (page cache): {s}: {ratios} (target 0.8x)")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.environ.get("DIR", "/tmp/strata-blk-bench"))
@@ -201,6 +287,9 @@ def main():
     ap.add_argument("--vmms", default="fio,strata-mmio,strata-pci,qemu-microvm,qemu-q35",
                     help="comma-separated subset of the readers; for A/B runs")
     ap.add_argument("--strata", default=None, help="the strata binary (default: this tree's)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every mode this many times, the readers' order reversed "
+                         "every other round; cells are medians [lowest-highest]")
     args = ap.parse_args()
     global STRATA
     if args.strata:
@@ -211,7 +300,6 @@ def main():
     kernel = guest_path("virtio")
     raw, qcow2 = make_images(args.dir)
     boot = boot_rows(raw, qcow2, args.boot_runs) if args.boot_runs > 0 else []
-    rows = []
     if args.skip_io:
         modes = []
     else:
@@ -220,30 +308,18 @@ def main():
                              ("qcow2", "qcow2, page cache", qcow2, "qcow2", False))
                  if m[0] in want_modes]
     cached = []
-    for _, label, path, fmt, direct in modes:
-        # Page-cache modes: the file is read in (and checked with fincore) before *every*
-        # reader, fio and each VM alike, not once per mode.
-        before = (lambda: cached.append((label, warm(path)))) if not direct else (lambda: None)
-        if fmt == "raw" and "fio" in want_vmms:
-            host = []
-            for rw, bs, qd, ios in (("randread", "4k", 1, QD1_IOS),
-                                    ("randread", "4k", 32, QD32_IOS),
-                                    ("read", "1m", SEQ_QD, SEQ_IOS)):
-                before()
-                host.append(fio(path, direct, rw, bs, qd, ios))
-            rows.append((label, "host: fio io_uring", tuple(host)))
-        runs = [("strata-mmio", "strata, virtio-mmio", strata(kernel, "mmio", path, fmt, direct)),
-                ("strata-pci", "strata, virtio-pci", strata(kernel, "pci", path, fmt, direct)),
-                ("qemu-microvm", "qemu microvm, aio=io_uring",
-                 qemu(kernel, "microvm", path, fmt, direct, "io_uring")),
-                ("qemu-q35", "qemu q35, aio=io_uring",
-                 qemu(kernel, "q35", path, fmt, direct, "io_uring"))]
-        for key, name, cmd in runs:
-            if key not in want_vmms:
-                continue
-            before()
-            rows.append((label, name, parse(run(cmd))))
-            print(f"{label:18} {name:28} {rows[-1][2]}", file=sys.stderr)
+    # results[(mode label, reader name)] = [(QD1, QD32, seq) per round]; `order` keeps the
+    # table's row order.
+    results, order = {}, []
+    for rnd in range(args.rounds):
+        for mode in modes:
+            # Every other round runs the readers in the reverse order, so that no reader
+            # always goes first (after fio, or after the other VMM).
+            for key, got in measure_mode(mode, kernel, want_vmms, cached, rnd % 2 == 1):
+                if key not in results:
+                    order.append(key)
+                results.setdefault(key, []).append(got)
+    rows = [(label, name, medians(results[(label, name)])) for label, name in order]
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_end = os.getloadavg()
     print(f"Date: {now}; machine: {platform.node()} {os.cpu_count()} CPUs, {platform.release()}")
@@ -256,9 +332,16 @@ def main():
     print()
     print(f"| image | reader | 4 KiB rand QD1 IOPS | 4 KiB rand QD32 IOPS | 1 MiB seq QD{SEQ_QD} MiB/s |")
     print("|---|---|---|---|---|")
-    cell = lambda v: "failed" if v is None else f"{v:,.0f}"
+    def cell(v):
+        if v is None:
+            return "failed"
+        med, lo, hi = v
+        return f"{med:,.0f}" if args.rounds == 1 else f"{med:,.0f} [{lo:,.0f}-{hi:,.0f}]"
     for label, name, (q1, q32, seq) in rows:
         print(f"| {label} | {name} | {cell(q1)} | {cell(q32)} | {cell(seq)} |")
+    print()
+    for line in verdicts(rows):
+        print(line)
     for f in FAILURES:
         print(f"failed: {f}")
     if cached:
@@ -268,7 +351,7 @@ def main():
     print()
     print("Commands as run:")
     print()
-    for c in COMMANDS:
+    for c in dict.fromkeys(COMMANDS):
         print(f"    {c}")
 
 
