@@ -326,7 +326,10 @@ fn transmit_chain(
         skip = skip.saturating_sub(n);
     }
     let written = if direct {
-        tap.writev(iov.as_slice())
+        // SAFETY: `iov` holds `hdr` (alive until this function returns) and slices of guest
+        // RAM that `push_guest` checked (mapped for the VM's lifetime, which outlives the
+        // worker); it was filled just above and nothing is freed before the call returns.
+        unsafe { tap.writev(iov.as_slice()) }
     } else {
         // Small, or not all RAM, or too many pieces: gather (and find out which).
         buf[..mode.hdr_len].copy_from_slice(hdr);

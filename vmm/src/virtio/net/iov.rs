@@ -63,7 +63,9 @@ impl IoVecs {
         covered == len
     }
 
-    /// Adds a host buffer only read by `writev`; false past [`MAX_IOVECS`].
+    /// Adds a host buffer only read by `writev`; false past [`MAX_IOVECS`]. The list keeps a
+    /// raw pointer: the buffer must outlive the system call that uses the list (the unsafe
+    /// `Tap::writev` call site says why it does).
     pub fn push_host_ro(&mut self, buf: &[u8]) -> bool {
         if buf.is_empty() {
             return true;

@@ -357,10 +357,15 @@ impl Tap {
     }
 
     /// Writes one frame (header included) gathered from `iov`.
-    pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    ///
+    /// # Safety
+    ///
+    /// Every iovec must point at memory readable for its length for the duration of the
+    /// call (the kernel only reads it).
+    pub unsafe fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: every iovec points at memory readable for its length during the call;
-        // the kernel only reads it.
+        // SAFETY: the caller guarantees every iovec is readable for its length during the
+        // call; the kernel only reads it.
         let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n < 0 {
             return Err(io::Error::last_os_error());
