@@ -122,11 +122,16 @@ impl MappedEngine {
             }
         }
         if self.parents[index].as_ref().is_some_and(|p| p.left == 0) {
+            // Nothing reached the kernel: the completion is ready now, so say so.
             self.settle_parent(index);
+            eventfd::signal(self.ring.notifier());
         }
     }
 
-    /// Moves a parent whose pieces have all finished to `ready`.
+    /// Moves a parent whose pieces have all finished to `ready`. It does not signal the
+    /// notifier: `completions` hands `ready` out in the same call, and the other callers
+    /// signal once for what they settled (a signal per read cost a system call and a
+    /// spurious wake-up of the worker per request).
     fn settle_parent(&mut self, index: usize) {
         if let Some(p) = self.parents.get_mut(index).and_then(Option::take) {
             self.free.push(index);
@@ -134,11 +139,10 @@ impl MappedEngine {
                 token: p.token,
                 result: p.result,
             });
-            eventfd::signal(self.ring.notifier());
         }
     }
 
-    /// Collects the ring's finished pieces.
+    /// Collects the ring's finished pieces (those complete go to `ready`).
     fn absorb(&mut self) {
         let mut done = std::mem::take(&mut self.scratch);
         self.ring.completions(&mut done);
@@ -162,11 +166,20 @@ impl MappedEngine {
 
     /// Waits until no read is in the kernel (before a request that may move clusters).
     fn barrier(&mut self) -> Result<()> {
+        let before = self.ready.len();
+        let mut result = Ok(());
         while self.ring.in_flight() > 0 {
-            self.ring.wait()?;
+            if let Err(e) = self.ring.wait() {
+                result = Err(e);
+                break;
+            }
             self.absorb();
         }
-        Ok(())
+        if self.ready.len() > before {
+            // Reads settled here, outside `completions`: wake the owner for them.
+            eventfd::signal(self.ring.notifier());
+        }
+        result
     }
 }
 
