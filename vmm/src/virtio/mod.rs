@@ -15,6 +15,7 @@ pub mod block;
 pub mod console;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
+pub mod iov;
 pub mod net;
 pub mod persist;
 pub mod poll;

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use disk::aio::{Completion, Engine, Request};
 use disk::ErrorKind;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::request::{self, total, BlkRequest, Op, Segment};
 use super::{metrics, status, ID_BYTES, QUEUE_SIZE};
 use crate::counters::Counters;
+use crate::virtio::iov;
 use crate::virtio::poll::AdaptivePoll;
 use crate::virtio::queue::BrokenQueue;
 use crate::virtio::{ActiveQueue, QueueT, VirtioInterrupt};
@@ -318,16 +319,7 @@ fn iovecs(mem: &GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<libc::iovec>> {
     let mut iov = Vec::with_capacity(segs.len());
     for s in segs {
         let len = usize::try_from(s.len).ok()?;
-        let mut covered = 0;
-        for slice in GuestMemoryBackend::get_slices(mem, s.addr, len) {
-            let slice = slice.ok()?;
-            covered += slice.len();
-            iov.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-        if covered != len {
+        if !iov::push_guest_iovecs(mem, s.addr, len, &mut iov, usize::MAX) {
             return None;
         }
     }

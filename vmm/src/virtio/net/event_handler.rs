@@ -23,11 +23,11 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::ctrl;
-use super::iov::{self, IoVecs};
 use super::rx::{RxScratch, RxState};
 use super::tap::Tap;
 use super::{metrics, L2_OVERHEAD, MAX_FRAME};
 use crate::counters::Counters;
+use crate::virtio::iov::{self, IoVecs};
 use crate::virtio::queue::{BrokenQueue, Chain};
 use crate::virtio::{ActiveQueue, VirtioInterrupt};
 

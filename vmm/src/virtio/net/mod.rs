@@ -12,7 +12,6 @@
 mod ctrl;
 mod device;
 mod event_handler;
-mod iov;
 pub mod metrics;
 #[cfg(test)]
 mod path_tests;

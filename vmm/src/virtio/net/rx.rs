@@ -14,11 +14,12 @@
 //! never posts cannot make the worker spin; the receive queue's notification brings it back.
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::event_handler::{NetHandler, NetMode, NetPair};
 use super::{metrics, BUDGET};
 use crate::counters::Counters;
+use crate::virtio::iov;
 use crate::virtio::queue::BrokenQueue;
 use crate::virtio::ActiveQueue;
 
@@ -202,7 +203,7 @@ impl RxCtx<'_> {
             let n = heads.len() as u16;
             rx_buf[10..12].copy_from_slice(&n.to_le_bytes());
         }
-        if copy_to_segments(mem, &rx_buf[..len], segs).is_err() {
+        if iov::write_to(mem, &rx_buf[..len], segs).is_err() {
             counters.inc(metrics::RX_BAD_CHAIN);
             heads.iter_mut().for_each(|h| h.1 = 0);
         } else {
@@ -215,24 +216,6 @@ impl RxCtx<'_> {
         *rx_pending = 0;
         Ok(true)
     }
-}
-
-/// Writes `bytes` across `segs` in order.
-fn copy_to_segments(
-    mem: &GuestMemoryMmap,
-    bytes: &[u8],
-    segs: &[(GuestAddress, usize)],
-) -> Result<(), vm_memory::GuestMemoryError> {
-    let mut off = 0;
-    for &(addr, len) in segs {
-        if off >= bytes.len() {
-            break;
-        }
-        let n = len.min(bytes.len() - off);
-        mem.write_slice(&bytes[off..off + n], addr)?;
-        off += n;
-    }
-    Ok(())
 }
 
 impl NetPair {

@@ -1,5 +1,6 @@
-//! Guest buffers as host iovecs, so that a transmitted frame goes from guest memory to the
-//! tap in one `writev` instead of through a bounce buffer (docs/decisions/0011).
+//! Guest buffers as host iovecs, for system calls that read or write guest memory directly
+//! (virtio-blk's requests, virtio-net's `writev` to the tap: docs/decisions/0011), and copies
+//! between a host buffer and a list of guest segments.
 //!
 //! An [`IoVecs`] lives only for one system call: it is filled, used and cleared by the
 //! worker; the pointers in it point into guest RAM (which outlives the worker) or into a
@@ -45,22 +46,7 @@ impl IoVecs {
         let Some(addr) = addr.0.checked_add(skip as u64) else {
             return false;
         };
-        let len = len - skip;
-        let mut covered = 0;
-        for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len) {
-            let Ok(slice) = slice else {
-                return false;
-            };
-            if self.0.len() >= MAX_IOVECS {
-                return false;
-            }
-            covered += slice.len();
-            self.0.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-        covered == len
+        push_guest_iovecs(mem, GuestAddress(addr), len - skip, &mut self.0, MAX_IOVECS)
     }
 
     /// Adds a host buffer only read by `writev`; false past [`MAX_IOVECS`]. The list keeps a
@@ -79,6 +65,32 @@ impl IoVecs {
         });
         true
     }
+}
+
+/// Appends to `out` the host iovecs of `len` bytes of guest RAM at `addr`, split where RAM
+/// regions end; false if a byte is not guest RAM or `out` would hold more than `max`.
+pub fn push_guest_iovecs(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    out: &mut Vec<libc::iovec>,
+    max: usize,
+) -> bool {
+    let mut covered = 0;
+    for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+        let Ok(slice) = slice else {
+            return false;
+        };
+        if out.len() >= max {
+            return false;
+        }
+        covered += slice.len();
+        out.push(libc::iovec {
+            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+            iov_len: slice.len(),
+        });
+    }
+    covered == len
 }
 
 /// Guest segments `(address, length)` of one or more chains, in order.
@@ -101,6 +113,26 @@ pub fn read_from(
         done += n;
     }
     Ok(done)
+}
+
+/// Writes `bytes` across the concatenated `segs`, in order (what does not fit is not
+/// written).
+pub fn write_to(
+    mem: &GuestMemoryMmap,
+    bytes: &[u8],
+    segs: &Segments,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    use vm_memory::Bytes;
+    let mut off = 0;
+    for &(addr, len) in segs {
+        if off >= bytes.len() {
+            break;
+        }
+        let n = len.min(bytes.len() - off);
+        mem.write_slice(&bytes[off..off + n], addr)?;
+        off += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
