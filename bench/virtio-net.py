@@ -47,6 +47,7 @@ PATH` puts a second Strata build in QEMU's column (A/B).
 
 import argparse
 import ctypes
+import inspect
 import json
 import os
 import socket
@@ -299,9 +300,10 @@ UDP_PAYLOAD = 1472
 MIB = 1 << 20
 
 
-def thread_cpu(pid):
-    """CPU time (s) each thread of process `pid` has run so far, by thread name and id."""
-    out = {}
+def thread_stats(pid, switches=False):
+    """Per thread of process `pid`: (name, tid, CPU seconds run so far from schedstat,
+    context switches or 0 unless `switches`); empty once the process has exited."""
+    out = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -311,43 +313,39 @@ def thread_cpu(pid):
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 name = f.read().strip()
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[f"{name}/{tid}"] = int(f.read().split()[0]) / 1e9
+                run = int(f.read().split()[0]) / 1e9
+            sw = 0
+            if switches:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    sw = sum(int(l.split()[1]) for l in f if "ctxt_switches" in l)
+            out.append((name, tid, run, sw))
         except OSError:
             pass
     return out
+
+
+def thread_cpu(pid):
+    """CPU time (s) each thread of process `pid` has run so far, by thread name and id."""
+    return {f"{name}/{tid}": run for name, tid, run, _ in thread_stats(pid)}
 
 
 # Prints thread_cpu(pid) when started and, once the process is gone, each thread's last
-# figure, one JSON line each (run as `python3 -c CPU_SAMPLER PID`).
-CPU_SAMPLER = """
-import json, os, sys, time
+# figure, one JSON line each (run as `python3 -c CPU_SAMPLER PID`): the same functions as
+# above, in a process of its own (as a thread it waited on the interpreter lock).
+CPU_SAMPLER = ("import json, os, sys, time\n" + inspect.getsource(thread_stats) + "\n"
+               + inspect.getsource(thread_cpu) + """
 pid = int(sys.argv[1])
-def sample():
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[f"{name}/{tid}"] = int(f.read().split()[0]) / 1e9
-        except OSError:
-            pass
-    return out
-first = sample()
+first = thread_cpu(pid)
 last = dict(first)
 print(json.dumps(first), flush=True)
 while True:
-    now = sample()
+    now = thread_cpu(pid)
     if not now:
         break
     last.update(now)  # threads that ended keep their last figure
     time.sleep(0.02)
 print(json.dumps(last), flush=True)
-"""
+""")
 
 
 def profile(label, pid, before, after):
@@ -652,16 +650,9 @@ def vsock_profile_end(prof, label, n):
 def vsock_thread_cpu(pid):
     """CPU time (s) of each thread of `pid` by name (schedstat), and its context switches."""
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-            run = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
-            st = open(f"/proc/{pid}/task/{tid}/status").read()
-            sw = sum(int(l.split()[1]) for l in st.splitlines() if "ctxt_switches" in l)
-            a, b = out.get(name, (0, 0))
-            out[name] = (a + run / 1e9, b + sw)
-        except OSError:
-            pass
+    for name, _, run, sw in thread_stats(pid, switches=True):
+        a, b = out.get(name, (0, 0))
+        out[name] = (a + run, b + sw)
     return out
 
 
