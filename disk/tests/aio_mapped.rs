@@ -16,14 +16,7 @@ const K: u64 = 1024;
 /// data, 6 unallocated, 7 zero, 8-9 unallocated, 10 compressed, the rest unallocated.
 fn mixed_image(dir: &Path) -> PathBuf {
     let img = dir.join("mixed.qcow2");
-    common::qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &img.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&img, "qcow2", "1M");
     qemu_io(
         &img,
         "qcow2",

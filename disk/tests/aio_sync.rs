@@ -79,14 +79,7 @@ fn write_and_read_back(e: &mut dyn Engine, mut expected: Vec<u8>, seed: u64) -> 
 fn qcow2_overlay(dir: &Path) -> std::path::PathBuf {
     let base = dir.join("base.qcow2");
     let overlay = dir.join("overlay.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &base.display().to_string(),
-        "4M",
-    ]);
+    common::qemu_img_create(&base, "qcow2", "4M");
     qemu_io(&base, "qcow2", &["write -P 0x31 0 4M"]);
     let o = "cluster_size=4096";
     let ov = overlay.display().to_string();
@@ -128,14 +121,7 @@ fn test_sync_worker_qcow2_with_backing_passes_qemu_check_and_compare() {
 fn test_sync_inline_vmdk_round_trip_passes_qemu_compare() {
     let dir = scratch("sync-vmdk");
     let img = dir.join("a.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        &img.display().to_string(),
-        "2M",
-    ]);
+    common::qemu_img_create(&img, "vmdk", "2M");
     let disk = SharedDisk::open(&img, Format::Vmdk, &OpenOptions::default()).expect("open");
     let mut e = SyncEngine::new(disk, SyncMode::Inline).expect("engine");
 
@@ -155,14 +141,7 @@ fn test_sync_inline_vmdk_round_trip_passes_qemu_compare() {
 fn test_sync_qcow2_out_of_range_refused_without_completion() {
     let dir = scratch("sync-oob");
     let img = dir.join("a.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &img.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&img, "qcow2", "1M");
     let disk = SharedDisk::open(&img, Format::Qcow2, &OpenOptions::default()).expect("open");
     let mut e = SyncEngine::new(disk, SyncMode::Worker).expect("engine");
     let mut buf = vec![0u8; 8192];
@@ -251,14 +230,7 @@ fn test_slow_flush_on_one_image_does_not_block_another() {
         release: release_rx,
     }));
     let other_img = dir.join("b.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &other_img.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&other_img, "qcow2", "1M");
     qemu_io(&other_img, "qcow2", &["write -P 0x5c 0 64k"]);
     let other = SharedDisk::open(&other_img, Format::Qcow2, &OpenOptions::default()).expect("open");
     let mut a = SyncEngine::new(slow.clone(), SyncMode::Worker).expect("engine a");

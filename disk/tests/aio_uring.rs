@@ -289,14 +289,7 @@ fn test_shared_disk_engine_raw_is_io_uring_qcow2_is_sync() {
     let dir = scratch("engine-pick");
     let img = raw_image(&dir, MIB);
     let q = dir.join("a.qcow2");
-    common::qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &q.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&q, "qcow2", "1M");
     let qd = SharedDisk::open(&q, Format::Qcow2, &OpenOptions::default()).expect("open");
 
     let raw_engine = open(&img, false, false).engine(8).expect("engine");

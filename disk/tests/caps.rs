@@ -99,14 +99,7 @@ fn test_caps_vmdk_sparse_writable_stream_read_only() {
     let dir = scratch("caps-vmdk");
     let sparse = dir.join("s.vmdk");
     let stream = dir.join("t.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        &sparse.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&sparse, "vmdk", "1M");
     let opts = "subformat=streamOptimized";
     qemu_img(&[
         "create",

@@ -133,14 +133,7 @@ fn test_qcow2_open_bad_fields_invalid_format() {
 fn test_qcow2_open_l2_entry_reserved_bits_corrupt_on_read() {
     let dir = scratch("hostile-l2");
     let img = dir.join("l.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &img.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&img, "qcow2", "1M");
     common::qemu_io(&img, "qcow2", &["write -P 1 0 64k"]);
     let b = std::fs::read(&img).expect("read");
     let l1 = u64::from_be_bytes(b[40..48].try_into().expect("8")) as usize;

@@ -113,14 +113,7 @@ fn test_qcow2_read_three_deep_backing_chain_with_zero_clusters_matches_qemu() {
     let mid = dir.join("mid.qcow2");
     let mid2 = dir.join("mid2.qcow2");
     let top = dir.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "raw",
-        &base.display().to_string(),
-        "4M",
-    ]);
+    common::qemu_img_create(&base, "raw", "4M");
     qemu_io(&base, "raw", &["write -P 0x01 0 4M"]);
     qemu_img(&[
         "create",
@@ -187,14 +180,7 @@ fn test_qcow2_open_backing_not_allowed_refused() {
     let dir = scratch("read-nobacking");
     let base = dir.join("base.qcow2");
     let top = dir.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &base.display().to_string(),
-        "1M",
-    ]);
+    common::qemu_img_create(&base, "qcow2", "1M");
     qemu_img(&[
         "create",
         "-q",

@@ -156,14 +156,7 @@ fn test_qcow2_write_over_backing_chain_copies_on_write() {
     let dir = scratch("write-cow");
     let base = dir.join("base.qcow2");
     let top = dir.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &base.display().to_string(),
-        "8M",
-    ]);
+    common::qemu_img_create(&base, "qcow2", "8M");
     qemu_io(
         &base,
         "qcow2",
@@ -353,14 +346,7 @@ fn test_qcow2_check_leak_reported_and_repaired() {
 fn test_qcow2_check_clean_qemu_image_reports_nothing() {
     let dir = scratch("check-clean");
     let img = dir.join("c.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &img.display().to_string(),
-        "4M",
-    ]);
+    common::qemu_img_create(&img, "qcow2", "4M");
     qemu_io(&img, "qcow2", &["write -c -P 2 2M 64k", "write -P 1 0 1M"]);
     qemu_img(&["snapshot", "-c", "s", &img.display().to_string()]);
 

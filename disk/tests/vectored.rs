@@ -76,14 +76,7 @@ fn pattern_raw(path: &Path, size: usize) {
 fn qcow2_with_backing(dir: &Path) -> PathBuf {
     let base = dir.join("base.qcow2");
     let overlay = dir.join("overlay.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &base.display().to_string(),
-        "8M",
-    ]);
+    common::qemu_img_create(&base, "qcow2", "8M");
     qemu_io(
         &base,
         "qcow2",
@@ -339,14 +332,7 @@ fn qemu_map_at(img: &Path, offset: u64) -> (bool, bool) {
 fn test_qcow2_write_zeroes_without_unmap_keeps_cluster_allocated() {
     let dir = scratch("vec-zero-keep");
     let img = dir.join("z.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        &img.display().to_string(),
-        "4M",
-    ]);
+    common::qemu_img_create(&img, "qcow2", "4M");
     qemu_io(&img, "qcow2", &["write -P 0x99 0 4M"]);
     {
         let mut d = disk::open(&img, Format::Qcow2, &rw()).expect("open");

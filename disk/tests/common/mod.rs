@@ -34,6 +34,11 @@ pub fn qemu_img(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `qemu-img create -q -f FMT IMG SIZE`, panicking on failure.
+pub fn qemu_img_create(img: &Path, fmt: &str, size: &str) {
+    qemu_img(&["create", "-q", "-f", fmt, &img.display().to_string(), size]);
+}
+
 /// Runs qemu-img and returns (exit code, stdout + stderr) without asserting.
 pub fn qemu_img_status(args: &[&str]) -> (i32, String) {
     let out = run("qemu-img", args);
