@@ -176,6 +176,18 @@ mod tests {
         seen: Arc<AtomicUsize>,
     }
 
+    impl Counter {
+        /// A counter of `fd`'s events, and the count.
+        fn new(fd: EventFd) -> (Counter, Arc<AtomicUsize>) {
+            let seen = Arc::new(AtomicUsize::new(0));
+            let counter = Counter {
+                fd,
+                seen: Arc::clone(&seen),
+            };
+            (counter, seen)
+        }
+    }
+
     impl MutEventSubscriber for Counter {
         fn process(&mut self, _events: Events, _ops: &mut EventOps) {
             let n = self.fd.read().unwrap_or(0);
@@ -190,6 +202,15 @@ mod tests {
     struct Level {
         resample: EventFd,
         resampled: AtomicUsize,
+    }
+
+    impl Level {
+        fn new() -> Arc<Level> {
+            Arc::new(Level {
+                resample: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                resampled: AtomicUsize::new(0),
+            })
+        }
     }
 
     impl VirtioInterrupt for Level {
@@ -219,15 +240,8 @@ mod tests {
     fn test_worker_handles_events_and_stop_returns_handler() {
         let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let notify = fd.try_clone().unwrap();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let irq = Arc::new(Level {
-            resample: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            resampled: AtomicUsize::new(0),
-        });
-        let handler = Counter {
-            fd,
-            seen: Arc::clone(&seen),
-        };
+        let irq = Level::new();
+        let (handler, seen) = Counter::new(fd);
         let worker = Worker::spawn("test-worker".into(), handler, irq.clone()).unwrap();
 
         notify.write(3).unwrap();
@@ -241,15 +255,8 @@ mod tests {
 
     #[test]
     fn test_worker_on_exit_runs_on_worker_thread_before_handback() {
-        let seen = Arc::new(AtomicUsize::new(0));
-        let handler = Counter {
-            fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            seen: Arc::clone(&seen),
-        };
-        let irq = Arc::new(Level {
-            resample: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            resampled: AtomicUsize::new(0),
-        });
+        let (handler, _seen) = Counter::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let irq = Level::new();
         let worker = Worker::spawn_with_exit("test-exit".into(), handler, irq, |h| {
             let here = std::thread::current().name() == Some("test-exit");
             h.seen
@@ -264,15 +271,8 @@ mod tests {
 
     #[test]
     fn test_worker_dropped_joins_thread() {
-        let seen = Arc::new(AtomicUsize::new(0));
-        let handler = Counter {
-            fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            seen: Arc::clone(&seen),
-        };
-        let irq = Arc::new(Level {
-            resample: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            resampled: AtomicUsize::new(0),
-        });
+        let (handler, seen) = Counter::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let irq = Level::new();
         let worker = Worker::spawn("test-drop".into(), handler, irq).unwrap();
 
         drop(worker);
