@@ -575,6 +575,55 @@ impl UringEngine {
     }
 }
 
+/// A ring whose completions the kernel may hold back until its issuer enters it
+/// ([`RingMode::Deferred`]), with the eventfd that says so.
+trait DeferredRing {
+    /// The ring's `IORING_SQ_TASKRUN` flag: completions are (or were) waiting to be posted.
+    fn taskrun(&mut self) -> bool;
+    /// `io_uring_enter` with GETEVENTS: posts what waits (and submits what is queued).
+    fn enter(&mut self);
+    /// Resets the engine's eventfd.
+    fn drain(&mut self);
+}
+
+impl DeferredRing for UringEngine {
+    fn taskrun(&mut self) -> bool {
+        self.deferred_pending()
+    }
+
+    fn enter(&mut self) {
+        // A failure leaves the completions for the next pass.
+        if self.ring.submit().is_ok() {
+            self.unsubmitted = false;
+        }
+    }
+
+    fn drain(&mut self) {
+        eventfd::drain(self.notify.as_fd());
+    }
+}
+
+/// Posts the completions a deferred ring holds and resets its eventfd, in at most two
+/// enters.
+///
+/// The eventfd is reset after the first enter, since posting may signal it again. Work that
+/// the kernel queues after the reset finds its list empty and signals anew; work queued
+/// between the enter and the reset had its signal consumed, so a flag still set after the
+/// reset costs one more enter, which posts it. The flag is only a hint: the kernel sets it
+/// after queuing the work, so a pass that ran the work just before it was set leaves it
+/// set over an empty list until the next completion clears it. Entering until it clears
+/// would then spin forever once nothing is in flight (seen on Linux 6.18: the worker spun
+/// and the VMM hung at shutdown waiting for it).
+fn post_deferred(ring: &mut impl DeferredRing) {
+    if ring.taskrun() {
+        ring.enter();
+    }
+    ring.drain();
+    if ring.taskrun() {
+        ring.enter();
+    }
+}
+
 /// Bytes a read or write completion moved (none at all is an error: the file ended).
 fn transferred(raw: &RawDisk, res: i32, op: &'static str, offset: u64) -> Result<u64> {
     match res {
@@ -667,22 +716,7 @@ impl Engine for UringEngine {
 
     fn completions(&mut self, out: &mut Vec<Completion>) {
         self.bind();
-        loop {
-            if self.deferred_pending() {
-                // Post the deferred completions (and start whatever is queued) in one
-                // enter; a failure leaves them for the next pass.
-                if self.ring.submit().is_ok() {
-                    self.unsubmitted = false;
-                }
-            }
-            // Reset the notifier after that enter (posting may signal it again). Deferred
-            // work that arrives after this finds its list empty and signals anew; work
-            // that arrived in between is seen below and posted first.
-            eventfd::drain(self.notify.as_fd());
-            if !self.deferred_pending() {
-                break;
-            }
-        }
+        post_deferred(self);
         self.reap();
         self.refill();
         if self.unsubmitted {
@@ -750,5 +784,76 @@ impl Drop for UringEngine {
             let n = self.ring.completion().count();
             self.in_kernel = self.in_kernel.saturating_sub(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring whose flag reads from a script, one value per look (the last one repeating);
+    /// counts enters and resets.
+    struct Scripted {
+        flags: Vec<bool>,
+        looks: usize,
+        enters: usize,
+        drains: usize,
+    }
+
+    impl Scripted {
+        fn new(flags: &[bool]) -> Scripted {
+            Scripted {
+                flags: flags.to_vec(),
+                looks: 0,
+                enters: 0,
+                drains: 0,
+            }
+        }
+    }
+
+    impl DeferredRing for Scripted {
+        fn taskrun(&mut self) -> bool {
+            let f = self.flags[self.looks.min(self.flags.len() - 1)];
+            self.looks += 1;
+            f
+        }
+        fn enter(&mut self) {
+            self.enters += 1;
+            // The old loop entered until the flag cleared: a stale flag made it spin.
+            assert!(self.enters <= 2, "entered {} times", self.enters);
+        }
+        fn drain(&mut self) {
+            self.drains += 1;
+        }
+    }
+
+    #[test]
+    fn test_post_deferred_nothing_waiting_costs_no_enter() {
+        let mut r = Scripted::new(&[false]);
+        post_deferred(&mut r);
+        assert_eq!((r.enters, r.drains), (0, 1));
+    }
+
+    #[test]
+    fn test_post_deferred_one_enter_when_flag_clears() {
+        let mut r = Scripted::new(&[true, false]);
+        post_deferred(&mut r);
+        assert_eq!((r.enters, r.drains), (1, 1));
+    }
+
+    #[test]
+    fn test_post_deferred_work_between_enter_and_reset_is_posted() {
+        // Set, cleared by the enter, set again by work queued before the reset.
+        let mut r = Scripted::new(&[true, true, false]);
+        post_deferred(&mut r);
+        assert_eq!((r.enters, r.drains), (2, 1));
+    }
+
+    #[test]
+    fn test_post_deferred_stale_flag_does_not_spin() {
+        // The flag stays set over an empty list (nothing in flight clears it).
+        let mut r = Scripted::new(&[true]);
+        post_deferred(&mut r);
+        assert_eq!((r.enters, r.drains), (2, 1));
     }
 }

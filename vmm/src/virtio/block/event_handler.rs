@@ -266,10 +266,12 @@ impl BlockHandler {
         }
     }
 
-    /// Answers every finished request, then starts what waited for a free slot.
-    pub fn process_completions(&mut self) {
+    /// Answers every finished request, then starts what waited for a free slot; returns how
+    /// many requests finished.
+    pub fn process_completions(&mut self) -> usize {
         let mut done = std::mem::take(&mut self.done);
         self.engine.completions(&mut done);
+        let finished = done.len();
         let mut result = Ok(());
         for c in done.drain(..) {
             let Some(f) = usize::try_from(c.token)
@@ -306,6 +308,7 @@ impl BlockHandler {
         } else if std::mem::take(&mut self.stalled) {
             self.process_queue();
         }
+        finished
     }
 
     fn engine_fd(&self) -> RawFd {

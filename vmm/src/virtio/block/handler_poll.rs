@@ -27,8 +27,12 @@ impl BlockHandler {
         let mut last_work = start;
         loop {
             let mut work = false;
-            if self.engine.in_flight() > 0 && self.engine.has_completions() {
-                self.process_completions();
+            // A completion pass that finds nothing (the kernel's task-run flag is only a
+            // hint) is no work: it neither extends the window nor skips the yield.
+            if self.engine.in_flight() > 0
+                && self.engine.has_completions()
+                && self.process_completions() > 0
+            {
                 work = true;
             }
             if self.avail_pending() {
