@@ -16,6 +16,12 @@
 //! offset or length is not a multiple of the host block (a guest ignoring `blk_size`) runs
 //! synchronously through [`RawDisk`]'s read-modify-write path, inside `submit`.
 //!
+//! Batches: through the page cache, requests wait in the submission queue for `commit`, and
+//! one `io_uring_enter` starts a batch (the copies run inline; the system call is the cost).
+//! With O_DIRECT each request enters the kernel inside `submit` (docs/decisions/0026): a
+//! batch entered at once is plugged by the block layer, and the device sees none of it until
+//! the last request is prepared, so it idles while the batch is built.
+//!
 //! Unsafe code (this file and `iovec.rs` only): pushing a submission queue entry, which
 //! hands the kernel pointers. Every pointer in an entry is either caller memory covered by
 //! the [`Request`] contract or memory owned by the request's slot (its iovec array, its
@@ -682,6 +688,11 @@ impl Engine for UringEngine {
                     }
                 };
                 self.push(index);
+                if self.direct.is_some() {
+                    // O_DIRECT: the request goes to the device now, not with the batch
+                    // (docs/decisions/0026). A failed enter leaves it queued for `commit`.
+                    let _ = self.commit();
+                }
             }
         }
         self.outstanding += 1;
