@@ -31,13 +31,18 @@ fn raw_image(dir: &Path, size: u64) -> std::path::PathBuf {
 }
 
 fn readable_now(e: &dyn Engine) -> bool {
+    readable_within(e, 0)
+}
+
+/// Whether the engine's notifier becomes readable within `secs` seconds.
+fn readable_within(e: &dyn Engine, secs: i64) -> bool {
     let fd = e.notifier();
     let mut fds = [rustix::event::PollFd::new(
         &fd,
         rustix::event::PollFlags::IN,
     )];
     let ts = rustix::event::Timespec {
-        tv_sec: 0,
+        tv_sec: secs,
         tv_nsec: 0,
     };
     rustix::event::poll(&mut fds, Some(&ts)).expect("poll") > 0
@@ -192,20 +197,6 @@ fn test_uring_direct_aligned_bounced_and_unaligned_requests_round_trip() {
     }
     drop(e);
     assert!(std::fs::read(&img).expect("file") == expected);
-}
-
-/// Whether the engine's notifier becomes readable within `secs` seconds.
-fn readable_within(e: &dyn Engine, secs: i64) -> bool {
-    let fd = e.notifier();
-    let mut fds = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let ts = rustix::event::Timespec {
-        tv_sec: secs,
-        tv_nsec: 0,
-    };
-    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") > 0
 }
 
 #[test]
