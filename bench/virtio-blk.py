@@ -31,6 +31,13 @@ swings by 20-30% on this host, more than most gaps between the VMMs.
 VMMs: Strata over virtio-mmio and virtio-pci; QEMU -M microvm (virtio-mmio v2) and -M q35
 (virtio-pci modern), each with aio=io_uring.
 
+--paired N: qcow2 against raw inside one Strata VM per transport, both images attached (raw
+as disk 0, qcow2 as disk 1, page cache), the guest alternating between them N times (which
+goes first swaps every pair) at QD1, QD32 and 1 MiB; each line is the median of the N
+qcow2/raw ratios with their range. Both images are warmed once before each VM. The two
+readers of a pair run within a second of each other, so the host's drift between rounds,
+which moves separate VMs' figures by 20-30%, cancels out of the ratio.
+
 Boot-to-first-byte: exec -> first serial byte of the `pvh` guest (which touches no device)
 with no disk, one raw disk and one qcow2 disk (virtio-mmio), `--boot-runs` interleaved runs,
 medians: what attaching a disk costs before the guest runs.
@@ -246,6 +253,42 @@ def measure_mode(mode, kernel, want_vmms, cached, reverse):
     return sorted(out, key=lambda x: [r[1] for r in readers].index(x[0][1]))
 
 
+PAIRED = re.compile(r"blk(\d+): bench (\w+) bs=\d+ qd=(\d+) .* iops=(\d+) mib_s=([\d.]+)")
+PAIRED_QD1_IOS = 20000
+
+
+def paired(kernel, transport, raw, qcow2, pairs):
+    """qcow2/raw ratios from one VM reading both images in turn (see --paired); returns
+    {line: [ratio per pair]} for the lines QD1, QD32 and 1 MiB."""
+    for path in (raw, qcow2):
+        warm(path)
+    ops = []
+    for i in range(pairs):
+        for disk in ((0, 1) if i % 2 == 0 else (1, 0)):
+            ops += [f"op=bench-randread disk={disk} qd=1 ios={PAIRED_QD1_IOS}",
+                    f"op=bench-randread disk={disk} qd=32 ios={QD32_IOS}",
+                    f"op=bench-seqread disk={disk} qd={SEQ_QD} ios={SEQ_IOS}"]
+    cmd = [STRATA, "run", "--kernel", kernel, "--transport", transport,
+           "--disk", f"path={raw},format=raw,readonly=on",
+           "--disk", f"path={qcow2},format=qcow2,readonly=on",
+           "--cmdline", f"transport={transport} " + " ".join(ops) + " exit=0"]
+    got = {}  # (line, disk) -> [figure per pair, in order]
+    for m in PAIRED.finditer(run(cmd, timeout=600)):
+        disk, kind, qd = int(m.group(1)), m.group(2), int(m.group(3))
+        line = {("randread", 1): "QD1", ("randread", 32): "QD32"}.get((kind, qd), "1 MiB")
+        got.setdefault((line, disk), []).append(
+            float(m.group(5)) if kind == "seqread" else int(m.group(4)))
+    out = {}
+    for line in ("QD1", "QD32", "1 MiB"):
+        r, q = got.get((line, 0), []), got.get((line, 1), [])
+        if len(r) != pairs or len(q) != pairs:
+            FAILURES.append(f"paired {transport} {line}: {len(r)} raw and {len(q)} qcow2 "
+                            f"figures of {pairs}")
+            continue
+        out[line] = [b / a for a, b in zip(r, q)]
+    return out
+
+
 def medians(rounds):
     """Per cell: (median, lowest, highest) over the rounds; None if a round failed."""
     cells = []
@@ -306,6 +349,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every mode this many times, the readers' order reversed "
                          "every other round; cells are medians [lowest-highest]")
+    ap.add_argument("--paired", type=int, default=0,
+                    help="N pairs: qcow2 against raw inside one Strata VM per transport "
+                         "(after the other modes)")
     args = ap.parse_args()
     global STRATA
     if args.strata:
@@ -335,6 +381,8 @@ def main():
                 if key not in results:
                     order.append(key)
                 results.setdefault(key, []).append(got)
+    paired_rows = [(t, paired(kernel, t, raw, qcow2, args.paired))
+                   for t in ("mmio", "pci")] if args.paired else []
     rows = [(label, name, medians(results[(label, name)])) for label, name in order]
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_end = os.getloadavg()
@@ -358,6 +406,18 @@ def main():
     print()
     for line in verdicts(rows):
         print(line)
+    if args.paired:
+        print(f"qcow2 / raw inside one VM ({args.paired} pairs; median ratio [lowest-highest]; "
+              f"target 0.8x):")
+        print()
+        print("| transport | QD1 | QD32 | 1 MiB QD4 |")
+        print("|---|---|---|---|")
+        for transport, ratios in paired_rows:
+            lines = (ratios.get(k) for k in ("QD1", "QD32", "1 MiB"))
+            cells = [f"{statistics.median(v):.2f}x [{min(v):.2f}-{max(v):.2f}]" if v
+                     else "failed" for v in lines]
+            print(f"| strata, virtio-{transport} | " + " | ".join(cells) + " |")
+        print()
     for f in FAILURES:
         print(f"failed: {f}")
     if cached:
