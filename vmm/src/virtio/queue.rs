@@ -30,7 +30,8 @@ pub struct BrokenQueue {
 }
 
 impl ActiveQueue {
-    fn broken(&self, e: virtio_queue::Error) -> BrokenQueue {
+    /// The queue, broken by `e`.
+    pub(crate) fn broken(&self, e: virtio_queue::Error) -> BrokenQueue {
         BrokenQueue {
             index: self.index,
             reason: e.to_string(),
@@ -43,6 +44,15 @@ impl ActiveQueue {
             Ok(mut it) => Ok(it.next()),
             Err(e) => Err(self.broken(e)),
         }
+    }
+
+    /// Whether the driver made chains available that the device has not taken yet.
+    pub fn has_available(&self, mem: &GuestMemoryMmap) -> Result<bool, BrokenQueue> {
+        let avail = self
+            .queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|e| self.broken(e))?;
+        Ok(avail.0 != self.queue.next_avail())
     }
 
     /// Puts chain `head` in the used ring with `len` bytes written.
@@ -185,6 +195,22 @@ mod tests {
         let used = vq.used().ring().ref_at(1).unwrap().load();
         assert_eq!((used.id(), used.len()), (1, 0x20));
         assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn test_has_available_until_popped() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut q = active(&vq);
+        let empty = q.has_available(&m).unwrap();
+        vq.add_desc_chains(&[desc(0x8000, 0x100, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+
+        let posted = q.has_available(&m).unwrap();
+        assert!(q.pop(&m).unwrap().is_some());
+        let taken = q.has_available(&m).unwrap();
+
+        assert_eq!((empty, posted, taken), (false, true, false));
     }
 
     #[test]

@@ -3,12 +3,10 @@
 //! has turned up for the adaptive window ([`crate::virtio::poll`]), then ask the driver to
 //! notify again and go back to sleep.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{metrics, BlockHandler};
 use crate::virtio::poll::MAX_PHASE;
-use crate::virtio::queue::BrokenQueue;
 use crate::virtio::QueueT;
 
 impl BlockHandler {
@@ -21,7 +19,7 @@ impl BlockHandler {
         }
         let mem = self.mem.clone();
         if let Err(e) = self.queue.queue.disable_notification(&mem) {
-            return self.fail(self.queue_error(e));
+            return self.fail(self.queue.broken(e));
         }
         let start = Instant::now();
         let mut last_work = start;
@@ -35,7 +33,7 @@ impl BlockHandler {
             {
                 work = true;
             }
-            if self.avail_pending() {
+            if self.queue.has_available(&self.mem).unwrap_or(false) {
                 self.counters.inc(metrics::POLLED_BATCHES);
                 self.serve(false);
                 work = true;
@@ -63,21 +61,6 @@ impl BlockHandler {
             }
             Ok(false) => {}
             Err(e) => self.fail(e),
-        }
-    }
-
-    /// Whether the driver made buffers available that the device has not taken yet.
-    fn avail_pending(&self) -> bool {
-        self.queue
-            .queue
-            .avail_idx(&self.mem, Ordering::Acquire)
-            .is_ok_and(|idx| idx.0 != self.queue.queue.next_avail())
-    }
-
-    fn queue_error(&self, e: virtio_queue::Error) -> BrokenQueue {
-        BrokenQueue {
-            index: self.queue.index,
-            reason: e.to_string(),
         }
     }
 }

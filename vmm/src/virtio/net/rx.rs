@@ -134,14 +134,7 @@ impl RxCtx<'_> {
     /// Whether the receive queue has a chain; when it has none, re-enables notifications and
     /// looks once more (the driver may have posted meanwhile).
     fn has_buffers(&mut self, rx: &mut ActiveQueue) -> Result<bool, BrokenQueue> {
-        let avail = rx
-            .queue
-            .avail_idx(self.mem, std::sync::atomic::Ordering::Acquire)
-            .map_err(|e| BrokenQueue {
-                index: rx.index,
-                reason: e.to_string(),
-            })?;
-        if avail.0 != rx.queue.next_avail() {
+        if rx.has_available(self.mem)? {
             return Ok(true);
         }
         rx.rearm(self.mem)

@@ -436,10 +436,7 @@ impl VsockHandler {
     /// `rearm` asks for notifications again before it waits for one.
     fn quiet_rx_while_buffers(&mut self) {
         let Some(rx) = self.rx.as_mut() else { return };
-        let avail = rx
-            .queue
-            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire);
-        if avail.is_ok_and(|a| a.0 != rx.queue.next_avail()) {
+        if rx.has_available(&self.mem).unwrap_or(false) {
             let _ = rx.queue.disable_notification(&self.mem);
         }
     }
