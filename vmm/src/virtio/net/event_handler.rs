@@ -331,23 +331,14 @@ fn transmit_chain(
         // worker); it was filled just above and nothing is freed before the call returns.
         unsafe { tap.writev(iov.as_slice()) }
     } else {
-        // Small, or not all RAM, or too many pieces: gather (and find out which).
-        buf[..mode.hdr_len].copy_from_slice(hdr);
-        let mut at = 0;
-        let mut ok = true;
-        for &(addr, n) in segs.iter() {
-            let (from, to) = (at.max(mode.hdr_len), at + n);
-            if from < to {
-                let addr = vm_memory::GuestAddress(addr.0 + (from - at) as u64);
-                ok &= mem.read_slice(&mut buf[from..to], addr).is_ok();
-            }
-            at = to;
-        }
-        if !ok {
+        // Small, or not all RAM, or too many pieces: gather (and find out which), then put
+        // the checked header copy over the bytes the guest may have changed since.
+        if iov::read_from(mem, segs, &mut buf[..len]).is_err() {
             iov.clear();
             counters.inc(metrics::TX_MALFORMED);
             return false;
         }
+        buf[..mode.hdr_len].copy_from_slice(hdr);
         tap.write(&buf[..len])
     };
     iov.clear();
