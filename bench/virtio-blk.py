@@ -135,14 +135,15 @@ def guest_ops(transport):
             f"op=bench-seqread qd={SEQ_QD} ios={SEQ_IOS} exit=0")
 
 
-BENCH = re.compile(r"bench (\w+) bs=(\d+) qd=(\d+) .* iops=(\d+) mib_s=([\d.]+)")
+# The guest's line for one bench operation: disk, kind, queue depth, IOPS, MiB/s.
+BENCH = re.compile(r"blk(\d+): bench (\w+) bs=\d+ qd=(\d+) .* iops=(\d+) mib_s=([\d.]+)")
 
 
 def parse(out):
     """(QD1 IOPS, QD32 IOPS, seq MiB/s) from a guest's output."""
     got = {}
     for m in BENCH.finditer(out):
-        kind, qd, iops, mib = m.group(1), int(m.group(3)), int(m.group(4)), float(m.group(5))
+        kind, qd, iops, mib = m.group(2), int(m.group(3)), int(m.group(4)), float(m.group(5))
         got[(kind, qd)] = mib if kind == "seqread" else iops
     # A line the guest did not report (it gave up waiting for the device) stays None and is
     # printed as "failed", with the guest's last line, rather than ending the whole run.
@@ -253,7 +254,6 @@ def measure_mode(mode, kernel, want_vmms, cached, reverse):
     return sorted(out, key=lambda x: [r[1] for r in readers].index(x[0][1]))
 
 
-PAIRED = re.compile(r"blk(\d+): bench (\w+) bs=\d+ qd=(\d+) .* iops=(\d+) mib_s=([\d.]+)")
 PAIRED_QD1_IOS = 20000
 
 
@@ -273,7 +273,7 @@ def paired(kernel, transport, raw, qcow2, pairs):
            "--disk", f"path={qcow2},format=qcow2,readonly=on",
            "--cmdline", f"transport={transport} " + " ".join(ops) + " exit=0"]
     got = {}  # (line, disk) -> [figure per pair, in order]
-    for m in PAIRED.finditer(run(cmd, timeout=600)):
+    for m in BENCH.finditer(run(cmd, timeout=600)):
         disk, kind, qd = int(m.group(1)), m.group(2), int(m.group(3))
         line = {("randread", 1): "QD1", ("randread", 32): "QD32"}.get((kind, qd), "1 MiB")
         got.setdefault((line, disk), []).append(
