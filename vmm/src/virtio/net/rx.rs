@@ -44,8 +44,9 @@ pub struct RxScratch {
 }
 
 impl NetHandler {
-    /// Moves frames from pair `p`'s tap queue into its receive buffers, at most [`BUDGET`].
-    pub(super) fn process_rx(&mut self, p: usize) -> RxState {
+    /// Moves frames from pair `p`'s tap queue into its receive buffers, at most [`BUDGET`]
+    /// (crate-visible for the fuzz harness, `virtio::fuzz_net`).
+    pub(crate) fn process_rx(&mut self, p: usize) -> RxState {
         if self.broken || p >= self.active_pairs {
             return RxState::NeedBuffers;
         }
