@@ -8,6 +8,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "seeds", "blk_queue")
 DATA = 0x1000
 W, N, I = 2, 1, 4
+HIGH_RAM = 0x10_0000
 
 
 def d(addr, length, flags=0, nxt=0):
@@ -72,5 +73,80 @@ def main():
     seed("many", 8, list(range(0, 255, 3)), tail, descs=read * 85)
 
 
+NET_OUT = os.path.join(HERE, "seeds", "net_queue")
+MRG, HDR12, TSO, RX_EVIDX, TX_EVIDX, RX_AGAIN, TX_AGAIN = 1, 2, 4, 8, 0x10, 0x20, 0x40
+
+
+def net_queue(descs, chains, log2):
+    size = 1 << log2
+    table = b"".join(descs).ljust(16 * size, b"\0")[: 16 * size]
+    ring = b"".join(struct.pack("<H", h) for h in chains).ljust(2 * size, b"\0")[: 2 * size]
+    return table + ring
+
+
+def net_seed(name, flags=MRG, rx=((), ()), tx=((), ()), frames=(), tail=b"", mtu=1500,
+             rx_avail=None, tx_avail=None, more=0, rx_log2=4, tx_log2=4):
+    """One net_queue input (layout: vmm/src/virtio/fuzz_net.rs)."""
+    rx_avail = len(rx[1]) if rx_avail is None else rx_avail
+    tx_avail = len(tx[1]) if tx_avail is None else tx_avail
+    head = bytes([flags, rx_log2 | tx_log2 << 4])
+    head += struct.pack("<HHHBB", mtu, rx_avail, tx_avail, more, len(frames))
+    head += b"".join(struct.pack("<H", n) for n in frames).ljust(16, b"\0")
+    blob = head + net_queue(rx[0], rx[1], rx_log2) + net_queue(tx[0], tx[1], tx_log2) + tail
+    with open(os.path.join(NET_OUT, name), "wb") as f:
+        f.write(blob)
+
+
+def net_seeds():
+    """Writes seeds/net_queue/: well-formed transmit and receive chains (the replay test in
+    fuzz_net.rs checks what each gives) and edge cases."""
+    os.makedirs(NET_OUT, exist_ok=True)
+    # Tail (at DATA): a plain header at 0, a GSO header at 0x20, frame bytes at 0x100, an
+    # indirect table at 0x2000; receive buffers from DATA+0x4000.
+    tail = bytearray(0x2100)
+    tail[0x21] = 1  # gso_type TCPv4
+    for i in range(0x100, 0x2000):
+        tail[i] = i * 7 & 0xFF
+    hdr, gso, payload, buf = DATA, DATA + 0x20, DATA + 0x100, DATA + 0x4000
+    tx_one = ([d(hdr, 12, N, 1), d(payload, 60)], [0])
+    net_seed("tx-one", tx=tx_one, tail=bytes(tail))
+    net_seed("tx-legacy-hdr", flags=0, tx=([d(hdr, 10, N, 1), d(payload, 60)], [0]), tail=bytes(tail))
+    ind = bytearray(tail)
+    ind[0x2000:0x2020] = d(hdr, 12, N, 1) + d(payload, 60)
+    net_seed("tx-indirect", tx=([d(DATA + 0x2000, 32, I)], [0]), tail=bytes(ind))
+    tx_gso = ([d(gso, 12, N, 1), d(payload, 2000)], [0])
+    net_seed("tx-gso-tso", flags=MRG | TSO, tx=tx_gso, tail=bytes(tail))
+    net_seed("tx-gso-without-tso", tx=tx_gso, tail=bytes(tail))
+    net_seed("tx-over-mtu", tx=([d(hdr, 12, N, 1), d(payload, 1500 + 18 + 1)], [0]), tail=bytes(tail))
+    net_seed("tx-short", tx=([d(hdr, 4)], [0]), tail=bytes(tail))
+    rx_two = ([d(buf, 2048, W), d(buf + 0x1000, 2048, W)], [0, 1])
+    net_seed("rx-one", rx=([d(buf, 2048, W)], [0]), frames=[100])
+    net_seed("rx-one-event-idx", flags=MRG | RX_EVIDX | TX_EVIDX, rx=([d(buf, 2048, W)], [0]), frames=[100])
+    net_seed("rx-legacy-hdr", flags=0, rx=([d(buf, 2048, W)], [0]), frames=[100])
+    three = [d(buf, 512, W), d(buf + 0x1000, 512, W), d(buf + 0x2000, 512, W)]
+    net_seed("rx-mergeable-spans", rx=(three, [0, 1, 2]), frames=[1200])
+    net_seed("rx-more-buffers-later", flags=MRG | RX_AGAIN, rx=(three, [0, 1, 2]), rx_avail=1, more=2, frames=[1200])
+    net_seed("rx-too-small-dropped", flags=0, rx=([d(buf, 256, W)], [0]), frames=[1000, 100])
+    net_seed("tx-and-rx", tx=([d(hdr, 12, N, 1), d(payload, 60), d(hdr, 12, N, 3), d(payload, 1000)], [0, 2]),
+             rx=rx_two, frames=[100, 1500], tail=bytes(tail))
+    # A chain with no writable byte in the middle of a mergeable frame, and too few buffers:
+    # the frame waits; once the driver posts one more it takes all three.
+    bad_mid = [d(buf, 512, W), d(buf + 0x1000, 512), d(buf + 0x2000, 1024, W)]
+    net_seed("rx-bad-chain-mid-frame", flags=MRG | RX_AGAIN, rx=(bad_mid, [0, 1, 2]), rx_avail=2, more=1, frames=[1200])
+    net_seed("avail-ahead", tx=(tx_one[0], [0]), tx_avail=300, rx=([d(buf, 2048, W)], [0]), frames=[100], tail=bytes(tail))
+    # Edges, checked only by the harness's rules.
+    net_seed("rx-beyond-ram", rx=([d(0x9_0000, 2048, W), d(0x13_FF00, 2048, W)], [0, 1]), frames=[100, 100])
+    net_seed("rx-over-own-ring", rx=([d(0x6_0000, 4096, W)], [0]), frames=[3000])
+    net_seed("tx-loop", tx=([d(hdr, 12, N, 1), d(payload, 60, N, 0)], [0]), tail=bytes(tail))
+    net_seed("tx-len-4g", tx=([d(hdr, 12, N, 1), d(payload, 0xFFFFFFF0)], [0]), tail=bytes(tail))
+    net_seed("rx-frame-longer-than-buffer", rx=([d(buf, 0x8000, W)] * 16, list(range(16))), frames=[0xFF10, 0xFFFF])
+    net_seed("tx-64k-gso", flags=MRG | TSO, tx=([d(gso, 12, N, 1), d(HIGH_RAM, 0x1_0000 + 17)], [0]), tail=bytes(tail))
+    net_seed("max-sizes", flags=MRG | HDR12 | RX_EVIDX | TX_EVIDX | RX_AGAIN | TX_AGAIN, rx_log2=8, tx_log2=8,
+             rx=([d(buf + 0x100 * i, 0x100, W) for i in range(256)], list(range(256))), rx_avail=200, more=56,
+             tx=(tx_one[0] * 128, list(range(0, 256, 2))), tx_avail=128, frames=[60, 1514, 9000, 100, 0, 5, 64, 0xFF00],
+             tail=bytes(tail))
+
+
 if __name__ == "__main__":
     main()
+    net_seeds()

@@ -604,6 +604,44 @@ pub(super) mod tests {
         assert_eq!(r.counters.get(metrics::RX_DROPPED), 0);
     }
 
+    /// Found by the `net_queue` fuzz target: an empty chain behind a waiting frame's first
+    /// chain was used at once and then taken (and used) again with the frame.
+    #[test]
+    fn test_net_rx_mergeable_empty_chain_inside_waiting_frame_used_once() {
+        let m = mem();
+        let rx = MockSplitQueue::new(&m, 16);
+        let tx = MockSplitQueue::new(&m, 16);
+        // A 512-byte buffer, then a chain with no writable byte: too little for the frame.
+        rx.add_desc_chains(
+            &[
+                desc(0x10000, 512, VRING_DESC_F_WRITE, 0),
+                desc(0x11000, 512, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut r = rig(&m, &rx, &tx, MRG);
+        send_host(&r.host, &frame(1200, 12));
+
+        let waiting = r.h.process_rx(0);
+        let used_while_waiting = rx.used().idx().load();
+        rx.add_desc_chains(&[desc(0x12000, 1024, VRING_DESC_F_WRITE, 0)], 2)
+            .unwrap();
+        r.h.process_rx(0);
+
+        assert_eq!(waiting, RxState::NeedBuffers);
+        assert_eq!(used_while_waiting, 0);
+        let used: Vec<(u32, u32)> = (0..usize::from(rx.used().idx().load()))
+            .map(|i| {
+                let e = rx.used().ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect();
+        assert_eq!(used, vec![(0, 512), (2, 688), (1, 0)]);
+        assert_eq!(r.counters.get(metrics::RX_BAD_CHAIN), 1);
+        assert_eq!(r.counters.get(metrics::RX_FRAMES), 1);
+    }
+
     #[test]
     fn test_net_rx_chain_too_short_for_header_returned_empty_and_counted() {
         let m = mem();

@@ -21,6 +21,9 @@ pub mod tap;
 
 pub use device::{Net, NetParams};
 pub use event_handler::NetHandler;
+/// What the fuzz harness (`virtio::fuzz_net`) builds a handler from.
+#[cfg(any(test, feature = "fuzz"))]
+pub use event_handler::{NetMode, NetPair};
 
 use virtio_bindings::virtio_net as vn;
 

@@ -39,11 +39,14 @@ pub struct RxScratch {
     segs: Vec<(GuestAddress, usize)>,
     /// Their heads and the bytes each gets.
     heads: Vec<(u16, u32)>,
+    /// Chains without room met after the frame's first chain: used (empty) only with it.
+    bad: Vec<u16>,
 }
 
 impl NetHandler {
-    /// Moves frames from pair `p`'s tap queue into its receive buffers, at most [`BUDGET`].
-    pub(super) fn process_rx(&mut self, p: usize) -> RxState {
+    /// Moves frames from pair `p`'s tap queue into its receive buffers, at most [`BUDGET`]
+    /// (crate-visible for the fuzz harness, `virtio::fuzz_net`).
+    pub(crate) fn process_rx(&mut self, p: usize) -> RxState {
         if self.broken || p >= self.active_pairs {
             return RxState::NeedBuffers;
         }
@@ -149,11 +152,12 @@ impl RxCtx<'_> {
         rx_pending: &mut usize,
     ) -> Result<bool, BrokenQueue> {
         let (mode, mem, counters) = (self.mode, self.mem, self.counters);
-        let RxScratch { segs, heads } = &mut *self.scratch;
+        let RxScratch { segs, heads, bad } = &mut *self.scratch;
         let len = *rx_pending;
         let mut start = rx.queue.next_avail();
         segs.clear();
         heads.clear();
+        bad.clear();
         let mut room = 0usize;
         while room < len {
             let Some(chain) = rx.pop(mem)? else {
@@ -172,12 +176,17 @@ impl RxCtx<'_> {
                 chain_room = chain_room.saturating_add(d.len() as usize);
             }
             if chain_room == 0 || (heads.is_empty() && chain_room < mode.hdr_len) {
-                // Too short for a header: give it back empty, count it.
-                counters.inc(metrics::RX_BAD_CHAIN);
+                // Too short for a header: give it back empty, count it. Behind the frame's
+                // first chain it is given back with the frame: if the frame has to wait, the
+                // chains go back to the available ring and this one is taken again, and a
+                // chain is used only once.
                 segs.truncate(before);
-                rx.push_used(mem, head, 0)?;
                 if heads.is_empty() {
+                    counters.inc(metrics::RX_BAD_CHAIN);
+                    rx.push_used(mem, head, 0)?;
                     start = rx.queue.next_avail();
+                } else {
+                    bad.push(head);
                 }
                 continue;
             }
@@ -205,6 +214,10 @@ impl RxCtx<'_> {
         }
         for &(head, used) in heads.iter() {
             rx.push_used(mem, head, used)?;
+        }
+        for &head in bad.iter() {
+            counters.inc(metrics::RX_BAD_CHAIN);
+            rx.push_used(mem, head, 0)?;
         }
         *rx_pending = 0;
         Ok(true)

@@ -229,8 +229,8 @@ impl Tap {
     }
 
     /// A "tap" over any datagram fd (one end of a SOCK_SEQPACKET pair keeps frame
-    /// boundaries the way a tap does), for tests without CAP_NET_ADMIN.
-    #[cfg(test)]
+    /// boundaries the way a tap does), for tests and the fuzz harness without CAP_NET_ADMIN.
+    #[cfg(any(test, feature = "fuzz"))]
     pub(crate) fn from_file(file: File) -> Tap {
         Tap {
             file,
