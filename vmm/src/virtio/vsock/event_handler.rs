@@ -271,16 +271,18 @@ impl VsockHandler {
         }
     }
 
-    /// The guest connects to host port `key.0`: the listener at `<socket>_<port>`.
+    /// The guest connects to host port `key.0`: the listener at `<socket>_<port>`. It is
+    /// refused (RST) when nothing listens there or its backlog is full.
     fn guest_connect(&mut self, key: Key, h: Header, ops: &mut EventOps) {
         if self.conns.len() >= MAX_CONNECTIONS {
             return self.reset(key, ops);
         }
         let mut path = self.socket.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => return self.reset(key, ops),
+        // Not blocking: a listener whose backlog is full refuses (RST) instead of stopping
+        // the worker until the host accepts.
+        let Ok(stream) = super::connection::connect(&path) else {
+            return self.reset(key, ops);
         };
         let mut c = Connection::new(stream, State::Established);
         c.peer_buf_alloc = h.buf_alloc;
