@@ -15,6 +15,8 @@ pub mod block;
 pub mod console;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz_vsock;
 pub mod iov;
 pub mod net;
 pub mod persist;

@@ -235,6 +235,12 @@ impl Connection {
         u64::from(CONN_BUF).saturating_sub(believed_used) < u64::from(CREDIT_UPDATE_BELOW)
     }
 
+    /// The guest's bytes waiting for the host (at most [`CONN_BUF`]), and the `OK` line's.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn pending_bytes(&self) -> (usize, usize) {
+        (self.pending.len() - self.line_bytes, self.line_bytes)
+    }
+
     /// Whether bytes wait for the host.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

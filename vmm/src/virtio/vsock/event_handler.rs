@@ -67,6 +67,24 @@ pub struct VsockHandler {
     broken: bool,
 }
 
+/// What the backend holds for the guest at one moment (the fuzz harness checks its bounds).
+#[cfg(any(test, feature = "fuzz"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Connections.
+    pub connections: usize,
+    /// The guest's bytes waiting for host streams, over all connections.
+    pub guest_bytes: usize,
+    /// The most guest bytes waiting on one connection.
+    pub max_guest_bytes: usize,
+    /// `OK` line bytes waiting for host streams, over all connections.
+    pub line_bytes: usize,
+    /// Control packets waiting for receive buffers.
+    pub control: usize,
+    /// Host connections still sending their `CONNECT` line.
+    pub handshakes: usize,
+}
+
 /// Registers, changes or removes `c`'s stream in the epoll set to what it needs now.
 fn sync_interest(c: &mut Connection, ops: &mut EventOps) {
     let want = c.wanted_events();
@@ -128,6 +146,24 @@ impl VsockHandler {
                 next_used: q.queue.next_used(),
             })
             .collect()
+    }
+
+    /// What the backend holds for the guest now.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn backlog(&self) -> Backlog {
+        let mut b = Backlog {
+            connections: self.conns.len(),
+            control: self.control.len(),
+            handshakes: self.handshakes.len(),
+            ..Backlog::default()
+        };
+        for c in self.conns.values() {
+            let (guest, line) = c.pending_bytes();
+            b.guest_bytes += guest;
+            b.max_guest_bytes = b.max_guest_bytes.max(guest);
+            b.line_bytes += line;
+        }
+        b
     }
 
     /// The interrupt the worker raises (to start it again).
