@@ -147,6 +147,103 @@ def net_seeds():
              tail=bytes(tail))
 
 
+# vsock_queue (vmm/src/virtio/fuzz_vsock.rs): TX/RX queues, rounds, host actions.
+VSOCK_OUT = os.path.join(HERE, "seeds", "vsock_queue")
+GUEST_CID, HOST_CID, STREAM = 3, 2, 1
+REQUEST, RESPONSE, RST, SHUTDOWN, RW, CREDIT_UPDATE = 1, 2, 3, 4, 5, 6
+H_ACCEPT, H_WRITE, H_READ, H_SHUT, H_CLOSE, H_CONNECT = 1, 2, 4, 8, 16, 32
+
+
+def vhdr(op, src_port=5000, dst_port=1024, length=0, flags=0, buf_alloc=65536, fwd_cnt=0):
+    return struct.pack("<QQIIIHHIII", GUEST_CID, HOST_CID, src_port, dst_port, length,
+                       STREAM, op, flags, buf_alloc, fwd_cnt)
+
+
+def vsock_seed(name, packets, ring, rounds, tx_avail, rx_avail=8, payload=b"", extra=None,
+               extra_descs=()):
+    """packets: headers at DATA + 0x40*i (a packet with a payload gets it from DATA+0x6000
+    in a second descriptor); ring: TX available-ring heads; rounds: (tx_add, rx_add, act,
+    len) after activation. RX: 8 buffers of 0x500 bytes at DATA+0x2000+0x800*i; the payload
+    at DATA+0x6000, after them."""
+    tx_log2, rx_log2 = 4, 3
+    tx_size, rx_size = 1 << tx_log2, 1 << rx_log2
+    tail = bytearray(0x6000 + len(payload))
+    tx_descs = []
+    for i, (h, with_payload) in enumerate(packets):
+        tail[0x40 * i : 0x40 * i + 44] = h
+        if with_payload:
+            plen = struct.unpack_from("<I", h, 24)[0]
+            tx_descs.append(d(DATA + 0x40 * i, 44, N, len(tx_descs) + 1))
+            tx_descs.append(d(DATA + 0x6000, plen))
+        else:
+            tx_descs.append(d(DATA + 0x40 * i, 44))
+    tx_descs.extend(extra_descs)
+    tail[0x6000:] = payload
+    if extra:
+        for at, blob in extra:
+            tail[at : at + len(blob)] = blob
+    rx_descs = [d(DATA + 0x2000 + 0x800 * i, 0x500, W) for i in range(rx_size)]
+    table = b"".join(tx_descs).ljust(16 * tx_size, b"\0")[: 16 * tx_size]
+    tx_ring = b"".join(struct.pack("<H", x) for x in ring).ljust(2 * tx_size, b"\0")
+    rx_table = b"".join(rx_descs)
+    rx_ring = b"".join(struct.pack("<H", i) for i in range(rx_size))
+    rec = b"".join(bytes(r) for r in rounds).ljust(16, b"\0")
+    flags = tx_log2 | ((max(len(rounds), 1) - 1) << 5)
+    blob = (bytes([flags, rx_log2]) + struct.pack("<HH", tx_avail, rx_avail) + rec + table
+            + tx_ring[: 2 * tx_size] + rx_table + rx_ring + bytes(tail))
+    with open(os.path.join(VSOCK_OUT, name), "wb") as f:
+        f.write(blob)
+
+
+def vsock_main():
+    os.makedirs(VSOCK_OUT, exist_ok=True)
+    data = bytes(i % 251 for i in range(3000))
+    # REQUEST to port 1024 (listening), then 3000 bytes of RW; the host accepts, reads them
+    # and writes 4 * 257 bytes back, which the device sends as RW.
+    vsock_seed("request-rw", [(vhdr(REQUEST), False), (vhdr(RW, length=3000), True)],
+               [0, 1], [(1, 0, H_ACCEPT, 0), (0, 0, H_READ | H_WRITE, 4)], 1, payload=data)
+    vsock_seed("request-shutdown",
+               [(vhdr(REQUEST), False), (vhdr(SHUTDOWN, flags=3), False)],
+               [0, 1], [(1, 0, H_ACCEPT, 0)], 1)
+    vsock_seed("request-rst", [(vhdr(REQUEST), False), (vhdr(RST), False)],
+               [0, 1], [(1, 0, H_ACCEPT, 0)], 1)
+    vsock_seed("unknown-op", [(vhdr(99), False)], [0], [], 1)
+    vsock_seed("request-no-listener", [(vhdr(REQUEST, dst_port=2000), False)], [0], [], 1)
+    vsock_seed("bad-len", [(vhdr(RW, length=100), False)], [0], [], 1)
+    # The host connects to the device's socket for guest port 77; the guest accepts
+    # (RESPONSE to the device's first host port) and sends 5 bytes.
+    hp = 1 << 30
+    vsock_seed("host-connect",
+               [(vhdr(RESPONSE, src_port=77, dst_port=hp), False),
+                (vhdr(RW, src_port=77, dst_port=hp, length=5), True)],
+               [0, 1], [(0, 0, H_CONNECT, 77), (1, 0, 0, 0), (1, 0, H_READ, 0)], 0,
+               payload=b"hello")
+    # A guest that ignores credit: 5, then 15 packets of 60000 bytes to a host that does not
+    # read (the first 5 wait within the buffer, the rest break the credit: RST).
+    big = bytes(60000)
+    vsock_seed("credit-flood", [(vhdr(REQUEST), False), (vhdr(RW, length=60000), True)],
+               [0] + [1] * 15, [(5, 0, H_ACCEPT, 0), (15, 2, 0, 0)], 1, payload=big)
+    # Data after the guest shut its sending side; the host half-closes and closes.
+    vsock_seed("shutdown-then-rw",
+               [(vhdr(REQUEST), False), (vhdr(SHUTDOWN, flags=2), False),
+                (vhdr(RW, length=3000), True)],
+               [0, 1, 2], [(1, 0, H_ACCEPT | H_SHUT, 0), (1, 2, H_CLOSE, 0)], 1, payload=data)
+    # A credit update from the guest and a host that writes more than the guest's credit.
+    vsock_seed("credit-update",
+               [(vhdr(REQUEST, buf_alloc=512), False),
+                (vhdr(CREDIT_UPDATE, buf_alloc=4096, fwd_cnt=512), False)],
+               [0, 1], [(0, 0, H_ACCEPT | H_WRITE, 8), (1, 2, H_WRITE, 8)], 1)
+    # More REQUESTs than the host listener's backlog (4) while the host accepts none.
+    vsock_seed("request-backlog", [(vhdr(REQUEST, src_port=5000 + i), False) for i in range(8)],
+               list(range(8)), [(0, 0, H_ACCEPT, 0)], 8)
+    # Indirect: the RW's header and payload through an indirect table at DATA+0x1000.
+    ind = d(DATA + 0x40, 44, N, 1) + d(DATA + 0x6000, 5)
+    vsock_seed("indirect", [(vhdr(REQUEST), False)], [0, 1], [(1, 0, H_ACCEPT | H_READ, 0)],
+               1, payload=b"world", extra=[(0x40, vhdr(RW, length=5)), (0x1000, ind)],
+               extra_descs=[d(DATA + 0x1000, 32, I)])
+
+
 if __name__ == "__main__":
     main()
     net_seeds()
+    vsock_main()

@@ -17,6 +17,8 @@ pub mod console;
 pub mod fuzz;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz_net;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz_vsock;
 pub mod iov;
 pub mod net;
 pub mod persist;

@@ -2,7 +2,10 @@
 //! waiting for the host, both sides' credit counters, and which epoll events it needs.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io::{self, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::epoll::EventSet;
@@ -14,6 +17,46 @@ use super::CONN_BUF;
 /// its 64 KiB): the guest then never runs dry while the host keeps up, and a connection
 /// costs one update per half buffer instead of one per packet.
 pub const CREDIT_UPDATE_BELOW: u32 = CONN_BUF / 2;
+
+/// Connects to the host listener at `path` without blocking: a Unix stream connect
+/// completes at once or, when the listener's backlog is full (a host program that accepts
+/// slowly, with socat's backlog of 5), fails with `WouldBlock`, where a blocking connect
+/// would stop the device's worker until the host accepts. The stream is non-blocking.
+pub fn connect(path: &OsStr) -> io::Result<UnixStream> {
+    let bytes = path.as_bytes();
+    // SAFETY: sockaddr_un is plain old data: all zeroes is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the fresh socket just made, owned by nobody else: the stream owns it
+    // (and closes it on every return below).
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: `addr` is a sockaddr_un that lives across the call and `len` (at most its
+    // size: the path is shorter than sun_path) covers its family, path and terminating NUL.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +235,12 @@ impl Connection {
         u64::from(CONN_BUF).saturating_sub(believed_used) < u64::from(CREDIT_UPDATE_BELOW)
     }
 
+    /// The guest's bytes waiting for the host (at most [`CONN_BUF`]), and the `OK` line's.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn pending_bytes(&self) -> (usize, usize) {
+        (self.pending.len() - self.line_bytes, self.line_bytes)
+    }
+
     /// Whether bytes wait for the host.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -217,6 +266,42 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         (Connection::new(a, State::Established), b)
+    }
+
+    #[test]
+    fn test_connection_connect_full_backlog_would_block() {
+        let dir = std::env::temp_dir().join(format!("strata-vsock-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("port_1024");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        // SAFETY: listen() on the listener we own only changes its backlog.
+        let rc = unsafe { libc::listen(fd, 2) };
+        assert_eq!(rc, 0);
+        let mut streams = Vec::new();
+
+        // A blocking connect would wait here for an accept that never comes.
+        let err = loop {
+            match connect(path.as_os_str()) {
+                Ok(s) => streams.push(s),
+                Err(e) => break e,
+            }
+            assert!(streams.len() <= 64, "the backlog never filled");
+        };
+
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(!streams.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_connection_connect_without_listener_fails() {
+        let path = std::env::temp_dir().join(format!("strata-vsock-none-{}", std::process::id()));
+
+        let err = connect(path.as_os_str()).unwrap_err();
+
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

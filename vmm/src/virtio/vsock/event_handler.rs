@@ -67,6 +67,24 @@ pub struct VsockHandler {
     broken: bool,
 }
 
+/// What the backend holds for the guest at one moment (the fuzz harness checks its bounds).
+#[cfg(any(test, feature = "fuzz"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Connections.
+    pub connections: usize,
+    /// The guest's bytes waiting for host streams, over all connections.
+    pub guest_bytes: usize,
+    /// The most guest bytes waiting on one connection.
+    pub max_guest_bytes: usize,
+    /// `OK` line bytes waiting for host streams, over all connections.
+    pub line_bytes: usize,
+    /// Control packets waiting for receive buffers.
+    pub control: usize,
+    /// Host connections still sending their `CONNECT` line.
+    pub handshakes: usize,
+}
+
 /// Registers, changes or removes `c`'s stream in the epoll set to what it needs now.
 fn sync_interest(c: &mut Connection, ops: &mut EventOps) {
     let want = c.wanted_events();
@@ -128,6 +146,24 @@ impl VsockHandler {
                 next_used: q.queue.next_used(),
             })
             .collect()
+    }
+
+    /// What the backend holds for the guest now.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn backlog(&self) -> Backlog {
+        let mut b = Backlog {
+            connections: self.conns.len(),
+            control: self.control.len(),
+            handshakes: self.handshakes.len(),
+            ..Backlog::default()
+        };
+        for c in self.conns.values() {
+            let (guest, line) = c.pending_bytes();
+            b.guest_bytes += guest;
+            b.max_guest_bytes = b.max_guest_bytes.max(guest);
+            b.line_bytes += line;
+        }
+        b
     }
 
     /// The interrupt the worker raises (to start it again).
@@ -271,16 +307,18 @@ impl VsockHandler {
         }
     }
 
-    /// The guest connects to host port `key.0`: the listener at `<socket>_<port>`.
+    /// The guest connects to host port `key.0`: the listener at `<socket>_<port>`. It is
+    /// refused (RST) when nothing listens there or its backlog is full.
     fn guest_connect(&mut self, key: Key, h: Header, ops: &mut EventOps) {
         if self.conns.len() >= MAX_CONNECTIONS {
             return self.reset(key, ops);
         }
         let mut path = self.socket.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => return self.reset(key, ops),
+        // Not blocking: a listener whose backlog is full refuses (RST) instead of stopping
+        // the worker until the host accepts.
+        let Ok(stream) = super::connection::connect(&path) else {
+            return self.reset(key, ops);
         };
         let mut c = Connection::new(stream, State::Established);
         c.peer_buf_alloc = h.buf_alloc;

@@ -25,6 +25,8 @@ pub mod packet;
 mod persist;
 
 pub use device::Vsock;
+#[cfg(any(test, feature = "fuzz"))]
+pub use event_handler::Backlog;
 pub use event_handler::VsockHandler;
 
 /// The receive queue (device to guest).
