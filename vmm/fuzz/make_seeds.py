@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the blk_queue seeds (seeds/blk_queue/): well-formed and malformed virtio-blk
-requests in the harness's input layout (vmm/src/virtio/fuzz.rs)."""
+"""Writes the seeds of the blk_queue, net_queue and vsock_queue targets (seeds/<target>/):
+well-formed and malformed virtio-blk requests, virtio-net transmit chains, receive buffers and
+host frames, and virtio-vsock packets with host actions, each in its harness's input layout
+(vmm/src/virtio/fuzz.rs, fuzz_net.rs, fuzz_vsock.rs)."""
 import os
 import struct
 
