@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use disk::{Format, OpenOptions, SharedDisk};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -39,10 +42,10 @@ const HIGH_LEN: usize = 0x4_0000;
 /// Image size.
 const IMAGE_BYTES: u64 = 1 << 20;
 
-/// An interrupt that remembers DEVICE_NEEDS_RESET.
+/// An interrupt that remembers DEVICE_NEEDS_RESET (the three queue harnesses use it).
 #[derive(Default)]
-struct Interrupt {
-    needs_reset: AtomicBool,
+pub(crate) struct Interrupt {
+    pub(crate) needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt for Interrupt {
@@ -77,8 +80,107 @@ fn image(qcow2: bool) -> &'static SharedDisk {
     })
 }
 
-fn byte(data: &[u8], i: usize) -> u8 {
+/// Byte `i` of the input, zero past its end.
+pub(crate) fn byte(data: &[u8], i: usize) -> u8 {
     data.get(i).copied().unwrap_or(0)
+}
+
+/// One chain as virtio-queue 0.18's `DescriptorChain` yields it, walked by the net and
+/// vsock harnesses to know what the device may write.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Walk {
+    /// Readable bytes.
+    pub(crate) readable: u64,
+    /// Writable bytes.
+    pub(crate) writable: u64,
+    /// Writable segments (address, length).
+    pub(crate) segs: Vec<(u64, u64)>,
+    /// The descriptors read (address, 16).
+    pub(crate) reads: Vec<(u64, u64)>,
+}
+
+/// Walks chain `head` of the table at `table` (of `size` entries) with the crate's rules: an
+/// indirect descriptor switches to its table (not from inside one; its length a multiple of
+/// 16), at most a table's size of descriptors, and the walk ends at 4 GiB of descriptor
+/// lengths or at a descriptor `read` cannot give (`read(addr)`: the 16 bytes at `addr`).
+pub(crate) fn walk(
+    read: impl Fn(u64) -> Option<[u8; 16]>,
+    table: u64,
+    size: u16,
+    head: u16,
+) -> Walk {
+    let mut w = Walk::default();
+    let (mut table, mut qsize, mut next, mut ttl) = (table, size, head, size);
+    let mut indirect = false;
+    let mut yielded = 0u32;
+    while ttl > 0 && next < qsize {
+        let Some(at) = table.checked_add(u64::from(next) * 16) else {
+            break;
+        };
+        let Some(d) = read(at) else { break };
+        w.reads.push((at, 16));
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&d[..8]);
+        let addr = u64::from_le_bytes(a);
+        let len = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
+        let flags = u32::from(u16::from_le_bytes([d[12], d[13]]));
+        let nxt = u16::from_le_bytes([d[14], d[15]]);
+        if flags & VRING_DESC_F_INDIRECT != 0 {
+            let Ok(n) = u16::try_from(len / 16) else {
+                break;
+            };
+            if indirect || len % 16 != 0 {
+                break;
+            }
+            (table, qsize, next, ttl, indirect) = (addr, n, 0, n, true);
+            continue;
+        }
+        let Some(y) = yielded.checked_add(len) else {
+            break;
+        };
+        yielded = y;
+        if flags & VRING_DESC_F_WRITE != 0 {
+            w.writable += u64::from(len);
+            w.segs.push((addr, u64::from(len)));
+        } else {
+            w.readable += u64::from(len);
+        }
+        if flags & VRING_DESC_F_NEXT != 0 {
+            next = nxt;
+            ttl -= 1;
+        } else {
+            ttl = 0;
+        }
+    }
+    w
+}
+
+/// Lays out a mock queue of `size` entries at `base` from the input at `at`: its descriptor
+/// table (16 bytes per entry), then its available ring (2 bytes per entry; `avail.idx` is
+/// left to the caller). Returns the mock and its used ring, zeroed, right after the
+/// available ring (the mock's own lies over the end of a large available ring).
+pub(crate) fn mock_queue<'a>(
+    mem: &'a GuestMemoryMmap,
+    base: u64,
+    size: u16,
+    data: &[u8],
+    at: usize,
+) -> (MockSplitQueue<'a, GuestMemoryMmap>, GuestAddress) {
+    let vq = MockSplitQueue::create(mem, GuestAddress(base), size);
+    let n = usize::from(size);
+    let table: Vec<u8> = (0..16 * n).map(|i| byte(data, at + i)).collect();
+    let _ = mem.write_slice(&table, vq.desc_table_addr());
+    for i in 0..n {
+        let o = at + 16 * n + 2 * i;
+        let head = u16::from_le_bytes([byte(data, o), byte(data, o + 1)]);
+        let _ = vq.avail().ring().ref_at(i).map(|r| r.store(head));
+    }
+    let used = vq
+        .avail_addr()
+        .unchecked_add(6 + 2 * u64::from(size))
+        .unchecked_align_up(4);
+    let _ = mem.write_slice(&[0u8; 4], used);
+    (vq, used)
 }
 
 fn used_idx(mem: &GuestMemoryMmap, used_ring: GuestAddress) -> u16 {
@@ -104,21 +206,7 @@ pub fn blk_queue(data: &[u8]) -> u16 {
     ]) else {
         return 0;
     };
-    let vq = MockSplitQueue::create(&mem, GuestAddress(RINGS), size);
-    let mut table = vec![0u8; 16 * usize::from(size)];
-    for (i, b) in table.iter_mut().enumerate() {
-        *b = byte(data, descs_at + i);
-    }
-    let _ = mem.write_slice(&table, vq.desc_table_addr());
-    for i in 0..size {
-        let at = ring_at + 2 * usize::from(i);
-        let head = u16::from_le_bytes([byte(data, at), byte(data, at + 1)]);
-        let _ = vq
-            .avail()
-            .ring()
-            .ref_at(usize::from(i))
-            .map(|r| r.store(head));
-    }
+    let (vq, used_ring) = mock_queue(&mem, RINGS, size, data, descs_at);
     vq.avail().idx().store(avail_idx);
     if let Some(tail) = data.get(tail_at..) {
         let room = (RINGS - DATA) as usize;
@@ -127,12 +215,6 @@ pub fn blk_queue(data: &[u8]) -> u16 {
     let Ok(mut queue) = vq.create_queue::<Queue>() else {
         return 0;
     };
-    // The mock puts its used ring over the end of a large available ring: ours follows it.
-    let used_ring = vq
-        .avail_addr()
-        .unchecked_add(6 + 2 * u64::from(size))
-        .unchecked_align_up(4);
-    let _ = mem.write_slice(&[0u8; 4], used_ring);
     if queue.try_set_used_ring_address(used_ring).is_err() {
         return 0;
     }

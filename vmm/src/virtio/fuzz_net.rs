@@ -32,22 +32,20 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::fuzz::{self, byte, Interrupt, Walk};
 use super::net::tap::Tap;
 use super::net::{
     metrics, NetHandler, NetMode, NetPair, HDR_LEN, L2_OVERHEAD, LEGACY_HDR_LEN, MAX_FRAME,
 };
-use super::{ActiveQueue, Queue, QueueT, VirtioInterrupt, VirtioInterruptType};
+use super::{ActiveQueue, Queue, QueueT};
 use crate::counters::Counters;
 
 /// Where the input's tail lands in guest memory.
@@ -67,22 +65,6 @@ const HEAD_BYTES: usize = 10 + 2 * HOST_FRAMES;
 /// Larger than any datagram the socketpair takes, so a frame is never cut when read.
 const HOST_BUF: usize = 0x4_0000;
 
-/// An interrupt that remembers DEVICE_NEEDS_RESET.
-#[derive(Default)]
-struct Interrupt {
-    needs_reset: AtomicBool,
-}
-
-impl VirtioInterrupt for Interrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn set_needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::SeqCst);
-    }
-}
-
 /// What one input did (the replay test checks the well-formed seeds with it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetOutcome {
@@ -96,10 +78,6 @@ pub struct NetOutcome {
     pub rx_frames: u64,
     /// Whether the device set DEVICE_NEEDS_RESET.
     pub needs_reset: bool,
-}
-
-fn byte(data: &[u8], i: usize) -> u8 {
-    data.get(i).copied().unwrap_or(0)
 }
 
 fn le16(data: &[u8], i: usize) -> u16 {
@@ -117,20 +95,7 @@ impl<'a> Ring<'a> {
     /// The queue of `size` entries at `at`: its descriptors and available ring from
     /// `data[from..]`, `avail.idx` = `avail`.
     fn new(mem: &'a GuestMemoryMmap, at: u64, size: u16, data: &[u8], from: usize) -> Ring<'a> {
-        let mock = MockSplitQueue::create(mem, GuestAddress(at), size);
-        let n = usize::from(size);
-        let table: Vec<u8> = (0..16 * n).map(|i| byte(data, from + i)).collect();
-        let _ = mem.write_slice(&table, mock.desc_table_addr());
-        for i in 0..n {
-            let head = le16(data, from + 16 * n + 2 * i);
-            let _ = mock.avail().ring().ref_at(i).map(|r| r.store(head));
-        }
-        // The mock puts its used ring over the end of a large available ring: ours follows it.
-        let used = mock
-            .avail_addr()
-            .unchecked_add(6 + 2 * u64::from(size))
-            .unchecked_align_up(4);
-        let _ = mem.write_slice(&[0u8; 4], used);
+        let (mock, used) = fuzz::mock_queue(mem, at, size, data, from);
         Ring { mock, used, size }
     }
 
@@ -188,12 +153,11 @@ impl<'a> Ring<'a> {
     }
 }
 
-/// A split-ring descriptor.
+/// A split-ring descriptor's address, length and flags.
 struct Desc {
     addr: u64,
     len: u32,
     flags: u16,
-    next: u16,
 }
 
 fn read_desc(mem: &GuestMemoryMmap, at: GuestAddress) -> Option<Desc> {
@@ -208,84 +172,21 @@ fn read_desc(mem: &GuestMemoryMmap, at: GuestAddress) -> Option<Desc> {
         addr: word(0, 8),
         len: word(8, 4) as u32,
         flags: word(12, 2) as u16,
-        next: word(14, 2) as u16,
     })
 }
 
-/// A chain's descriptors as virtio-queue yields them.
-#[derive(Default)]
-struct Walk {
-    readable: u64,
-    writable: u64,
-    writable_segs: Vec<(u64, u64)>,
-}
-
-/// Walks chain `head` of the table at `table` (of `size` entries) the way virtio-queue 0.18's
-/// `DescriptorChain` does: an indirect descriptor switches to its table (not from inside
-/// one; its length a multiple of 16), at most a table's size of descriptors, the walk ends
-/// at 4 GiB of descriptor lengths or at a descriptor it cannot read.
+/// Chain `head` of the table at `table` walked in guest memory (`fuzz::walk`).
 fn walk(mem: &GuestMemoryMmap, table: GuestAddress, size: u16, head: u16) -> Walk {
-    let mut w = Walk::default();
-    let (mut table, mut size, mut ttl, mut next) = (table, size, size, head);
-    let mut indirect = false;
-    let mut yielded = 0u32;
-    while ttl > 0 && next < size {
-        let Some(at) = table.checked_add(16 * u64::from(next)) else {
-            break;
-        };
-        let Some(d) = read_desc(mem, at) else { break };
-        if d.flags & VRING_DESC_F_INDIRECT as u16 != 0 {
-            if indirect || d.len % 16 != 0 {
-                break;
-            }
-            let Ok(n) = u16::try_from(d.len / 16) else {
-                break;
-            };
-            (table, size, ttl, next, indirect) = (GuestAddress(d.addr), n, n, 0, true);
-            continue;
-        }
-        let Some(y) = yielded.checked_add(d.len) else {
-            break;
-        };
-        yielded = y;
-        if d.flags & VRING_DESC_F_WRITE as u16 != 0 {
-            w.writable += u64::from(d.len);
-            w.writable_segs.push((d.addr, u64::from(d.len)));
-        } else {
-            w.readable += u64::from(d.len);
-        }
-        if d.flags & VRING_DESC_F_NEXT as u16 != 0 {
-            next = d.next;
-            ttl -= 1;
-        } else {
-            ttl = 0;
-        }
-    }
-    w
+    fuzz::walk(
+        |at| mem.read_obj(GuestAddress(at)).ok(),
+        table.0,
+        size,
+        head,
+    )
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1) && a.1 > 0 && b.1 > 0
-}
-
-/// A SOCK_SEQPACKET pair: the handler's "tap" and the host's end.
-fn tap_pair() -> Option<(Tap, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array, which this function then owns.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: both fds were just created and are owned by nothing else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Some((Tap::from_file(a.into()), b.into()))
 }
 
 /// Host frame `i` of `len` bytes (a byte pattern; its header is whatever the pattern makes).
@@ -442,7 +343,7 @@ impl<'a> Guest<'a> {
         // indirect table, the rings read afterwards are no longer what the device wrote.
         let table = rx.mock.desc_table_addr();
         let rx_segs: Vec<(u64, u64)> = (0..rx.size)
-            .flat_map(|h| walk(mem, table, rx.size, h).writable_segs)
+            .flat_map(|h| walk(mem, table, rx.size, h).segs)
             .collect();
         let mut metadata = rx.metadata(mem);
         metadata.extend(tx.metadata(mem));
@@ -582,7 +483,7 @@ pub fn net_queue(data: &[u8]) -> NetOutcome {
     let (Some(rx), Some(tx), Some((tap, host))) = (
         guest.rx.active(0, input.rx_event_idx),
         guest.tx.active(1, input.tx_event_idx),
-        tap_pair(),
+        Tap::socketpair().ok(),
     ) else {
         return NetOutcome::default();
     };

@@ -44,20 +44,20 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventManager, SubscriberId, SubscriberOps};
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::fuzz::{self, byte, Interrupt, Walk};
 use super::vsock::packet::{Header, HDR_LEN};
 use super::vsock::{
     metrics, Backlog, VsockHandler, CONN_BUF, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_PENDING_CONTROL,
     RX_QUEUE, TX_QUEUE,
 };
-use super::{ActiveQueue, Queue, QueueT, VirtioInterrupt, VirtioInterruptType};
+use super::{ActiveQueue, Queue, QueueT};
 use crate::counters::Counters;
 
 /// Where the input's tail lands in guest memory.
@@ -101,22 +101,6 @@ pub mod host {
     pub const BAD_CONNECT: u8 = 64;
 }
 
-/// An interrupt that remembers DEVICE_NEEDS_RESET.
-#[derive(Default)]
-struct Interrupt {
-    needs_reset: AtomicBool,
-}
-
-impl VirtioInterrupt for Interrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn set_needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::SeqCst);
-    }
-}
-
 /// What one input did (for the seed replay test).
 #[derive(Debug, Default)]
 pub struct VsockRun {
@@ -138,10 +122,6 @@ pub struct VsockRun {
     pub checked_rounds: usize,
     /// The largest backlog seen after a round.
     pub max_backlog: Backlog,
-}
-
-fn byte(data: &[u8], i: usize) -> u8 {
-    data.get(i).copied().unwrap_or(0)
 }
 
 /// Guest memory as a round began.
@@ -170,60 +150,14 @@ impl Snap {
     }
 }
 
-/// One chain as virtio-queue's iterator walks it (same rules: a chain ends at a descriptor
-/// without NEXT, after `size` descriptors, at an index beyond the table, at a second level of
-/// indirection or a bad indirect table, past 4 GiB, or where memory cannot be read).
-#[derive(Clone, Debug, Default)]
-struct Walk {
-    /// Writable bytes.
-    writable: u64,
-    /// Writable segments (address, length).
-    segs: Vec<(u64, u64)>,
-    /// The descriptors read (address, 16).
-    reads: Vec<(u64, u64)>,
-}
-
+/// Chain `head` of the table at `table` walked in the round's snapshot (`fuzz::walk`).
 fn walk(snap: &Snap, table: u64, size: u16, head: u16) -> Walk {
-    let mut w = Walk::default();
-    let (mut table, mut qsize, mut next, mut ttl) = (table, size, head, size);
-    let mut indirect = false;
-    let mut yielded = 0u32;
-    while ttl > 0 && next < qsize {
-        let Some(at) = table.checked_add(u64::from(next) * 16) else {
-            break;
-        };
-        let Some(d) = snap.get(at, 16) else { break };
-        w.reads.push((at, 16));
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&d[..8]);
-        let addr = u64::from_le_bytes(a);
-        let len = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
-        let flags = u16::from_le_bytes([d[12], d[13]]);
-        let nxt = u16::from_le_bytes([d[14], d[15]]);
-        if flags & 4 != 0 {
-            if indirect || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
-                break;
-            }
-            (table, qsize, next, ttl, indirect) =
-                (addr, (len / 16) as u16, 0, (len / 16) as u16, true);
-            continue;
-        }
-        let Some(y) = yielded.checked_add(len) else {
-            break;
-        };
-        yielded = y;
-        if flags & 2 != 0 {
-            w.writable += u64::from(len);
-            w.segs.push((addr, u64::from(len)));
-        }
-        if flags & 1 != 0 {
-            next = nxt;
-            ttl -= 1;
-        } else {
-            ttl = 0;
-        }
-    }
-    w
+    fuzz::walk(
+        |at| snap.get(at, 16).and_then(|d| d.try_into().ok()),
+        table,
+        size,
+        head,
+    )
 }
 
 /// One queue's rings and the chains its available window holds as a round begins.
@@ -404,29 +338,9 @@ fn make_queue(
     avail_idx: u16,
     event_idx: bool,
 ) -> Option<(Rings, Queue)> {
-    let vq = MockSplitQueue::create(mem, GuestAddress(base), size);
-    let table: Vec<u8> = (0..16 * usize::from(size))
-        .map(|i| byte(data, at + i))
-        .collect();
-    mem.write_slice(&table, vq.desc_table_addr()).ok()?;
-    let ring_at = at + 16 * usize::from(size);
-    for i in 0..size {
-        let o = ring_at + 2 * usize::from(i);
-        let head = u16::from_le_bytes([byte(data, o), byte(data, o + 1)]);
-        let _ = vq
-            .avail()
-            .ring()
-            .ref_at(usize::from(i))
-            .map(|r| r.store(head));
-    }
+    let (vq, used) = fuzz::mock_queue(mem, base, size, data, at);
     vq.avail().idx().store(avail_idx);
     let mut queue = vq.create_queue::<Queue>().ok()?;
-    // As in the blk harness: the used ring right after the available ring.
-    let used = vq
-        .avail_addr()
-        .unchecked_add(6 + 2 * u64::from(size))
-        .unchecked_align_up(4);
-    mem.write_slice(&[0u8; 4], used).ok()?;
     queue.try_set_used_ring_address(used).ok()?;
     queue.set_event_idx(event_idx);
     let rings = Rings {

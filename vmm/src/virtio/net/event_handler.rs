@@ -435,8 +435,6 @@ impl MutEventSubscriber for NetHandler {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
-
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -458,20 +456,7 @@ pub(super) mod tests {
 
     /// A SOCK_SEQPACKET pair: the handler's "tap" and the test's end (the host side).
     pub(in super::super) fn tap_pair() -> (Tap, std::fs::File) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two fds into the array, which the test then owns.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both fds were just created and are owned by nothing else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        (Tap::from_file(a.into()), b.into())
+        Tap::socketpair().unwrap()
     }
 
     pub(in super::super) struct Rig {

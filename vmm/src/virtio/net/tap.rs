@@ -241,6 +241,29 @@ impl Tap {
         }
     }
 
+    /// A [`Tap::from_file`] over one end of a fresh non-blocking SOCK_SEQPACKET pair, and
+    /// the other end (the host's side), for tests and the fuzz harness.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub(crate) fn socketpair() -> io::Result<(Tap, File)> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds into the array, which this function then owns.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nothing else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Tap::from_file(a.into()), b.into()))
+    }
+
     /// Attaches (`true`) or detaches this queue of a multiqueue tap (TUNSETQUEUE): the kernel
     /// steers frames only to attached queues. A single-queue tap is always attached.
     pub fn set_attached(&mut self, attach: bool) -> Result<(), TapError> {
