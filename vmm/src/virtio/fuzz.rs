@@ -85,6 +85,33 @@ pub(crate) fn byte(data: &[u8], i: usize) -> u8 {
     data.get(i).copied().unwrap_or(0)
 }
 
+/// The little-endian u16 at byte `i` of the input, zero past its end.
+pub(crate) fn le16(data: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([byte(data, i), byte(data, i + 1)])
+}
+
+/// Whether any of `writes` overlaps any of `reads` (address, length; zero lengths never do).
+pub(crate) fn overlaps(writes: &[(u64, u64)], reads: &[(u64, u64)]) -> bool {
+    let mut merged: Vec<(u64, u64)> = reads
+        .iter()
+        .filter(|r| r.1 > 0)
+        .map(|&(a, l)| (a, a.saturating_add(l)))
+        .collect();
+    merged.sort_unstable();
+    let mut m: Vec<(u64, u64)> = Vec::with_capacity(merged.len());
+    for (s, e) in merged {
+        match m.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => m.push((s, e)),
+        }
+    }
+    writes.iter().filter(|w| w.1 > 0).any(|&(a, l)| {
+        let end = a.saturating_add(l);
+        let i = m.partition_point(|r| r.1 <= a);
+        m.get(i).is_some_and(|r| r.0 < end)
+    })
+}
+
 /// One chain as virtio-queue 0.18's `DescriptorChain` yields it, walked by the net and
 /// vsock harnesses to know what the device may write.
 #[derive(Clone, Debug, Default)]
@@ -172,7 +199,7 @@ pub(crate) fn mock_queue<'a>(
     let _ = mem.write_slice(&table, vq.desc_table_addr());
     for i in 0..n {
         let o = at + 16 * n + 2 * i;
-        let head = u16::from_le_bytes([byte(data, o), byte(data, o + 1)]);
+        let head = le16(data, o);
         let _ = vq.avail().ring().ref_at(i).map(|r| r.store(head));
     }
     let used = vq
@@ -195,7 +222,7 @@ pub fn blk_queue(data: &[u8]) -> u16 {
     let event_idx = flags & 0x10 != 0;
     let qcow2 = flags & 0x20 != 0;
     let drop_early = flags & 0x40 != 0;
-    let avail_idx = u16::from_le_bytes([byte(data, 1), byte(data, 2)]);
+    let avail_idx = le16(data, 1);
     let descs_at = 3;
     let ring_at = descs_at + 16 * usize::from(size);
     let tail_at = ring_at + 2 * usize::from(size);
@@ -269,6 +296,17 @@ pub fn blk_queue(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_overlaps_touching_ranges_do_not_overlap() {
+        let reads = [(0x100, 0x10), (0x200, 0x10)];
+
+        let touching = overlaps(&[(0x110, 0xf0)], &reads);
+        let inside = overlaps(&[(0x1ff, 2)], &reads);
+
+        assert!(!touching);
+        assert!(inside);
+    }
 
     /// The seeds and fixed crashes in vmm/fuzz/seeds/blk_queue, replayed (CI runs no fuzzer).
     #[test]

@@ -40,7 +40,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::fuzz::{self, byte, Interrupt, Walk};
+use super::fuzz::{self, byte, le16, overlaps, Interrupt, Walk};
 use super::net::tap::Tap;
 use super::net::{
     metrics, NetHandler, NetMode, NetPair, HDR_LEN, L2_OVERHEAD, LEGACY_HDR_LEN, MAX_FRAME,
@@ -78,10 +78,6 @@ pub struct NetOutcome {
     pub rx_frames: u64,
     /// Whether the device set DEVICE_NEEDS_RESET.
     pub needs_reset: bool,
-}
-
-fn le16(data: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([byte(data, i), byte(data, i + 1)])
 }
 
 /// One queue of the input: its mock rings, filled, and where its used ring is.
@@ -183,10 +179,6 @@ fn walk(mem: &GuestMemoryMmap, table: GuestAddress, size: u16, head: u16) -> Wal
         size,
         head,
     )
-}
-
-fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1) && a.1 > 0 && b.1 > 0
 }
 
 /// Host frame `i` of `len` bytes (a byte pattern; its header is whatever the pattern makes).
@@ -347,9 +339,7 @@ impl<'a> Guest<'a> {
             .collect();
         let mut metadata = rx.metadata(mem);
         metadata.extend(tx.metadata(mem));
-        let clobbered = rx_segs
-            .iter()
-            .any(|s| metadata.iter().any(|m| overlaps(*s, *m)));
+        let clobbered = overlaps(&rx_segs, &metadata);
         Guest {
             mem,
             rx,
